@@ -1,0 +1,38 @@
+use ficus_core::{ExpectedVersion, Position, StreamId, Version};
+
+/// Why a store operation failed. Each variant's doc names the HTTP status it maps to.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The stream's version did not match the expectation. (409 `wrong_expected_version`)
+    #[error("stream {stream}: expected version {expected}, actual version {actual}")]
+    WrongExpectedVersion {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        actual: Version,
+    },
+    /// The request itself is unacceptable (empty batch, over a limit). (400)
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot take writes or reads right now (I/O error, disk full, shutting down).
+    /// Nothing from the failed call was committed. (503 `store_unavailable`)
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record failed to decode: a loud error, never a silent skip. (500)
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Why a subscription stopped delivering.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The subscriber consumed live events slower than they were committed and its bounded
+    /// buffer overflowed. Nothing was skipped: resume from `next_position` (catch-up reads
+    /// from the store).
+    #[error("subscriber fell behind the live stream; resume from position {next_position}")]
+    FellBehind { next_position: Position },
+    /// The store was shut down.
+    #[error("event store closed")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

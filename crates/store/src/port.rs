@@ -1,0 +1,94 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ficus_core::{
+    EventType, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::StoreError;
+
+/// Largest page a single read returns, whatever the caller asks for.
+pub const MAX_READ_LIMIT: usize = 10_000;
+
+/// Events committed together, in commit order. Live subscribers receive these.
+pub type LiveBatch = Arc<[RecordedEvent]>;
+
+/// What an append committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub first_version: Version,
+    pub last_version: Version,
+    pub first_position: Position,
+    pub last_position: Position,
+}
+
+/// The event store port: an append-only log of streams with one global order.
+///
+/// Rules every adapter keeps (checked by [`crate::conformance`]):
+/// - an append is atomic: all its events or none, contiguous versions within the stream;
+/// - positions are assigned at commit, start at 1, and have no gaps;
+/// - an append returns only after its events are durable;
+/// - `live()` delivers every committed batch once, in commit order.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version satisfies `expected`.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Events of `stream` with version ≥ `from_version`, at most `limit` (capped at
+    /// [`MAX_READ_LIMIT`]). An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stream's current version, 0 when it does not exist.
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError>;
+
+    /// Events of the global log with position ≥ `from_position`, at most `limit`.
+    async fn read_all(
+        &self,
+        from_position: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last durable event (0 when the log is empty).
+    fn head_position(&self) -> Position;
+
+    /// A receiver of every batch committed from now on. Bounded: a receiver that falls more
+    /// than the adapter's live buffer behind gets `Lagged` from the channel.
+    fn live(&self) -> broadcast::Receiver<LiveBatch>;
+}
+
+/// A new event with a fresh UUID v7 id and default metadata.
+pub fn new_event(event_type: EventType, payload: Value) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::now_v7(),
+        event_type,
+        schema_version: 1,
+        metadata: Metadata::default(),
+        payload,
+    }
+}
+
+/// Checks what every adapter refuses before touching storage.
+pub(crate) fn validate_batch(events: &[NewEvent], max_events: usize) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::Invalid("an append needs at least one event".into()));
+    }
+    if events.len() > max_events {
+        return Err(StoreError::Invalid(format!(
+            "an append may carry at most {max_events} events, got {}",
+            events.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The embedded default: an SQLite file in WAL mode, written by one thread with group commit.
+//!
+//! Appends from any number of tasks queue into a bounded channel. The writer thread takes
+//! everything queued (up to [`SqliteConfig::max_batch_events`]), checks each request's expected
+//! version, inserts all of them in ONE transaction and commits with `synchronous=FULL` (one
+//! WAL fsync per batch). Only then are the callers answered and the batch broadcast to live
+//! subscribers. Reads go through a small pool of read connections, which WAL lets run beside
+//! the writer.
+
+mod reader;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use ficus_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Version};
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::port::validate_batch;
+use crate::{AppendResult, EventStore, LiveBatch, StoreError};
+use reader::ReadPool;
+use writer::WriterMsg;
+
+/// Limits and tuning of the SQLite event store. Every queue and batch here is bounded.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Append requests that may wait for the writer; further callers wait for room.
+    pub append_queue_requests: usize,
+    /// Most events committed in one transaction (one group commit).
+    pub max_batch_events: usize,
+    /// Most events one append request may carry.
+    pub max_append_events: usize,
+    /// Read connections open beside the writer.
+    pub read_connections: usize,
+    /// Committed batches kept for slow live subscribers.
+    pub live_buffer_batches: usize,
+    /// Stream versions the writer caches (it is the only writer, so the cache is exact).
+    pub version_cache_streams: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            append_queue_requests: 8192,
+            max_batch_events: 4096,
+            max_append_events: 1000,
+            read_connections: 4,
+            live_buffer_batches: 1024,
+            version_cache_streams: 100_000,
+        }
+    }
+}
+
+pub struct SqliteEventStore {
+    tx: mpsc::Sender<WriterMsg>,
+    head: Arc<AtomicU64>,
+    live: broadcast::Sender<LiveBatch>,
+    readers: Arc<ReadPool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    config: SqliteConfig,
+    path: PathBuf,
+    /// Held for the store's life: a second process opening the same file is refused.
+    _lock: File,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    event_id       BLOB    NOT NULL,
+    stream_id      TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    metadata       TEXT    NOT NULL,
+    payload        TEXT    NOT NULL,
+    UNIQUE (stream_id, version)
+);
+";
+
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(unavailable)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )
+    .map_err(unavailable)?;
+    Ok(conn)
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the event log at `path`.
+    pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(unavailable)?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "{} is in use by another process",
+                path.display()
+            ))
+        })?;
+        let conn = open_connection(&path)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let head: i64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(unavailable)?;
+        let head = Arc::new(AtomicU64::new(head as u64));
+        let readers = Arc::new(ReadPool::open(&path, config.read_connections)?);
+        let (live, _) = broadcast::channel(config.live_buffer_batches);
+        let (tx, rx) = mpsc::channel(config.append_queue_requests);
+        let writer = writer::Writer::new(conn, head.clone(), live.clone(), &config);
+        let handle = std::thread::Builder::new()
+            .name("ficus-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(unavailable)?;
+        Ok(Self {
+            tx,
+            head,
+            live,
+            readers,
+            writer: Mutex::new(Some(handle)),
+            config,
+            path,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finishes the batch in progress, stops the writer and waits for it. Appends after this
+    /// fail with `Unavailable`. Reads keep working.
+    pub async fn shutdown(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(WriterMsg::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_batch(&events, self.config.max_append_events)?;
+        let (reply, answer) = oneshot::channel();
+        let msg = WriterMsg::Append {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+        };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| StoreError::Unavailable("event store is shut down".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("event store writer stopped before answering".into())
+        })?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.clone();
+        self.readers
+            .run(move |r| r.read_stream(&stream, from_version, limit))
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        let stream = stream.clone();
+        self.readers.run(move |r| r.stream_version(&stream)).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Never read past what the writer has acknowledged; the answer stays consistent with
+        // `head_position`.
+        let head = self.head.load(Ordering::Acquire);
+        if from_position > head {
+            return Ok(Vec::new());
+        }
+        self.readers
+            .run(move |r| r.read_all(from_position, head, limit))
+            .await
+    }
+
+    fn head_position(&self) -> Position {
+        self.head.load(Ordering::Acquire)
+    }
+
+    fn live(&self) -> broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
+    }
+}

@@ -1,0 +1,162 @@
+//! A bounded pool of read connections used from blocking threads.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ficus_core::{EventType, Metadata, Position, RecordedEvent, StreamId, Version};
+use rusqlite::{params, Connection, Row};
+use tokio::sync::Semaphore;
+
+use super::{open_connection, unavailable};
+use crate::{StoreError, MAX_READ_LIMIT};
+
+pub(crate) struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+/// One read connection, lent to a blocking closure.
+pub(crate) struct Reader<'a>(&'a Connection);
+
+impl ReadPool {
+    pub(crate) fn open(path: &Path, n: usize) -> Result<Self, StoreError> {
+        let n = n.max(1);
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = open_connection(path)?;
+            c.execute_batch("PRAGMA query_only = ON;")
+                .map_err(unavailable)?;
+            conns.push(c);
+        }
+        Ok(Self {
+            conns: Mutex::new(conns),
+            permits: Semaphore::new(n),
+        })
+    }
+
+    pub(crate) async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("read pool closed".into()))?;
+        let conn = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .expect("a permit guarantees a free connection");
+        let pool = self.clone();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&Reader(&conn));
+            (conn, r)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?;
+        pool.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        result
+    }
+}
+
+const COLUMNS: &str = "position, event_id, stream_id, version, event_type, schema_version, \
+                       recorded_at_ms, metadata, payload";
+
+fn corrupt(position: i64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("event at position {position}: {what}"))
+}
+
+pub(crate) fn decode_row(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.get(0).map_err(unavailable)?;
+    let id: Vec<u8> = row.get(1).map_err(unavailable)?;
+    let stream: String = row.get(2).map_err(unavailable)?;
+    let version: i64 = row.get(3).map_err(unavailable)?;
+    let event_type: String = row.get(4).map_err(unavailable)?;
+    let schema_version: i64 = row.get(5).map_err(unavailable)?;
+    let recorded_at_ms: i64 = row.get(6).map_err(unavailable)?;
+    let metadata: String = row.get(7).map_err(unavailable)?;
+    let payload: String = row.get(8).map_err(unavailable)?;
+    Ok(RecordedEvent {
+        id: uuid::Uuid::from_slice(&id).map_err(|e| corrupt(position, e))?,
+        stream_id: StreamId::new(stream).map_err(|e| corrupt(position, e))?,
+        version: version as Version,
+        position: position as Position,
+        event_type: EventType::new(event_type).map_err(|e| corrupt(position, e))?,
+        schema_version: schema_version as u32,
+        recorded_at_ms,
+        metadata: serde_json::from_str::<Metadata>(&metadata)
+            .map_err(|e| corrupt(position, e))?,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt(position, e))?,
+    })
+}
+
+fn collect(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut rows = stmt.query(params).map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        out.push(decode_row(row)?);
+    }
+    Ok(out)
+}
+
+impl Reader<'_> {
+    pub(crate) fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = ?1 AND version >= ?2 \
+                 ORDER BY version LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let limit = limit.min(MAX_READ_LIMIT) as i64;
+        collect(
+            &mut stmt,
+            params![stream.as_str(), from_version as i64, limit],
+        )
+    }
+
+    pub(crate) fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        stream_version(self.0, stream)
+    }
+
+    pub(crate) fn read_all(
+        &self,
+        from_position: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events WHERE position >= ?1 AND position <= ?2 \
+                 ORDER BY position LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let limit = limit.min(MAX_READ_LIMIT) as i64;
+        collect(
+            &mut stmt,
+            params![from_position as i64, up_to as i64, limit],
+        )
+    }
+}
+
+pub(crate) fn stream_version(conn: &Connection, stream: &StreamId) -> Result<Version, StoreError> {
+    let v: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?1")
+        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)))
+        .map_err(unavailable)?;
+    Ok(v as Version)
+}
