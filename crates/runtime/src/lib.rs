@@ -1,1 +1,16 @@
+//! The Ficus runtime: command execution against aggregates, and the projection runner that
+//! folds the event log into read models.
+//!
+//! Architecture invariant: the runtime knows no HTTP and no JSON DTOs; it speaks in
+//! aggregates, events and read models.
 
+pub mod projection;
+pub mod repository;
+pub mod shutdown;
+
+pub use projection::{
+    ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
+    ReadModelDb, SqliteProjection, WaitError, PROJECTION_BATCH_EVENTS,
+};
+pub use repository::{CommandError, CommandOutcome, Loaded, Repository, MAX_CONFLICT_RETRIES};
+pub use shutdown::Shutdown;

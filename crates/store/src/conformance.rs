@@ -91,15 +91,30 @@ pub async fn expected_version_rules(store: Arc<dyn EventStore>) {
         Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, want),
         other => panic!("expected a conflict with actual {want}, got {other:?}"),
     };
-    conflict(store.append(&s, ExpectedVersion::Exists, evs(0..1)).await, 0);
-    conflict(store.append(&s, ExpectedVersion::Exact(1), evs(0..1)).await, 0);
+    conflict(
+        store.append(&s, ExpectedVersion::Exists, evs(0..1)).await,
+        0,
+    );
+    conflict(
+        store.append(&s, ExpectedVersion::Exact(1), evs(0..1)).await,
+        0,
+    );
     store
         .append(&s, ExpectedVersion::Exact(0), evs(0..1))
         .await
         .unwrap();
-    conflict(store.append(&s, ExpectedVersion::NoStream, evs(0..1)).await, 1);
-    conflict(store.append(&s, ExpectedVersion::Exact(0), evs(0..1)).await, 1);
-    conflict(store.append(&s, ExpectedVersion::Exact(2), evs(0..1)).await, 1);
+    conflict(
+        store.append(&s, ExpectedVersion::NoStream, evs(0..1)).await,
+        1,
+    );
+    conflict(
+        store.append(&s, ExpectedVersion::Exact(0), evs(0..1)).await,
+        1,
+    );
+    conflict(
+        store.append(&s, ExpectedVersion::Exact(2), evs(0..1)).await,
+        1,
+    );
     store
         .append(&s, ExpectedVersion::Exists, evs(1..2))
         .await
@@ -200,7 +215,9 @@ pub async fn invalid_batches_are_refused(store: Arc<dyn EventStore>) {
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        store.append(&s, ExpectedVersion::Any, evs(0..100_000)).await,
+        store
+            .append(&s, ExpectedVersion::Any, evs(0..100_000))
+            .await,
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(store.head_position(), 0);
@@ -356,7 +373,11 @@ pub async fn slow_subscriber_gets_clear_error(store: Arc<dyn EventStore>) {
         fell_behind,
         "a subscriber {N} batches behind must be told it fell behind"
     );
-    assert_eq!(got, (1..=N).collect::<Vec<_>>(), "nothing lost after resume");
+    assert_eq!(
+        got,
+        (1..=N).collect::<Vec<_>>(),
+        "nothing lost after resume"
+    );
 }
 
 pub async fn live_batches_in_commit_order(store: Arc<dyn EventStore>) {
@@ -367,7 +388,11 @@ pub async fn live_batches_in_commit_order(store: Arc<dyn EventStore>) {
         tasks.push(tokio::spawn(async move {
             for i in 0..20 {
                 store
-                    .append(&sid(&format!("lb-{w}")), ExpectedVersion::Any, evs(i..i + 2))
+                    .append(
+                        &sid(&format!("lb-{w}")),
+                        ExpectedVersion::Any,
+                        evs(i..i + 2),
+                    )
                     .await
                     .unwrap();
             }

@@ -82,7 +82,9 @@ pub fn new_event(event_type: EventType, payload: Value) -> NewEvent {
 /// Checks what every adapter refuses before touching storage.
 pub(crate) fn validate_batch(events: &[NewEvent], max_events: usize) -> Result<(), StoreError> {
     if events.is_empty() {
-        return Err(StoreError::Invalid("an append needs at least one event".into()));
+        return Err(StoreError::Invalid(
+            "an append needs at least one event".into(),
+        ));
     }
     if events.len() > max_events {
         return Err(StoreError::Invalid(format!(

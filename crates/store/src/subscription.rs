@@ -56,18 +56,29 @@ impl Subscription {
         self.is_live = false;
     }
 
+    /// The next event if one is already buffered, without waiting or reading. Lets a consumer
+    /// gather a batch after [`Subscription::next`] returned.
+    pub fn next_buffered(&mut self) -> Option<RecordedEvent> {
+        while let Some(event) = self.buffer.pop_front() {
+            if event.position < self.next_position {
+                continue;
+            }
+            assert_eq!(
+                event.position, self.next_position,
+                "subscription would skip a position"
+            );
+            self.next_position += 1;
+            return Some(event);
+        }
+        None
+    }
+
     /// The next event. Waits while the subscriber is at the head of the log.
+    ///
+    /// Cancel-safe: dropping the future loses nothing; the next call resumes where it stood.
     pub async fn next(&mut self) -> Result<RecordedEvent, SubscriptionError> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
-                if event.position < self.next_position {
-                    continue;
-                }
-                assert_eq!(
-                    event.position, self.next_position,
-                    "subscription would skip a position"
-                );
-                self.next_position += 1;
+            if let Some(event) = self.next_buffered() {
                 return Ok(event);
             }
             if !self.is_live {

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
-use reader::ReadPool;
+pub use reader::ConnectionPool;
 use writer::WriterMsg;
 
 /// Limits and tuning of the SQLite event store. Every queue and batch here is bounded.
@@ -60,7 +60,7 @@ pub struct SqliteEventStore {
     tx: mpsc::Sender<WriterMsg>,
     head: Arc<AtomicU64>,
     live: broadcast::Sender<LiveBatch>,
-    readers: Arc<ReadPool>,
+    readers: Arc<ConnectionPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     config: SqliteConfig,
     path: PathBuf,
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 ";
 
-pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// Opens a connection with the pragmas every Ficus SQLite file uses: WAL, `synchronous=FULL`.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(unavailable)?;
@@ -96,7 +97,8 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+/// Maps an SQLite or I/O error to [`StoreError::Unavailable`].
+pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -115,10 +117,7 @@ impl SqliteEventStore {
             .open(&lock_path)
             .map_err(unavailable)?;
         lock.try_lock().map_err(|_| {
-            StoreError::Unavailable(format!(
-                "{} is in use by another process",
-                path.display()
-            ))
+            StoreError::Unavailable(format!("{} is in use by another process", path.display()))
         })?;
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
@@ -128,7 +127,10 @@ impl SqliteEventStore {
             })
             .map_err(unavailable)?;
         let head = Arc::new(AtomicU64::new(head as u64));
-        let readers = Arc::new(ReadPool::open(&path, config.read_connections)?);
+        let readers = Arc::new(ConnectionPool::open_readers(
+            &path,
+            config.read_connections,
+        )?);
         let (live, _) = broadcast::channel(config.live_buffer_batches);
         let (tx, rx) = mpsc::channel(config.append_queue_requests);
         let writer = writer::Writer::new(conn, head.clone(), live.clone(), &config);
@@ -199,13 +201,15 @@ impl EventStore for SqliteEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.clone();
         self.readers
-            .run(move |r| r.read_stream(&stream, from_version, limit))
+            .run(move |c| reader::read_stream(c, &stream, from_version, limit))
             .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
         let stream = stream.clone();
-        self.readers.run(move |r| r.stream_version(&stream)).await
+        self.readers
+            .run(move |c| reader::stream_version(c, &stream))
+            .await
     }
 
     async fn read_all(
@@ -220,7 +224,7 @@ impl EventStore for SqliteEventStore {
             return Ok(Vec::new());
         }
         self.readers
-            .run(move |r| r.read_all(from_position, head, limit))
+            .run(move |c| reader::read_all(c, from_position, head, limit))
             .await
     }
 

@@ -1,4 +1,4 @@
-//! A bounded pool of read connections used from blocking threads.
+//! A bounded pool of read connections used from blocking threads, and the event log's reads.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,16 +10,16 @@ use tokio::sync::Semaphore;
 use super::{open_connection, unavailable};
 use crate::{StoreError, MAX_READ_LIMIT};
 
-pub(crate) struct ReadPool {
+/// A bounded pool of SQLite connections, each lent to one blocking closure at a time.
+/// Used for the event log's reads and by read models for their queries.
+pub struct ConnectionPool {
     conns: Mutex<Vec<Connection>>,
     permits: Semaphore,
 }
 
-/// One read connection, lent to a blocking closure.
-pub(crate) struct Reader<'a>(&'a Connection);
-
-impl ReadPool {
-    pub(crate) fn open(path: &Path, n: usize) -> Result<Self, StoreError> {
+impl ConnectionPool {
+    /// Opens `n` query-only connections to the database at `path`.
+    pub fn open_readers(path: &Path, n: usize) -> Result<Self, StoreError> {
         let n = n.max(1);
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
@@ -34,9 +34,10 @@ impl ReadPool {
         })
     }
 
-    pub(crate) async fn run<T: Send + 'static>(
+    /// Runs `f` on a free connection in a blocking thread; waits while all are busy.
+    pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let _permit = self
             .permits
@@ -51,7 +52,7 @@ impl ReadPool {
             .expect("a permit guarantees a free connection");
         let pool = self.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = f(&Reader(&conn));
+            let r = f(&conn);
             (conn, r)
         })
         .await
@@ -89,8 +90,7 @@ pub(crate) fn decode_row(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
         event_type: EventType::new(event_type).map_err(|e| corrupt(position, e))?,
         schema_version: schema_version as u32,
         recorded_at_ms,
-        metadata: serde_json::from_str::<Metadata>(&metadata)
-            .map_err(|e| corrupt(position, e))?,
+        metadata: serde_json::from_str::<Metadata>(&metadata).map_err(|e| corrupt(position, e))?,
         payload: serde_json::from_str(&payload).map_err(|e| corrupt(position, e))?,
     })
 }
@@ -107,50 +107,42 @@ fn collect(
     Ok(out)
 }
 
-impl Reader<'_> {
-    pub(crate) fn read_stream(
-        &self,
-        stream: &StreamId,
-        from_version: Version,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM events WHERE stream_id = ?1 AND version >= ?2 \
+pub(crate) fn read_stream(
+    conn: &Connection,
+    stream: &StreamId,
+    from_version: Version,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = ?1 AND version >= ?2 \
                  ORDER BY version LIMIT ?3"
-            ))
-            .map_err(unavailable)?;
-        let limit = limit.min(MAX_READ_LIMIT) as i64;
-        collect(
-            &mut stmt,
-            params![stream.as_str(), from_version as i64, limit],
-        )
-    }
+        ))
+        .map_err(unavailable)?;
+    let limit = limit.min(MAX_READ_LIMIT) as i64;
+    collect(
+        &mut stmt,
+        params![stream.as_str(), from_version as i64, limit],
+    )
+}
 
-    pub(crate) fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        stream_version(self.0, stream)
-    }
-
-    pub(crate) fn read_all(
-        &self,
-        from_position: Position,
-        up_to: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM events WHERE position >= ?1 AND position <= ?2 \
+pub(crate) fn read_all(
+    conn: &Connection,
+    from_position: Position,
+    up_to: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position >= ?1 AND position <= ?2 \
                  ORDER BY position LIMIT ?3"
-            ))
-            .map_err(unavailable)?;
-        let limit = limit.min(MAX_READ_LIMIT) as i64;
-        collect(
-            &mut stmt,
-            params![from_position as i64, up_to as i64, limit],
-        )
-    }
+        ))
+        .map_err(unavailable)?;
+    let limit = limit.min(MAX_READ_LIMIT) as i64;
+    collect(
+        &mut stmt,
+        params![from_position as i64, up_to as i64, limit],
+    )
 }
 
 pub(crate) fn stream_version(conn: &Connection, stream: &StreamId) -> Result<Version, StoreError> {
