@@ -6,6 +6,8 @@
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod read_models;
+pub mod service;
 
 /// How a refused command maps onto an API response.
 ///

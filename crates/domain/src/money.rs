@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Largest absolute amount, in minor units (1 000 000 000.00). Parsing and the checked
 /// arithmetic refuse anything beyond it, which keeps every sum of a few such amounts far away
 /// from `i64` overflow.
-pub const MAX_ABS_MINOR: i64 = 1_000_000_000_00;
+pub const MAX_ABS_MINOR: i64 = 100_000_000_000;
 
 /// Longest piece of rejected input echoed back in an error message.
 const ECHO_MAX_CHARS: usize = 40;
@@ -113,7 +113,9 @@ impl Money {
         }
         // Only number-like text counts as "uses an exponent"; other text with an `e` in it
         // ("hello") is simply malformed.
-        let number_like = text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+        let number_like = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
         if number_like && text.contains(['e', 'E']) {
             return Err(MoneyError::Exponent(echo(text)));
         }
@@ -265,8 +267,14 @@ mod tests {
         assert!(matches!(parse("1e3"), Err(MoneyError::Exponent(_))));
         assert!(matches!(parse("1E3"), Err(MoneyError::Exponent(_))));
         assert!(matches!(parse("1.5e-1"), Err(MoneyError::Exponent(_))));
-        assert!(matches!(parse("1.999"), Err(MoneyError::TooManyDecimals(_))));
-        assert!(matches!(parse("1.990"), Err(MoneyError::TooManyDecimals(_))));
+        assert!(matches!(
+            parse("1.999"),
+            Err(MoneyError::TooManyDecimals(_))
+        ));
+        assert!(matches!(
+            parse("1.990"),
+            Err(MoneyError::TooManyDecimals(_))
+        ));
         for bad in [
             "+1", "00.5", "01", "-01.00", ".5", "5.", "-", "--1", "1.2.3", " 1", "1 ", "1,00",
             "1_000", "abc", "hello", "NaN", "Infinity", "-.5", "0x10", "١٢", "1.-5",
@@ -283,9 +291,18 @@ mod tests {
     fn caps_the_absolute_amount() {
         assert_eq!(parse("1000000000.00"), Ok(MAX_ABS_MINOR));
         assert_eq!(parse("-1000000000"), Ok(-MAX_ABS_MINOR));
-        assert!(matches!(parse("1000000000.01"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(parse("-1000000000.01"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(parse("92233720368547758.07"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(
+            parse("1000000000.01"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse("-1000000000.01"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse("92233720368547758.07"),
+            Err(MoneyError::OutOfRange(_))
+        ));
         let huge = "9".repeat(1000);
         match parse(&huge) {
             Err(MoneyError::OutOfRange(echoed)) => assert!(echoed.chars().count() <= 41),
@@ -300,7 +317,10 @@ mod tests {
         assert_eq!(Money::from_minor(-50).to_decimal_string(), "-0.50");
         assert_eq!(Money::from_minor(-1).to_decimal_string(), "-0.01");
         assert_eq!(Money::ZERO.to_decimal_string(), "0.00");
-        assert_eq!(Money::from_minor(i64::MIN).to_decimal_string(), "-92233720368547758.08");
+        assert_eq!(
+            Money::from_minor(i64::MIN).to_decimal_string(),
+            "-92233720368547758.08"
+        );
         assert_eq!(Money::from_minor(1999).to_string(), "19.99");
         for s in ["19.99", "5.00", "-0.50", "0.00", "1000000000.00"] {
             assert_eq!(Money::parse_decimal(s).unwrap().to_decimal_string(), s);
@@ -310,10 +330,19 @@ mod tests {
     #[test]
     fn arithmetic_is_checked_against_the_cap() {
         let a = Money::from_minor(MAX_ABS_MINOR - 1);
-        assert_eq!(a.checked_add(Money::from_minor(1)), Some(Money::from_minor(MAX_ABS_MINOR)));
+        assert_eq!(
+            a.checked_add(Money::from_minor(1)),
+            Some(Money::from_minor(MAX_ABS_MINOR))
+        );
         assert_eq!(a.checked_add(Money::from_minor(2)), None);
-        assert_eq!(Money::from_minor(i64::MAX).checked_add(Money::from_minor(1)), None);
-        assert_eq!(Money::from_minor(250).checked_mul(4), Some(Money::from_minor(1000)));
+        assert_eq!(
+            Money::from_minor(i64::MAX).checked_add(Money::from_minor(1)),
+            None
+        );
+        assert_eq!(
+            Money::from_minor(250).checked_mul(4),
+            Some(Money::from_minor(1000))
+        );
         assert_eq!(Money::from_minor(MAX_ABS_MINOR).checked_mul(2), None);
         assert_eq!(Money::from_minor(i64::MAX).checked_mul(u32::MAX), None);
         assert!(Money::try_from_minor(MAX_ABS_MINOR + 1).is_err());
@@ -322,8 +351,14 @@ mod tests {
 
     #[test]
     fn serializes_as_integer_minor_units() {
-        assert_eq!(serde_json::to_string(&Money::from_minor(1999)).unwrap(), "1999");
-        assert_eq!(serde_json::from_str::<Money>("-50").unwrap(), Money::from_minor(-50));
+        assert_eq!(
+            serde_json::to_string(&Money::from_minor(1999)).unwrap(),
+            "1999"
+        );
+        assert_eq!(
+            serde_json::from_str::<Money>("-50").unwrap(),
+            Money::from_minor(-50)
+        );
         // A float in a stored payload is a bug, not something to round.
         assert!(serde_json::from_str::<Money>("19.99").is_err());
     }
@@ -334,9 +369,15 @@ mod tests {
         for bad in ["eur", "EU", "EURO", "", "E1R", "ÉUR"] {
             assert!(Currency::new(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(serde_json::to_string(&Currency::new("USD").unwrap()).unwrap(), "\"USD\"");
+        assert_eq!(
+            serde_json::to_string(&Currency::new("USD").unwrap()).unwrap(),
+            "\"USD\""
+        );
         assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
-        assert_eq!(MoneyError::InvalidCurrency("x".into()).code(), "invalid_currency");
+        assert_eq!(
+            MoneyError::InvalidCurrency("x".into()).code(),
+            "invalid_currency"
+        );
         assert_eq!(MoneyError::Empty.code(), "invalid_amount");
     }
 }

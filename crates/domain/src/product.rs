@@ -9,7 +9,7 @@ use crate::money::{Currency, Money};
 use crate::{check_id, check_text, ErrorKind};
 
 /// Highest price a product may have: 10 000.00.
-pub const MAX_PRICE: Money = Money::from_minor(10_000_00);
+pub const MAX_PRICE: Money = Money::from_minor(1_000_000);
 pub const NAME_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 5000;
 pub const CATEGORY_MAX_CHARS: usize = 100;
@@ -99,7 +99,7 @@ pub enum ProductError {
     /// `invalid_field`.
     #[error("invalid {field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
-    /// The price is negative or above 10 000.00. 400, `price_out_of_range`.
+    /// The price is negative or above 10 000.00. 422, `price_out_of_range`.
     #[error("price {price} is outside 0.00..={}", MAX_PRICE)]
     PriceOutOfRange { price: Money },
     /// The new price is less than half the old one. 422, `price_cut_too_large`.
@@ -126,17 +126,20 @@ pub enum ProductError {
         delta: i64,
     },
     /// Adding units beyond `MAX_STOCK_PER_WAREHOUSE`. 422, `stock_limit_exceeded`.
-    #[error("warehouse {warehouse} may hold at most {} units", MAX_STOCK_PER_WAREHOUSE)]
+    #[error(
+        "warehouse {warehouse} may hold at most {} units",
+        MAX_STOCK_PER_WAREHOUSE
+    )]
     StockLimitExceeded { warehouse: String },
 }
 
 impl ProductError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ProductError::InvalidField { .. } | ProductError::PriceOutOfRange { .. } => {
-                ErrorKind::Invalid
-            }
-            ProductError::PriceCutTooLarge { .. }
+            // The price bounds are business rules of the domain (DESIGN.md), hence 422.
+            ProductError::InvalidField { .. } => ErrorKind::Invalid,
+            ProductError::PriceOutOfRange { .. }
+            | ProductError::PriceCutTooLarge { .. }
             | ProductError::ProductDeleted { .. }
             | ProductError::InsufficientStock { .. }
             | ProductError::StockLimitExceeded { .. } => ErrorKind::Rule,
@@ -214,7 +217,10 @@ impl Product {
     }
     /// Units in one warehouse (0 for a warehouse never stocked).
     pub fn stock(&self, warehouse: &str) -> i64 {
-        self.stock_by_warehouse().get(warehouse).copied().unwrap_or(0)
+        self.stock_by_warehouse()
+            .get(warehouse)
+            .copied()
+            .unwrap_or(0)
     }
     /// Units per warehouse, for every warehouse ever stocked.
     pub fn stock_by_warehouse(&self) -> &BTreeMap<String, i64> {
