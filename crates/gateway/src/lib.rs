@@ -1,1 +1,169 @@
+//! The HTTP face of Ficus: axum routes, DTOs, auth, and the mapping of errors to statuses.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP. It turns requests into
+//! calls on the runtime and the domain, and their answers into JSON.
 
+pub mod auth;
+mod error;
+mod extract;
+mod openapi;
+mod shop;
+mod streams;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ficus_domain::service::Shop;
+use ficus_runtime::{ProjectionHandle, ProjectionState, Shutdown};
+use ficus_store::EventStore;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use auth::{Auth, Claims};
+pub use error::ApiError;
+
+/// Header carrying the position a query's answer reflects.
+pub const POSITION_HEADER: &str = "ficus-position";
+/// Header carrying the request's correlation id (taken from the request or created).
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// Longest correlation id kept from a request, in bytes.
+const CORRELATION_MAX_BYTES: usize = 128;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest request body accepted; more is a 413.
+    pub max_body_bytes: usize,
+    /// Longest a query waits for `min_position` before answering 503 `read_model_lagging`.
+    pub read_your_writes_timeout: Duration,
+    /// Live SSE subscribers served at once; more get 503.
+    pub max_sse_subscribers: usize,
+    /// Interval of SSE keep-alive comments.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            read_your_writes_timeout: Duration::from_secs(5),
+            max_sse_subscribers: 256,
+            sse_keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+    pub shop: Shop,
+    pub catalog: ProjectionHandle,
+    pub orders: ProjectionHandle,
+    pub auth: Arc<Auth>,
+    pub config: Arc<ApiConfig>,
+    pub sse_permits: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+}
+
+impl AppState {
+    pub fn projections(&self) -> [&ProjectionHandle; 2] {
+        [&self.catalog, &self.orders]
+    }
+}
+
+/// The correlation id of a request, as put in its extensions by the middleware.
+#[derive(Clone, Debug)]
+pub struct CorrelationId(pub String);
+
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= CORRELATION_MAX_BYTES
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(CORRELATION_HEADER), v);
+    }
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({"status": "up"}))
+}
+
+async fn ready(State(st): State<AppState>) -> Response {
+    let mut ok = !st.shutdown.is_triggered();
+    let mut checks = serde_json::Map::new();
+    checks.insert(
+        "shutting_down".into(),
+        json!({"ok": !st.shutdown.is_triggered()}),
+    );
+    for p in st.projections() {
+        let status = p.status();
+        let healthy = !matches!(
+            status.state,
+            ProjectionState::Failed { .. } | ProjectionState::Stopped
+        );
+        ok &= healthy;
+        checks.insert(
+            format!("projection:{}", p.name()),
+            json!({"ok": healthy, "checkpoint": status.checkpoint, "lag_events": p.lag_events()}),
+        );
+    }
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ok {"ready"} else {"not_ready"}, "checks": checks});
+    (code, Json(body)).into_response()
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/v1/openapi.json", get(openapi::document))
+        .merge(streams::routes())
+        .merge(shop::routes())
+        .route("/v1/projections", get(streams::list_projections))
+        .route(
+            "/v1/projections/{name}/rebuild",
+            post(streams::rebuild_projection),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(correlation))
+        .with_state(state)
+}

@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::Shutdown;
 
+/// The connection a read-model query runs on.
+pub type QueryConnection = Connection;
+
 /// Most events applied in one read-model transaction.
 pub const PROJECTION_BATCH_EVENTS: usize = 1000;
 /// Query connections per read model.
@@ -352,6 +355,7 @@ impl ProjectionRunner {
             };
             let mut sub = Subscription::new(self.store.clone(), checkpoint + 1);
             loop {
+                self.mark_live_if_at_head();
                 let first = tokio::select! {
                     _ = shutdown.wait() => break 'restart,
                     Some(ctl) = self.control.recv() => {
@@ -460,6 +464,25 @@ impl ProjectionRunner {
                 let _ = ack.send(r);
             }
         }
+    }
+
+    /// Reports `Live` once everything committed has been applied. Without it a runner that
+    /// reached the head (end of catch-up or rebuild, an empty log, a retry that found nothing
+    /// new) kept its old state until the next event arrived, possibly forever.
+    fn mark_live_if_at_head(&self) {
+        let head = self.store.head_position();
+        self.status.send_if_modified(|s| {
+            let at_head = s.checkpoint >= head;
+            let waiting = match s.state {
+                ProjectionState::CatchingUp | ProjectionState::Failed { .. } => true,
+                ProjectionState::Rebuilding { target } => s.checkpoint >= target,
+                ProjectionState::Live | ProjectionState::Stopped => false,
+            };
+            if at_head && waiting {
+                s.state = ProjectionState::Live;
+            }
+            at_head && waiting
+        });
     }
 
     fn fail(&self, error: String) {

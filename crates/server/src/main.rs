@@ -1,1 +1,290 @@
-fn main(){}
+//! The `ficus` command line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use ficus_core::{EventType, ExpectedVersion, StreamId};
+use ficus_server::app::{self, ServerConfig, SECRET_ENV};
+use ficus_server::{bench, demo};
+use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
+use ficus_store::{new_event, EventStore};
+
+#[derive(Parser)]
+#[command(name = "ficus", version, about = "Event sourcing, worker pools and a strangler-fig gateway in one binary")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "FICUS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on the embedded backend.
+    Serve {
+        /// Where the event log and read models live.
+        #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "FICUS_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Largest request body, in bytes.
+        #[arg(long, env = "FICUS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Longest a query waits for `min_position`, in milliseconds.
+        #[arg(long, env = "FICUS_READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 5000)]
+        read_your_writes_timeout_ms: u64,
+    },
+    /// Start a server, seed the reference domain, drive traffic and show what to look at.
+    Demo {
+        /// Data directory (default: a fresh temporary one, removed afterwards).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 15)]
+        duration_secs: u64,
+        /// Concurrent simulated clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Stop after the traffic instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_after_traffic: bool,
+    },
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+    /// Mint a bearer token signed with the server's secret.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated roles: seller, customer, admin.
+        #[arg(long, value_delimiter = ',', default_value = "customer")]
+        roles: Vec<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+        #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
+        data_dir: PathBuf,
+    },
+    /// Test hooks (not for users).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        which: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable single-event appends/s and ack latency at several writer counts.
+    Append {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        writers: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Directory for the benchmark's databases (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Append batches forever from many tasks, printing each acknowledged batch as a line.
+    AppendLoop {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        tasks: usize,
+    },
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FICUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn temp_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            max_body_bytes,
+            read_your_writes_timeout_ms,
+        } => {
+            init_logs(cli.log_format, "info");
+            let mut cfg = ServerConfig::new(data_dir, listen);
+            cfg.auth_secret = std::env::var(SECRET_ENV).ok();
+            cfg.api.max_body_bytes = max_body_bytes;
+            cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
+            let running = app::start(cfg).await?;
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing in-flight requests");
+            running.stop().await?;
+        }
+        Command::Demo {
+            data_dir,
+            listen,
+            duration_secs,
+            clients,
+            exit_after_traffic,
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            let (dir, remove) = match data_dir {
+                Some(d) => (d, false),
+                None => (temp_dir("ficus-demo"), true),
+            };
+            let mut cfg = ServerConfig::new(&dir, listen);
+            cfg.auth_secret = Some(
+                std::env::var(SECRET_ENV)
+                    .unwrap_or_else(|_| format!("demo-{:032x}", rand::random::<u128>())),
+            );
+            let r = demo::run(demo::DemoOptions {
+                config: cfg,
+                duration: Duration::from_secs(duration_secs),
+                clients: clients.max(1),
+                exit_after_traffic,
+            })
+            .await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            r?;
+        }
+        Command::Bench { which } => {
+            init_logs(LogFormat::Text, "warn");
+            match which {
+                BenchCommand::Append {
+                    writers,
+                    duration_secs,
+                    runs,
+                    dir,
+                    json_out,
+                } => {
+                    let (dir, remove) = match dir {
+                        Some(d) => (d, false),
+                        None => (temp_dir("ficus-bench"), true),
+                    };
+                    let out = bench::append_bench(
+                        &dir,
+                        &writers,
+                        Duration::from_secs(duration_secs),
+                        runs,
+                    )
+                    .await;
+                    if remove {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    let out = out?;
+                    if let Some(p) = json_out {
+                        std::fs::write(&p, serde_json::to_string_pretty(&out)?)
+                            .with_context(|| format!("writing {}", p.display()))?;
+                    }
+                }
+            }
+        }
+        Command::Token {
+            sub,
+            roles,
+            ttl_secs,
+            data_dir,
+        } => {
+            let secret = app::resolve_secret(&data_dir, std::env::var(SECRET_ENV).ok().as_deref())?;
+            let auth = ficus_gateway::Auth::new(secret);
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            println!("{}", app::mint(&auth, &sub, &roles, ttl_secs));
+        }
+        Command::Debug { which } => match which {
+            DebugCommand::AppendLoop { data_dir, tasks } => append_loop(data_dir, tasks).await?,
+        },
+    }
+    Ok(())
+}
+
+/// For the kill -9 test: appends batches of 1–5 events from many tasks and prints one line
+/// per acknowledged batch: `ACK <first_position> <last_position> <batch id>`. Each event's
+/// payload names its batch, its index and the batch size, so a reader of the log can tell a
+/// whole batch from a torn one.
+async fn append_loop(data_dir: PathBuf, tasks: usize) -> anyhow::Result<()> {
+    let store = Arc::new(SqliteEventStore::open(data_dir.join("events.db"), SqliteConfig::default())?);
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    println!("READY");
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (store, out) = (store.clone(), out.clone());
+        handles.push(tokio::spawn(async move {
+            let ty = EventType::new("Appended").expect("valid type");
+            let mut i: u64 = 0;
+            loop {
+                i += 1;
+                let n = 1 + (i as usize * 7 + t) % 5;
+                let batch = uuid::Uuid::now_v7();
+                let stream = StreamId::new(format!("kill-{}", (i as usize + t) % 8)).expect("valid");
+                let events = (0..n)
+                    .map(|k| new_event(ty.clone(), serde_json::json!({"batch": batch, "k": k, "n": n})))
+                    .collect();
+                let r = store.append(&stream, ExpectedVersion::Any, events).await?;
+                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                writeln!(o, "ACK {} {} {batch}", r.first_position, r.last_position)?;
+                o.flush()?;
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(())
+}

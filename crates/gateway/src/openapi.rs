@@ -1,0 +1,1470 @@
+//! The OpenAPI 3.1 document of the public HTTP contract, written by hand next to the routes.
+//!
+//! Keep it in step with `lib.rs`, `streams.rs` and `shop.rs`: every route registered there has
+//! an operation here, with the query parameters, bodies, headers and statuses its handler uses.
+//! The unit tests below pin the list of operations and check that every `$ref` resolves.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+/// `GET /v1/openapi.json`.
+pub async fn document() -> axum::Json<Value> {
+    axum::Json(spec().clone())
+}
+
+/// The OpenAPI document, built once.
+pub fn spec() -> &'static Value {
+    static SPEC: OnceLock<Value> = OnceLock::new();
+    SPEC.get_or_init(build)
+}
+
+const INFO_DESCRIPTION: &str = "Ficus is an event store with a reference shop domain on top: \
+raw streams and the global log for admins, product and order commands, and queries on read \
+models. Versions (of an event within its stream) and positions (of an event in the global log) \
+start at 1 and have no gaps; 0 means \"nothing yet\". Money is a JSON number with at most two \
+decimals and no exponent (e.g. 19.99), held exactly as integer minor units, never through a \
+float. Commands answer the new version and position; a query given `min_position` waits \
+(bounded) until its read model has reached that position, so a client reads its own writes, \
+and every query answer says in `Ficus-Position` which position it reflects. Errors are JSON \
+`{code, message}` with a machine-readable `code`; unknown routes answer 404 `route_not_found` \
+and known routes called with another method 405 `method_not_allowed`. Every response carries \
+`X-Correlation-Id` (the request's, or a new one).";
+
+fn build() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Ficus",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": INFO_DESCRIPTION,
+        },
+        "tags": [
+            {"name": "health", "description": "Liveness and readiness probes."},
+            {"name": "meta", "description": "This document."},
+            {"name": "events", "description": "Raw event-store access (admin)."},
+            {"name": "projections", "description": "Read-model status and rebuilds (admin)."},
+            {"name": "products", "description": "Product commands and catalog queries."},
+            {"name": "orders", "description": "Order commands and queries."},
+        ],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "parameters": parameters(),
+            "headers": headers(),
+            "responses": error_responses(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A JWT signed with HS256 (no other algorithm is accepted) \
+                        carrying `sub` (the user id), `roles` (e.g. admin, seller, customer) \
+                        and optionally `exp` / `nbf`. Missing or bad → 401 `unauthorized`.",
+                },
+            },
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small builders
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn param_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/parameters/{name}")})
+}
+
+fn header_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/headers/{name}")})
+}
+
+/// A JSON request body. `required: false` for bodies that may be empty.
+fn json_body(schema: &str, required: bool) -> Value {
+    json!({
+        "required": required,
+        "content": {"application/json": {"schema": schema_ref(schema)}},
+    })
+}
+
+/// A query parameter declared inline.
+fn query_param(name: &str, required: bool, description: &str, schema: Value) -> Value {
+    json!({
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    })
+}
+
+/// A success response: JSON `schema`, the named response headers (components.headers), and
+/// always `X-Correlation-Id`.
+fn success(description: &str, schema: Value, with_headers: &[&str]) -> Value {
+    json!({
+        "description": description,
+        "headers": response_headers(with_headers),
+        "content": {"application/json": {"schema": schema}},
+    })
+}
+
+fn response_headers(names: &[&str]) -> Value {
+    let mut h = Map::new();
+    for name in names {
+        h.insert((*name).to_owned(), header_ref(header_component(name)));
+    }
+    h.insert("X-Correlation-Id".into(), header_ref("XCorrelationId"));
+    Value::Object(h)
+}
+
+fn header_component(name: &str) -> &'static str {
+    match name {
+        "Ficus-Position" => "FicusPosition",
+        "ETag" => "ETag",
+        "Retry-After" => "RetryAfter",
+        other => panic!("no header component for {other}"),
+    }
+}
+
+/// The component response of an error status.
+fn error_component(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        413 => "PayloadTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "UnprocessableEntity",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        other => panic!("no error response for {other}"),
+    }
+}
+
+/// One operation, assembled into its OpenAPI object by [`Op::build`].
+struct Op {
+    id: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    description: Option<&'static str>,
+    /// Needs a bearer token (the handler extracts `Caller`).
+    secured: bool,
+    params: Vec<Value>,
+    body: Option<Value>,
+    success: Option<(u16, Value)>,
+    /// Error statuses, each with the `code`s it may carry ("" for the component's text).
+    errors: Vec<(u16, &'static str)>,
+}
+
+impl Op {
+    fn new(id: &'static str, tag: &'static str, summary: &'static str) -> Self {
+        Self {
+            id,
+            tag,
+            summary,
+            description: None,
+            secured: false,
+            params: Vec::new(),
+            body: None,
+            success: None,
+            errors: Vec::new(),
+        }
+    }
+
+    fn describe(mut self, text: &'static str) -> Self {
+        self.description = Some(text);
+        self
+    }
+
+    fn secured(mut self) -> Self {
+        self.secured = true;
+        self
+    }
+
+    fn param(mut self, p: Value) -> Self {
+        self.params.push(p);
+        self
+    }
+
+    fn body(mut self, b: Value) -> Self {
+        self.body = Some(b);
+        self
+    }
+
+    fn success(mut self, status: u16, response: Value) -> Self {
+        self.success = Some((status, response));
+        self
+    }
+
+    fn errors(mut self, errors: &[(u16, &'static str)]) -> Self {
+        self.errors.extend_from_slice(errors);
+        self
+    }
+
+    fn build(self) -> Value {
+        let mut responses = Map::new();
+        let (status, response) = self.success.expect("every operation has a success answer");
+        responses.insert(status.to_string(), response);
+        if self.secured {
+            responses.insert(
+                "401".into(),
+                json!({"$ref": "#/components/responses/Unauthorized"}),
+            );
+        }
+        for (status, codes) in self.errors {
+            let mut r = Map::new();
+            r.insert(
+                "$ref".into(),
+                json!(format!(
+                    "#/components/responses/{}",
+                    error_component(status)
+                )),
+            );
+            if !codes.is_empty() {
+                r.insert("description".into(), json!(codes));
+            }
+            responses.insert(status.to_string(), Value::Object(r));
+        }
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(self.id));
+        op.insert("tags".into(), json!([self.tag]));
+        op.insert("summary".into(), json!(self.summary));
+        if let Some(d) = self.description {
+            op.insert("description".into(), json!(d));
+        }
+        let mut params = self.params;
+        params.push(param_ref("XCorrelationId"));
+        op.insert("parameters".into(), Value::Array(params));
+        if let Some(b) = self.body {
+            op.insert("requestBody".into(), b);
+        }
+        op.insert("responses".into(), Value::Object(responses));
+        op.insert(
+            "security".into(),
+            if self.secured {
+                json!([{"bearer": []}])
+            } else {
+                json!([])
+            },
+        );
+        Value::Object(op)
+    }
+}
+
+fn path_item(ops: Vec<(&str, Op)>) -> Value {
+    let mut item = Map::new();
+    for (method, op) in ops {
+        item.insert(method.to_owned(), op.build());
+    }
+    Value::Object(item)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths
+
+fn paths() -> Value {
+    let mut p = Map::new();
+    for (path, item) in health_paths()
+        .into_iter()
+        .chain(event_paths())
+        .chain(projection_paths())
+        .chain(product_paths())
+        .chain(order_paths())
+    {
+        p.insert(path.to_owned(), item);
+    }
+    Value::Object(p)
+}
+
+fn health_paths() -> Vec<(&'static str, Value)> {
+    let ready = json!({
+        "description": "Not ready: shutting down, or a projection failed or stopped.",
+        "headers": response_headers(&[]),
+        "content": {"application/json": {"schema": schema_ref("Readiness")}},
+    });
+    let mut ready_op = Op::new("ready", "health", "Readiness probe")
+        .describe("Ready unless the server is shutting down or a projection has failed or stopped. A projection still catching up counts as ready; see its `lag_events`.")
+        .success(200, success("Ready.", schema_ref("Readiness"), &[]))
+        .build();
+    ready_op["responses"]["503"] = ready;
+    vec![
+        (
+            "/health/live",
+            path_item(vec![(
+                "get",
+                Op::new("live", "health", "Liveness probe")
+                    .describe("Answers as long as the process serves HTTP.")
+                    .success(200, success("Alive.", schema_ref("Liveness"), &[])),
+            )]),
+        ),
+        ("/health/ready", json!({"get": ready_op})),
+        (
+            "/v1/openapi.json",
+            path_item(vec![(
+                "get",
+                Op::new("openapi", "meta", "This OpenAPI 3.1 document").success(
+                    200,
+                    success("The document.", json!({"type": "object"}), &[]),
+                ),
+            )]),
+        ),
+    ]
+}
+
+fn event_paths() -> Vec<(&'static str, Value)> {
+    let limit = || {
+        query_param(
+            "limit",
+            false,
+            "Most events returned. Outside 1..=1000 → 400 `invalid_limit`.",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        )
+    };
+    let sse = json!({
+        "description": "A Server-Sent Events stream, one message per event from the start \
+            position on, then live ones. Each message has `id:` = the event's position and \
+            `data:` = the event as JSON (schema `Event`). A subscriber too slow for the live \
+            feed, or one whose store closes, gets a last message `event: error` whose data is \
+            `{code, message, next_position}` (`subscriber_fell_behind`, `store_closed`, \
+            `store_unavailable`) and the stream ends; reconnecting with `Last-Event-ID` loses \
+            nothing. Keep-alive comments are sent while idle.",
+        "headers": response_headers(&[]),
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-ficus-event-schema": schema_ref("Event"),
+            },
+        },
+    });
+    vec![
+        (
+            "/v1/streams/{stream}",
+            path_item(vec![
+                (
+                    "get",
+                    Op::new("readStream", "events", "Read a stream")
+                        .describe("Events of one stream in version order. Needs the admin role.")
+                        .secured()
+                        .param(param_ref("Stream"))
+                        .param(query_param(
+                            "from_version",
+                            false,
+                            "First version returned (0 is taken as 1).",
+                            json!({"type": "integer", "minimum": 0, "default": 1}),
+                        ))
+                        .param(limit())
+                        .success(200, success("A page of the stream's events.", schema_ref("EventPage"), &[]))
+                        .errors(&[
+                            (400, "`invalid_stream_id`, `invalid_query`, `invalid_limit`, `invalid_path`."),
+                            (403, "`forbidden`: not an admin."),
+                            (404, "`stream_not_found`: the stream has no events."),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+                (
+                    "post",
+                    Op::new("appendToStream", "events", "Append events to a stream")
+                        .describe("Appends events atomically, checking `expected_version` first. Each event's metadata gets the request's correlation id and the caller's user id unless it sets them. Needs the admin role.")
+                        .secured()
+                        .param(param_ref("Stream"))
+                        .body(json_body("AppendRequest", true))
+                        .success(201, success("Appended.", schema_ref("AppendResult"), &[]))
+                        .errors(&[
+                            (400, "`invalid_json`, `invalid_body`, `invalid_stream_id`, `invalid_expected_version`, `invalid_event_type`, `invalid_request` (e.g. no events), `invalid_path`."),
+                            (403, "`forbidden`: not an admin."),
+                            (409, "`wrong_expected_version`, with `actual_version`."),
+                            (413, ""),
+                            (415, ""),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+            ]),
+        ),
+        (
+            "/v1/all",
+            path_item(vec![(
+                "get",
+                Op::new("readAll", "events", "Read the global log")
+                    .describe("Events of all streams in position order. Needs the admin role.")
+                    .secured()
+                    .param(query_param(
+                        "from_position",
+                        false,
+                        "First position returned (0 is taken as 1).",
+                        json!({"type": "integer", "minimum": 0, "default": 1}),
+                    ))
+                    .param(limit())
+                    .success(200, success("A page of the global log.", schema_ref("AllEventsPage"), &[]))
+                    .errors(&[
+                        (400, "`invalid_query`, `invalid_limit`."),
+                        (403, "`forbidden`: not an admin."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/subscribe",
+            path_item(vec![(
+                "get",
+                Op::new("subscribe", "events", "Subscribe to the global log (SSE)")
+                    .describe("Live subscription over Server-Sent Events. Starts at `Last-Event-ID` + 1 when that header is sent (a reconnect), else at `from_position`. Needs the admin role.")
+                    .secured()
+                    .param(query_param(
+                        "from_position",
+                        false,
+                        "First position delivered when no `Last-Event-ID` is sent.",
+                        json!({"type": "integer", "minimum": 0, "default": 1}),
+                    ))
+                    .param(param_ref("LastEventId"))
+                    .success(200, sse)
+                    .errors(&[
+                        (400, "`invalid_query`, `invalid_last_event_id`."),
+                        (403, "`forbidden`: not an admin."),
+                        (503, "`too_many_subscribers`: the server already serves its limit of live subscribers."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
+fn projection_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/v1/projections",
+            path_item(vec![(
+                "get",
+                Op::new("listProjections", "projections", "Projection status")
+                    .describe("Each read model's checkpoint, state and lag. Needs the admin role.")
+                    .secured()
+                    .success(200, success("The projections.", schema_ref("ProjectionList"), &[]))
+                    .errors(&[(403, "`forbidden`: not an admin.")]),
+            )]),
+        ),
+        (
+            "/v1/projections/{name}/rebuild",
+            path_item(vec![(
+                "post",
+                Op::new("rebuildProjection", "projections", "Rebuild a projection")
+                    .describe("Drops the read model and replays the log into it from the start; answers once the rebuild has begun. Queries keep answering meanwhile, and `min_position` waits still hold. Needs the admin role.")
+                    .secured()
+                    .param(param_ref("ProjectionName"))
+                    .success(202, success("The rebuild started.", schema_ref("RebuildAccepted"), &[]))
+                    .errors(&[
+                        (400, "`invalid_path`."),
+                        (403, "`forbidden`: not an admin."),
+                        (404, "`projection_not_found`."),
+                        (503, "`rebuild_failed`."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
+/// Errors shared by every query on a read model.
+const QUERY_503: (u16, &str) = (
+    503,
+    "`read_model_lagging` (with `position` and `min_position`): the read model did not reach `min_position` in time; `read_model_stopped`; `store_unavailable`.",
+);
+
+/// Errors shared by every command on an existing product or order.
+const COMMAND_409: (u16, &str) = (
+    409,
+    "`wrong_expected_version` (with `actual_version`): `If-Match` is stale, or another writer won the race.",
+);
+
+fn product_paths() -> Vec<(&'static str, Value)> {
+    let command_ok = || {
+        success(
+            "Done; the new version and position. `ETag` is the new version.",
+            schema_ref("CommandResult"),
+            &["ETag"],
+        )
+    };
+    vec![
+        (
+            "/v1/products",
+            path_item(vec![
+                (
+                    "post",
+                    Op::new("createProduct", "products", "Create a product")
+                        .describe("Creates a product owned by the caller, with a new id. Needs the seller role.")
+                        .secured()
+                        .body(json_body("CreateProduct", true))
+                        .success(201, success(
+                            "Created; the new product's id, version and position. `ETag` is the version.",
+                            schema_ref("CommandResult"),
+                            &["ETag"],
+                        ))
+                        .errors(&[
+                            (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_amount`, `invalid_currency`."),
+                            (403, "`forbidden`: not a seller."),
+                            (409, "`product_already_exists`, `wrong_expected_version`."),
+                            (413, ""),
+                            (415, ""),
+                            (422, "`price_out_of_range`, `stock_limit_exceeded`."),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+                (
+                    "get",
+                    Op::new("searchProducts", "products", "Search the catalog")
+                        .describe("Public. Products not deleted, filtered by text, category and price range, paged.")
+                        .param(query_param(
+                            "q",
+                            false,
+                            "Free text matched against name and description; at most 256 bytes.",
+                            json!({"type": "string", "maxLength": 256}),
+                        ))
+                        .param(query_param(
+                            "category",
+                            false,
+                            "Exact category; empty means any.",
+                            json!({"type": "string"}),
+                        ))
+                        .param(query_param(
+                            "min_price",
+                            false,
+                            "Lowest price, a decimal with at most two decimals (e.g. 10.50).",
+                            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,2})?$"}),
+                        ))
+                        .param(query_param(
+                            "max_price",
+                            false,
+                            "Highest price, a decimal with at most two decimals.",
+                            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,2})?$"}),
+                        ))
+                        .param(query_param(
+                            "limit",
+                            false,
+                            "Most products returned. Outside 1..=100 → 400 `invalid_limit`.",
+                            json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
+                        ))
+                        .param(query_param(
+                            "offset",
+                            false,
+                            "Products skipped. Over 10000 → 400 `invalid_offset`.",
+                            json!({"type": "integer", "minimum": 0, "maximum": 10000, "default": 0}),
+                        ))
+                        .param(param_ref("MinPosition"))
+                        .success(200, success("Matching products.", schema_ref("SearchResult"), &["Ficus-Position"]))
+                        .errors(&[
+                            (400, "`invalid_query`, `invalid_limit`, `invalid_offset`."),
+                            (500, ""),
+                            QUERY_503,
+                        ]),
+                ),
+            ]),
+        ),
+        (
+            "/v1/products/{id}",
+            path_item(vec![
+                (
+                    "get",
+                    Op::new("getProduct", "products", "Get a product")
+                        .describe("Public. `ETag` is the product's version, for `If-Match` on later commands.")
+                        .param(param_ref("ProductId"))
+                        .param(param_ref("MinPosition"))
+                        .success(200, success("The product.", schema_ref("Product"), &["ETag", "Ficus-Position"]))
+                        .errors(&[
+                            (400, "`invalid_query`, `invalid_path`."),
+                            (404, "`product_not_found` (also when deleted)."),
+                            (500, ""),
+                            QUERY_503,
+                        ]),
+                ),
+                (
+                    "delete",
+                    Op::new("deleteProduct", "products", "Delete a product")
+                        .describe("Marks the product deleted. Only its seller may.")
+                        .secured()
+                        .param(param_ref("ProductId"))
+                        .param(param_ref("IfMatch"))
+                        .body(json_body("Delete", true))
+                        .success(200, command_ok())
+                        .errors(&[
+                            (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_if_match`."),
+                            (403, "`not_product_owner`."),
+                            (404, "`product_not_found`."),
+                            COMMAND_409,
+                            (413, ""),
+                            (415, ""),
+                            (422, "`product_deleted`."),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+            ]),
+        ),
+        (
+            "/v1/products/{id}/price",
+            path_item(vec![(
+                "put",
+                Op::new("changePrice", "products", "Change a product's price")
+                    .describe("Only its seller may. The price bounds and the largest cut allowed at once are business rules (422).")
+                    .secured()
+                    .param(param_ref("ProductId"))
+                    .param(param_ref("IfMatch"))
+                    .body(json_body("Price", true))
+                    .success(200, command_ok())
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_amount`, `invalid_if_match`."),
+                        (403, "`not_product_owner`."),
+                        (404, "`product_not_found`."),
+                        COMMAND_409,
+                        (413, ""),
+                        (415, ""),
+                        (422, "`price_out_of_range`, `price_cut_too_large`, `product_deleted`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/products/{id}/stock",
+            path_item(vec![(
+                "post",
+                Op::new("adjustStock", "products", "Adjust a product's stock")
+                    .describe("Adds `delta` (negative to remove) to the stock of one warehouse. Only its seller may.")
+                    .secured()
+                    .param(param_ref("ProductId"))
+                    .param(param_ref("IfMatch"))
+                    .body(json_body("Stock", true))
+                    .success(200, command_ok())
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_if_match`."),
+                        (403, "`not_product_owner`."),
+                        (404, "`product_not_found`."),
+                        COMMAND_409,
+                        (413, ""),
+                        (415, ""),
+                        (422, "`insufficient_stock`, `stock_limit_exceeded`, `product_deleted`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
+fn order_paths() -> Vec<(&'static str, Value)> {
+    let command_ok = || {
+        success(
+            "Done; the new version and position. `ETag` is the new version.",
+            schema_ref("CommandResult"),
+            &["ETag"],
+        )
+    };
+    let order_rules = "`invalid_quantity`, `quantity_limit_exceeded`, `too_many_items`, `currency_mismatch`, `order_total_too_large`, `unknown_product`, `product_deleted`, `order_already_placed`, `order_cancelled`.";
+    vec![
+        (
+            "/v1/orders",
+            path_item(vec![(
+                "post",
+                Op::new("createOrder", "orders", "Create an order")
+                    .describe("Opens a draft order for the caller, with a new id, at the products' current prices. `items` may be empty. Needs the customer role.")
+                    .secured()
+                    .body(json_body("CreateOrder", true))
+                    .success(201, success(
+                        "Created; the new order's id, version and position. `ETag` is the version.",
+                        schema_ref("CommandResult"),
+                        &["ETag"],
+                    ))
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_field`."),
+                        (403, "`forbidden`: not a customer."),
+                        (409, "`order_already_exists`, `wrong_expected_version`."),
+                        (413, ""),
+                        (415, ""),
+                        (422, order_rules),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/orders/{id}/items",
+            path_item(vec![(
+                "post",
+                Op::new("addItem", "orders", "Add an item to a draft order")
+                    .describe("Adds units of a product at its current price. Only the order's customer may.")
+                    .secured()
+                    .param(param_ref("OrderId"))
+                    .param(param_ref("IfMatch"))
+                    .body(json_body("Item", true))
+                    .success(200, command_ok())
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_if_match`."),
+                        (403, "`not_order_owner`."),
+                        (404, "`order_not_found`."),
+                        COMMAND_409,
+                        (413, ""),
+                        (415, ""),
+                        (422, order_rules),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/orders/{id}/place",
+            path_item(vec![(
+                "post",
+                Op::new("placeOrder", "orders", "Place a draft order")
+                    .describe("No body. Only the order's customer may.")
+                    .secured()
+                    .param(param_ref("OrderId"))
+                    .param(param_ref("IfMatch"))
+                    .success(200, command_ok())
+                    .errors(&[
+                        (400, "`invalid_field`, `invalid_if_match`."),
+                        (403, "`not_order_owner`."),
+                        (404, "`order_not_found`."),
+                        COMMAND_409,
+                        (422, "`empty_order`, `order_already_placed`, `order_cancelled`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/orders/{id}/cancel",
+            path_item(vec![(
+                "post",
+                Op::new("cancelOrder", "orders", "Cancel an order")
+                    .describe("Cancels a draft or placed order. The body is optional (an empty body is no reason); when sent it must be JSON. Only the order's customer may.")
+                    .secured()
+                    .param(param_ref("OrderId"))
+                    .param(param_ref("IfMatch"))
+                    .body(json_body("Cancel", false))
+                    .success(200, command_ok())
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_if_match`."),
+                        (403, "`not_order_owner`."),
+                        (404, "`order_not_found`."),
+                        COMMAND_409,
+                        (413, ""),
+                        (422, "`order_cancelled`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/customers/{id}/orders",
+            path_item(vec![(
+                "get",
+                Op::new("customerOrders", "orders", "A customer's orders")
+                    .describe("Newest first. A customer may list only their own orders; an admin any customer's.")
+                    .secured()
+                    .param(param_ref("CustomerId"))
+                    .param(query_param(
+                        "limit",
+                        false,
+                        "Most orders returned. Outside 1..=50 → 400 `invalid_limit`.",
+                        json!({"type": "integer", "minimum": 1, "maximum": 50, "default": 50}),
+                    ))
+                    .param(param_ref("MinPosition"))
+                    .success(200, success("The orders.", schema_ref("OrderList"), &["Ficus-Position"]))
+                    .errors(&[
+                        (400, "`invalid_query`, `invalid_limit`, `invalid_path`."),
+                        (403, "`forbidden`: another customer's orders."),
+                        (500, ""),
+                        QUERY_503,
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/analytics/orders",
+            path_item(vec![(
+                "get",
+                Op::new("orderAnalytics", "orders", "Placed orders per day")
+                    .describe("Per day (UTC) and currency: how many orders were placed and their total. Needs the admin role.")
+                    .secured()
+                    .param(query_param(
+                        "from",
+                        true,
+                        "First day, YYYY-MM-DD.",
+                        json!({"type": "string", "format": "date"}),
+                    ))
+                    .param(query_param(
+                        "to",
+                        true,
+                        "Last day, YYYY-MM-DD, included; not before `from`, and at most 3660 days in all.",
+                        json!({"type": "string", "format": "date"}),
+                    ))
+                    .param(param_ref("MinPosition"))
+                    .success(200, success("The days that had orders.", schema_ref("AnalyticsResult"), &["Ficus-Position"]))
+                    .errors(&[
+                        (400, "`invalid_query`."),
+                        (403, "`forbidden`: not an admin."),
+                        (500, ""),
+                        QUERY_503,
+                    ]),
+            )]),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Components
+
+fn parameters() -> Value {
+    let id_schema = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.:@-]+$"});
+    json!({
+        "MinPosition": {
+            "name": "min_position",
+            "in": "query",
+            "required": false,
+            "description": "Read your own writes: wait until the read model has applied this \
+                position (e.g. the `position` of a command's answer) before answering. The wait \
+                is bounded; past it the answer is 503 `read_model_lagging`.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "IfMatch": {
+            "name": "If-Match",
+            "in": "header",
+            "required": false,
+            "description": "Optimistic concurrency: the ETag (version) the command expects, e.g. \
+                `\"3\"` (a `W/` prefix or a bare number is accepted too). Stale → 409 \
+                `wrong_expected_version`; not a version → 400 `invalid_if_match`.",
+            "schema": {"type": "string", "examples": ["\"3\""]},
+        },
+        "LastEventId": {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": false,
+            "description": "The position of the last event received, sent by a reconnecting \
+                SSE client; delivery resumes right after it. Not a position → 400 \
+                `invalid_last_event_id`.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "XCorrelationId": {
+            "name": "X-Correlation-Id",
+            "in": "header",
+            "required": false,
+            "description": "Correlation id of the request, echoed in the response and recorded \
+                in the metadata of the events it causes. Kept when 1-128 visible ASCII \
+                characters; otherwise a new one is made.",
+            "schema": {"type": "string", "maxLength": 128},
+        },
+        "Stream": {
+            "name": "stream",
+            "in": "path",
+            "required": true,
+            "description": "Stream id: 1-200 bytes of `A-Z a-z 0-9 _ . : @ -`. Else 400 `invalid_stream_id`.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_.:@-]+$"},
+        },
+        "ProjectionName": {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "description": "Name of a projection (see `GET /v1/projections`).",
+            "schema": {"type": "string", "examples": ["catalog", "orders"]},
+        },
+        "ProductId": {"name": "id", "in": "path", "required": true, "description": "Product id.", "schema": id_schema.clone()},
+        "OrderId": {"name": "id", "in": "path", "required": true, "description": "Order id.", "schema": id_schema.clone()},
+        "CustomerId": {"name": "id", "in": "path", "required": true, "description": "Customer (user) id.", "schema": id_schema},
+    })
+}
+
+fn headers() -> Value {
+    json!({
+        "FicusPosition": {
+            "description": "The position of the global log the answer reflects; pass it as \
+                `min_position` to read at least this far later.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "ETag": {
+            "description": "The version of the resource, quoted (e.g. `\"3\"`); send it back in \
+                `If-Match`.",
+            "schema": {"type": "string", "pattern": "^\"[0-9]+\"$"},
+        },
+        "RetryAfter": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "XCorrelationId": {
+            "description": "Correlation id of the request (the one sent, or a new one).",
+            "schema": {"type": "string"},
+        },
+    })
+}
+
+fn error_responses() -> Value {
+    let e = |description: &str| {
+        json!({
+            "description": description,
+            "headers": {"X-Correlation-Id": header_ref("XCorrelationId")},
+            "content": {"application/json": {"schema": schema_ref("Error")}},
+        })
+    };
+    let mut unavailable = e("The service cannot answer now; retry after `Retry-After` seconds.");
+    unavailable["headers"]["Retry-After"] = header_ref("RetryAfter");
+    json!({
+        "BadRequest": e("The request is malformed: body, query, path, header or a field value."),
+        "Unauthorized": e("`unauthorized`: the bearer token is missing, malformed, badly signed, expired or not valid yet."),
+        "Forbidden": e("The caller may not do this."),
+        "NotFound": e("No such resource. Unknown routes answer 404 `route_not_found` too."),
+        "MethodNotAllowed": e("`method_not_allowed`: the route exists but does not take this method."),
+        "Conflict": e("A concurrency conflict or a duplicate."),
+        "PayloadTooLarge": e("`body_too_large`: the body is over the server's limit."),
+        "UnsupportedMediaType": e("`unsupported_media_type`: send the body as `Content-Type: application/json`."),
+        "UnprocessableEntity": e("A business rule refused the command."),
+        "InternalError": e("`internal`: a server fault, e.g. data the server cannot decode."),
+        "ServiceUnavailable": unavailable,
+    })
+}
+
+fn schemas() -> Value {
+    let mut s = Map::new();
+    for part in [
+        common_schemas(),
+        event_schemas(),
+        ops_schemas(),
+        read_schemas(),
+        request_schemas(),
+    ] {
+        if let Value::Object(m) = part {
+            s.extend(m);
+        }
+    }
+    Value::Object(s)
+}
+
+fn common_schemas() -> Value {
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Machine-readable, snake_case.", "examples": ["wrong_expected_version"]},
+                "message": {"type": "string", "description": "For humans; may change."},
+                "actual_version": {"type": "integer", "minimum": 0, "description": "On `wrong_expected_version`: the current version."},
+                "position": {"type": "integer", "minimum": 0, "description": "On `read_model_lagging`: where the read model is."},
+                "min_position": {"type": "integer", "minimum": 0, "description": "On `read_model_lagging`: the position asked for."},
+            },
+            "additionalProperties": true,
+        },
+        "Money": {
+            "type": "number",
+            "multipleOf": 0.01,
+            "description": "An amount: a JSON number with at most two decimals and no exponent \
+                (e.g. 19.99), held exactly as integer minor units.",
+            "examples": [19.99],
+        },
+        "CommandResult": {
+            "type": "object",
+            "required": ["id", "version", "position"],
+            "properties": {
+                "id": {"type": "string", "description": "The aggregate's id."},
+                "version": {"type": "integer", "minimum": 1, "description": "Its version after the command."},
+                "position": {"type": "integer", "minimum": 1, "description": "Global position of the command's last event; use it as `min_position`."},
+            },
+        },
+        "Liveness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "up"}},
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "checks": {
+                    "type": "object",
+                    "description": "`shutting_down` and one `projection:<name>` entry per projection.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["ok"],
+                        "properties": {
+                            "ok": {"type": "boolean"},
+                            "checkpoint": {"type": "integer", "minimum": 0},
+                            "lag_events": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
+            },
+        },
+    })
+}
+
+fn event_schemas() -> Value {
+    json!({
+        "Metadata": {
+            "type": "object",
+            "description": "Event metadata: the well-known fields below plus any others.",
+            "properties": {
+                "correlation_id": {"type": "string"},
+                "causation_id": {"type": "string"},
+                "user_id": {"type": "string"},
+            },
+            "additionalProperties": true,
+        },
+        "Event": {
+            "type": "object",
+            "required": ["id", "stream", "version", "position", "type", "schema_version", "data", "metadata", "recorded_at"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "stream": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1, "description": "Version within its stream."},
+                "position": {"type": "integer", "minimum": 1, "description": "Position in the global log."},
+                "type": {"type": "string", "examples": ["ProductCreated"]},
+                "schema_version": {"type": "integer", "minimum": 1},
+                "data": {"description": "The event's payload, any JSON."},
+                "metadata": schema_ref("Metadata"),
+                "recorded_at": {"type": "string", "format": "date-time", "description": "Commit time, RFC 3339 UTC with milliseconds."},
+            },
+        },
+        "EventPage": {
+            "type": "object",
+            "required": ["events"],
+            "properties": {"events": {"type": "array", "items": schema_ref("Event")}},
+        },
+        "AllEventsPage": {
+            "type": "object",
+            "required": ["events", "head_position"],
+            "properties": {
+                "events": {"type": "array", "items": schema_ref("Event")},
+                "head_position": {"type": "integer", "minimum": 0, "description": "Position of the last committed event."},
+            },
+        },
+        "AppendRequest": {
+            "type": "object",
+            "required": ["events"],
+            "additionalProperties": false,
+            "properties": {
+                "expected_version": {
+                    "description": "The stream's version before the append: an exact version \
+                        (0 = the stream must not exist), or `any` (the default), `no_stream`, \
+                        `exists`. Else 400 `invalid_expected_version`; mismatch → 409.",
+                    "oneOf": [
+                        {"type": "integer", "minimum": 0},
+                        {"type": "string", "enum": ["any", "no_stream", "exists"]},
+                    ],
+                },
+                "events": {"type": "array", "minItems": 1, "items": schema_ref("AppendEvent")},
+            },
+        },
+        "AppendEvent": {
+            "type": "object",
+            "required": ["type"],
+            "additionalProperties": false,
+            "properties": {
+                "id": {"type": "string", "format": "uuid", "description": "Defaults to a new UUID v7."},
+                "type": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_.:-]+$"},
+                "data": {"description": "The payload, any JSON; defaults to null."},
+                "metadata": schema_ref("Metadata"),
+                "schema_version": {"type": "integer", "minimum": 0, "maximum": 4294967295u64, "default": 1, "description": "0 is taken as 1."},
+            },
+        },
+        "AppendResult": {
+            "type": "object",
+            "required": ["stream", "first_version", "last_version", "first_position", "position"],
+            "properties": {
+                "stream": {"type": "string"},
+                "first_version": {"type": "integer", "minimum": 1},
+                "last_version": {"type": "integer", "minimum": 1, "description": "The stream's version now."},
+                "first_position": {"type": "integer", "minimum": 1},
+                "position": {"type": "integer", "minimum": 1, "description": "Position of the last event appended; use it as `min_position`."},
+            },
+        },
+    })
+}
+
+fn ops_schemas() -> Value {
+    json!({
+        "ProjectionStatus": {
+            "type": "object",
+            "required": ["name", "checkpoint", "state", "lag_events", "last_lag_ms", "events_applied"],
+            "properties": {
+                "name": {"type": "string", "examples": ["catalog", "orders"]},
+                "checkpoint": {"type": "integer", "minimum": 0, "description": "Last position applied."},
+                "state": {"type": "string", "description": "`CatchingUp`, `Live`, `Rebuilding { target: N }`, `Failed { error: \"…\" }` or `Stopped`."},
+                "lag_events": {"type": "integer", "minimum": 0, "description": "Head position minus checkpoint."},
+                "last_lag_ms": {"type": "integer", "minimum": 0, "description": "Milliseconds from the last applied event's commit to its application."},
+                "events_applied": {"type": "integer", "minimum": 0},
+            },
+        },
+        "ProjectionList": {
+            "type": "object",
+            "required": ["projections", "head_position"],
+            "properties": {
+                "projections": {"type": "array", "items": schema_ref("ProjectionStatus")},
+                "head_position": {"type": "integer", "minimum": 0},
+            },
+        },
+        "RebuildAccepted": {
+            "type": "object",
+            "required": ["name", "target_position"],
+            "properties": {
+                "name": {"type": "string"},
+                "target_position": {"type": "integer", "minimum": 0, "description": "Head position when the rebuild started; the rebuild is done once the checkpoint reaches it."},
+            },
+        },
+    })
+}
+
+fn read_schemas() -> Value {
+    json!({
+        "Product": {
+            "type": "object",
+            "required": ["id", "name", "description", "category", "price", "currency", "seller_id", "stock_total", "in_stock", "updated_at", "version"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "category": {"type": "string"},
+                "price": schema_ref("Money"),
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "seller_id": {"type": "string"},
+                "stock_total": {"type": "integer", "description": "Units over all warehouses."},
+                "in_stock": {"type": "boolean"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "version": {"type": "integer", "minimum": 1},
+            },
+        },
+        "SearchResult": {
+            "type": "object",
+            "required": ["total", "products"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0, "description": "Matches in all, not only this page."},
+                "products": {"type": "array", "items": schema_ref("Product")},
+            },
+        },
+        "OrderSummary": {
+            "type": "object",
+            "required": ["id", "status", "total", "currency", "item_count", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "status": {"type": "string", "enum": ["draft", "placed", "cancelled"]},
+                "total": schema_ref("Money"),
+                "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$", "description": "Null while the order has no items."},
+                "item_count": {"type": "integer", "minimum": 0},
+                "created_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "OrderList": {
+            "type": "object",
+            "required": ["orders"],
+            "properties": {"orders": {"type": "array", "items": schema_ref("OrderSummary")}},
+        },
+        "AnalyticsDay": {
+            "type": "object",
+            "required": ["date", "currency", "orders", "total"],
+            "properties": {
+                "date": {"type": "string", "format": "date"},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "orders": {"type": "integer", "minimum": 0},
+                "total": schema_ref("Money"),
+            },
+        },
+        "AnalyticsResult": {
+            "type": "object",
+            "required": ["days"],
+            "properties": {"days": {"type": "array", "items": schema_ref("AnalyticsDay")}},
+        },
+    })
+}
+
+fn request_schemas() -> Value {
+    let price = json!({
+        "type": "number",
+        "multipleOf": 0.01,
+        "description": "At most two decimals, no exponent; else 400 `invalid_amount`. \
+            0.00..=10000.00, else 422 `price_out_of_range`.",
+        "examples": [19.99],
+    });
+    json!({
+        "CreateProduct": {
+            "type": "object",
+            "required": ["name", "category", "price", "currency"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string", "maxLength": 200},
+                "description": {"type": "string", "maxLength": 5000, "default": ""},
+                "category": {"type": "string", "maxLength": 100},
+                "price": price.clone(),
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code; else 400 `invalid_currency`.", "examples": ["EUR"]},
+                "stock": {"type": "integer", "description": "Initial stock in the `main` warehouse."},
+            },
+        },
+        "Price": {
+            "type": "object",
+            "required": ["price"],
+            "additionalProperties": false,
+            "properties": {"price": price},
+        },
+        "Stock": {
+            "type": "object",
+            "required": ["warehouse", "delta"],
+            "additionalProperties": false,
+            "properties": {
+                "warehouse": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+                "delta": {"type": "integer", "description": "Units added; negative to remove."},
+            },
+        },
+        "Delete": {
+            "type": "object",
+            "required": ["reason"],
+            "additionalProperties": false,
+            "properties": {"reason": {"type": "string", "maxLength": 500}},
+        },
+        "CreateOrder": {
+            "type": "object",
+            "required": ["items"],
+            "additionalProperties": false,
+            "properties": {
+                "items": {"type": "array", "maxItems": 50, "items": schema_ref("Item")},
+            },
+        },
+        "Item": {
+            "type": "object",
+            "required": ["product_id", "quantity"],
+            "additionalProperties": false,
+            "properties": {
+                "product_id": {"type": "string"},
+                "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "Outside 1..=10000 → 422 `invalid_quantity` / `quantity_limit_exceeded`."},
+            },
+        },
+        "Cancel": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"reason": {"type": ["string", "null"], "maxLength": 500}},
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "patch", "head", "options", "trace",
+    ];
+
+    /// Every route of `router()`, with its methods and success status.
+    const EXPECTED: &[(&str, &[(&str, u16)])] = &[
+        ("/health/live", &[("get", 200)]),
+        ("/health/ready", &[("get", 200)]),
+        ("/v1/openapi.json", &[("get", 200)]),
+        ("/v1/streams/{stream}", &[("get", 200), ("post", 201)]),
+        ("/v1/all", &[("get", 200)]),
+        ("/v1/subscribe", &[("get", 200)]),
+        ("/v1/projections", &[("get", 200)]),
+        ("/v1/projections/{name}/rebuild", &[("post", 202)]),
+        ("/v1/products", &[("get", 200), ("post", 201)]),
+        ("/v1/products/{id}", &[("get", 200), ("delete", 200)]),
+        ("/v1/products/{id}/price", &[("put", 200)]),
+        ("/v1/products/{id}/stock", &[("post", 200)]),
+        ("/v1/orders", &[("post", 201)]),
+        ("/v1/orders/{id}/items", &[("post", 200)]),
+        ("/v1/orders/{id}/place", &[("post", 200)]),
+        ("/v1/orders/{id}/cancel", &[("post", 200)]),
+        ("/v1/customers/{id}/orders", &[("get", 200)]),
+        ("/v1/analytics/orders", &[("get", 200)]),
+    ];
+
+    /// Operations that need no token.
+    const PUBLIC: &[(&str, &str)] = &[
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/v1/products", "get"),
+        ("/v1/products/{id}", "get"),
+    ];
+
+    fn operations() -> Vec<(String, String, &'static Value)> {
+        let mut ops = Vec::new();
+        for (path, item) in spec()["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if METHODS.contains(&method.as_str()) {
+                    ops.push((path.clone(), method.clone(), op));
+                }
+            }
+        }
+        ops
+    }
+
+    /// Resolves a parameter that may be a `$ref`.
+    fn resolve(v: &Value) -> &Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => spec().pointer(&r[1..]).expect("ref resolves"),
+            None => v,
+        }
+    }
+
+    #[test]
+    fn is_openapi_31_json() {
+        let text = serde_json::to_string(spec()).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(&back, spec());
+        assert_eq!(spec()["openapi"], "3.1.0");
+        assert_eq!(spec()["info"]["title"], "Ficus");
+        assert_eq!(spec()["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert!(spec()["info"]["description"].as_str().unwrap().len() > 100);
+    }
+
+    #[tokio::test]
+    async fn handler_serves_the_spec() {
+        let axum::Json(v) = document().await;
+        assert_eq!(&v, spec());
+    }
+
+    #[test]
+    fn every_route_and_method_is_documented() {
+        let paths = spec()["paths"].as_object().unwrap();
+        let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        let expected: BTreeSet<&str> = EXPECTED.iter().map(|(p, _)| *p).collect();
+        assert_eq!(documented, expected);
+        for (path, methods) in EXPECTED {
+            let item = paths[*path].as_object().unwrap();
+            let got: BTreeSet<&str> = item
+                .keys()
+                .map(String::as_str)
+                .filter(|m| METHODS.contains(m))
+                .collect();
+            let want: BTreeSet<&str> = methods.iter().map(|(m, _)| *m).collect();
+            assert_eq!(got, want, "methods of {path}");
+            for (method, status) in *methods {
+                let responses = item[*method]["responses"].as_object().unwrap();
+                assert!(
+                    responses.contains_key(&status.to_string()),
+                    "{method} {path} answers {status}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn operations_are_well_formed() {
+        let mut ids = BTreeSet::new();
+        for (path, method, op) in operations() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
+            let public = PUBLIC.contains(&(path.as_str(), method.as_str()));
+            let secured = op["security"] == json!([{"bearer": []}]);
+            assert_eq!(secured, !public, "security of {method} {path}");
+            let responses = op["responses"].as_object().unwrap();
+            assert_eq!(
+                responses.contains_key("401"),
+                secured,
+                "401 of {method} {path}"
+            );
+            let params: Vec<&Value> = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(resolve)
+                .collect();
+            // Every `{name}` of the path is a required path parameter, and nothing else is.
+            let in_path: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let declared: BTreeSet<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| {
+                    assert_eq!(p["required"], true);
+                    p["name"].as_str().unwrap()
+                })
+                .collect();
+            assert_eq!(in_path, declared, "path parameters of {method} {path}");
+            // Read-model queries take min_position and answer Ficus-Position.
+            let min_position = params.iter().any(|p| p["name"] == "min_position");
+            let success = responses
+                .iter()
+                .find(|(s, _)| s.starts_with('2'))
+                .unwrap()
+                .1;
+            let position = success["headers"].get("Ficus-Position").is_some();
+            assert_eq!(min_position, position, "{method} {path}");
+            // Commands on an existing product or order take If-Match and answer an ETag.
+            let if_match = params.iter().any(|p| p["name"] == "If-Match");
+            let entity_command = method != "get"
+                && (path.starts_with("/v1/products/") || path.starts_with("/v1/orders/"));
+            assert_eq!(if_match, entity_command, "If-Match of {method} {path}");
+            if entity_command {
+                assert!(success["headers"].get("ETag").is_some());
+            }
+            // Every 503 carries Retry-After (readiness aside, which is not an Error).
+            if let Some(r) = responses.get("503") {
+                if path != "/health/ready" {
+                    assert!(resolve(r)["headers"].get("Retry-After").is_some());
+                }
+            }
+        }
+        assert!(!serde_json::to_string(spec())
+            .unwrap()
+            .contains("Idempotency-Key"));
+        let subscribe = &spec()["paths"]["/v1/subscribe"]["get"];
+        assert!(subscribe["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some());
+    }
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields() {
+        let schemas = spec()["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "AppendRequest",
+            "AppendEvent",
+            "CreateProduct",
+            "Price",
+            "Stock",
+            "Delete",
+            "CreateOrder",
+            "Item",
+            "Cancel",
+        ] {
+            assert_eq!(
+                schemas[name]["additionalProperties"], false,
+                "{name} refuses unknown fields"
+            );
+        }
+        assert_eq!(schemas["Error"]["additionalProperties"], true);
+    }
+
+    fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => collect_refs(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_ref_resolves() {
+        let mut refs = Vec::new();
+        collect_refs(spec(), &mut refs);
+        assert!(refs.len() > 50);
+        for r in refs {
+            assert!(r.starts_with("#/components/"), "local component ref: {r}");
+            let target = spec().pointer(&r[1..]);
+            assert!(
+                target.is_some_and(Value::is_object),
+                "{r} resolves to a component"
+            );
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The reference domain over HTTP: product and order commands, and the queries on their read
+//! models with read-your-own-writes (`min_position`) and `Ficus-Position` on every answer.
+
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use ficus_core::{Metadata, Position};
+use ficus_domain::money::{Currency, Money};
+use ficus_domain::order::OrderCommand;
+use ficus_domain::product::ProductCommand;
+use ficus_domain::read_models::{self as rm, ProductSearch, ProductView};
+use ficus_domain::service::{NewProduct, RequestedItem, DEFAULT_WAREHOUSE};
+use ficus_runtime::projection::QueryConnection;
+use ficus_runtime::{CommandOutcome, ProjectionHandle};
+use ficus_store::StoreError;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{if_match, JsonBody, OptionalJsonBody, PathParams, QueryParams};
+use crate::{AppState, CorrelationId, POSITION_HEADER};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/products", post(create_product).get(search_products))
+        .route("/v1/products/{id}", get(get_product).delete(delete_product))
+        .route("/v1/products/{id}/price", put(change_price))
+        .route("/v1/products/{id}/stock", post(adjust_stock))
+        .route("/v1/orders", post(create_order))
+        .route("/v1/orders/{id}/items", post(add_item))
+        .route("/v1/orders/{id}/place", post(place_order))
+        .route("/v1/orders/{id}/cancel", post(cancel_order))
+        .route("/v1/customers/{id}/orders", get(customer_orders))
+        .route("/v1/analytics/orders", get(order_analytics))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Money at the edge: a JSON number with at most two decimals, parsed from its text, never
+// through a float; written back as a JSON number from the exact minor units.
+
+/// An amount as it appears in a response: a JSON number like `19.99`.
+struct Amount(i64);
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = Money::from_minor(self.0).to_decimal_string();
+        RawValue::from_string(text)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+fn parse_amount(raw: &RawValue, field: &str) -> Result<Money, ApiError> {
+    let text = raw.get().trim();
+    if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} must be a JSON number with at most 2 decimals"),
+        ));
+    }
+    Money::parse_decimal(text)
+        .map_err(|e| ApiError::bad_request(e.code(), format!("{field}: {e}")))
+}
+
+fn parse_amount_param(text: &str, field: &str) -> Result<i64, ApiError> {
+    Money::parse_decimal(text)
+        .map(Money::minor)
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("{field}: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+fn metadata(caller: &Caller, corr: &CorrelationId) -> Metadata {
+    Metadata {
+        correlation_id: Some(corr.0.clone()),
+        causation_id: None,
+        user_id: Some(caller.0.user_id.clone()),
+        extra: Default::default(),
+    }
+}
+
+#[derive(Serialize)]
+struct CommandAnswer {
+    id: String,
+    version: u64,
+    position: Position,
+}
+
+fn answer(status: StatusCode, id: &str, out: CommandOutcome) -> Response {
+    let mut resp = (
+        status,
+        Json(CommandAnswer {
+            id: id.to_owned(),
+            version: out.version,
+            position: out.position,
+        }),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", out.version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn now_ms() -> i64 {
+    ficus_store::now_ms()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateProductDto {
+    name: String,
+    #[serde(default)]
+    description: String,
+    category: String,
+    price: Box<RawValue>,
+    currency: String,
+    #[serde(default)]
+    stock: Option<i64>,
+}
+
+async fn create_product(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    JsonBody(body): JsonBody<CreateProductDto>,
+) -> Result<Response, ApiError> {
+    caller.require_role("seller")?;
+    let price = parse_amount(&body.price, "price")?;
+    let currency =
+        Currency::new(body.currency).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let input = NewProduct {
+        name: body.name,
+        description: body.description,
+        category: body.category,
+        price,
+        currency,
+        stock: body.stock.map(|q| (DEFAULT_WAREHOUSE.to_owned(), q)),
+    };
+    let out = st
+        .shop
+        .create_product(&caller.0, &id, input, now_ms(), &metadata(&caller, &corr))
+        .await?;
+    Ok(answer(StatusCode::CREATED, &id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceDto {
+    price: Box<RawValue>,
+}
+
+async fn change_price(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<PriceDto>,
+) -> Result<Response, ApiError> {
+    let new_price = parse_amount(&body.price, "price")?;
+    let cmd = ProductCommand::UpdatePrice {
+        actor_id: caller.0.user_id.clone(),
+        new_price,
+        at_ms: now_ms(),
+    };
+    let out = st
+        .shop
+        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockDto {
+    warehouse: String,
+    delta: i64,
+}
+
+async fn adjust_stock(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<StockDto>,
+) -> Result<Response, ApiError> {
+    let cmd = ProductCommand::AdjustStock {
+        actor_id: caller.0.user_id.clone(),
+        warehouse: body.warehouse,
+        delta: body.delta,
+        at_ms: now_ms(),
+    };
+    let out = st
+        .shop
+        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteDto {
+    reason: String,
+}
+
+async fn delete_product(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<DeleteDto>,
+) -> Result<Response, ApiError> {
+    let cmd = ProductCommand::Delete {
+        actor_id: caller.0.user_id.clone(),
+        reason: body.reason,
+        at_ms: now_ms(),
+    };
+    let out = st
+        .shop
+        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemDto {
+    product_id: String,
+    quantity: i64,
+}
+
+impl ItemDto {
+    /// Out-of-range quantities are passed on clamped so the aggregate refuses them with its
+    /// own rule (`invalid_quantity`), the same answer whatever the sign or size.
+    fn into_item(self) -> RequestedItem {
+        RequestedItem {
+            product_id: self.product_id,
+            quantity: self.quantity.clamp(0, u32::MAX as i64) as u32,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrderDto {
+    items: Vec<ItemDto>,
+}
+
+async fn create_order(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    JsonBody(body): JsonBody<CreateOrderDto>,
+) -> Result<Response, ApiError> {
+    caller.require_role("customer")?;
+    let items: Vec<RequestedItem> = body.items.into_iter().map(ItemDto::into_item).collect();
+    let id = uuid::Uuid::now_v7().to_string();
+    let out = st
+        .shop
+        .create_order(&caller.0, &id, &items, now_ms(), &metadata(&caller, &corr))
+        .await?;
+    Ok(answer(StatusCode::CREATED, &id, out))
+}
+
+async fn add_item(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<ItemDto>,
+) -> Result<Response, ApiError> {
+    let out = st
+        .shop
+        .add_item(
+            &caller.0,
+            &id,
+            body.into_item(),
+            now_ms(),
+            &metadata(&caller, &corr),
+            if_match(&headers)?,
+        )
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+async fn place_order(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let cmd = OrderCommand::Place {
+        actor_id: caller.0.user_id.clone(),
+        at_ms: now_ms(),
+    };
+    let out = st
+        .shop
+        .order_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelDto {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn cancel_order(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    OptionalJsonBody(body): OptionalJsonBody<CancelDto>,
+) -> Result<Response, ApiError> {
+    let cmd = OrderCommand::Cancel {
+        actor_id: caller.0.user_id.clone(),
+        reason: body.and_then(|b| b.reason),
+        at_ms: now_ms(),
+    };
+    let out = st
+        .shop
+        .order_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, &id, out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+/// Waits for `min_position` (bounded), runs `f` on the read model, and answers with the
+/// position the result reflects in `Ficus-Position`.
+async fn query<T: Send + 'static>(
+    st: &AppState,
+    handle: &ProjectionHandle,
+    min_position: Option<Position>,
+    f: impl FnOnce(&QueryConnection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(T, Position), ApiError> {
+    if let Some(p) = min_position {
+        handle
+            .wait_for(p, st.config.read_your_writes_timeout)
+            .await?;
+    }
+    Ok(handle.db().query(f).await?)
+}
+
+fn with_position(mut resp: Response, position: Position) -> Response {
+    resp.headers_mut().insert(
+        HeaderName::from_static(POSITION_HEADER),
+        HeaderValue::from(position),
+    );
+    resp
+}
+
+#[derive(Serialize)]
+struct ProductDto {
+    id: String,
+    name: String,
+    description: String,
+    category: String,
+    price: Amount,
+    currency: String,
+    seller_id: String,
+    stock_total: i64,
+    in_stock: bool,
+    updated_at: String,
+    version: u64,
+}
+
+impl From<ProductView> for ProductDto {
+    fn from(p: ProductView) -> Self {
+        Self {
+            in_stock: p.stock_total > 0,
+            updated_at: ficus_core::time::format_rfc3339_ms(p.updated_at_ms),
+            id: p.id,
+            name: p.name,
+            description: p.description,
+            category: p.category,
+            price: Amount(p.price_minor),
+            currency: p.currency,
+            seller_id: p.seller_id,
+            stock_total: p.stock_total,
+            version: p.version,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    min_position: Option<Position>,
+}
+
+async fn get_product(
+    State(st): State<AppState>,
+    PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let lookup = id.clone();
+    let (found, position) = query(&st, &st.catalog, q.min_position, move |c| {
+        rm::get_product(c, &lookup)
+    })
+    .await?;
+    let Some(p) = found.filter(|p| !p.deleted) else {
+        return Err(ApiError::not_found(
+            "product_not_found",
+            format!("no product {id}"),
+        ));
+    };
+    let etag = format!("\"{}\"", p.version);
+    let mut resp = Json(ProductDto::from(p)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(with_position(resp, position))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: Option<String>,
+    category: Option<String>,
+    min_price: Option<String>,
+    max_price: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+    min_position: Option<Position>,
+}
+
+#[derive(Serialize)]
+struct SearchDto {
+    total: u64,
+    products: Vec<ProductDto>,
+}
+
+/// Longest free-text search accepted, in bytes.
+const SEARCH_TEXT_MAX_BYTES: usize = 256;
+
+async fn search_products(
+    State(st): State<AppState>,
+    QueryParams(q): QueryParams<SearchQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=rm::SEARCH_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {}", rm::SEARCH_MAX_LIMIT),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset > rm::SEARCH_MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "invalid_offset",
+            format!("offset must be at most {}", rm::SEARCH_MAX_OFFSET),
+        ));
+    }
+    if q.q.as_ref().is_some_and(|t| t.len() > SEARCH_TEXT_MAX_BYTES) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("q must be at most {SEARCH_TEXT_MAX_BYTES} bytes"),
+        ));
+    }
+    let min = q
+        .min_price
+        .as_deref()
+        .map(|t| parse_amount_param(t, "min_price"))
+        .transpose()?;
+    let max = q
+        .max_price
+        .as_deref()
+        .map(|t| parse_amount_param(t, "max_price"))
+        .transpose()?;
+    let search = ProductSearch {
+        text: q.q,
+        category: q.category.filter(|c| !c.is_empty()),
+        min_price_minor: min,
+        max_price_minor: max,
+        limit,
+        offset,
+    };
+    let ((total, products), position) = query(&st, &st.catalog, q.min_position, move |c| {
+        rm::search_products(c, &search)
+    })
+    .await?;
+    let body = SearchDto {
+        total,
+        products: products.into_iter().map(ProductDto::from).collect(),
+    };
+    Ok(with_position(Json(body).into_response(), position))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrdersQuery {
+    limit: Option<u32>,
+    min_position: Option<Position>,
+}
+
+#[derive(Serialize)]
+struct OrderSummaryDto {
+    id: String,
+    status: String,
+    total: Amount,
+    currency: Option<String>,
+    item_count: u32,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct OrdersDto {
+    orders: Vec<OrderSummaryDto>,
+}
+
+async fn customer_orders(
+    State(st): State<AppState>,
+    caller: Caller,
+    PathParams(customer): PathParams<String>,
+    QueryParams(q): QueryParams<OrdersQuery>,
+) -> Result<Response, ApiError> {
+    if caller.0.user_id != customer && !caller.0.has_role("admin") {
+        return Err(ApiError::forbidden(
+            "customers may list only their own orders",
+        ));
+    }
+    let limit = q.limit.unwrap_or(rm::ORDERS_MAX_LIMIT);
+    if !(1..=rm::ORDERS_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {}", rm::ORDERS_MAX_LIMIT),
+        ));
+    }
+    let (orders, position) = query(&st, &st.orders, q.min_position, move |c| {
+        rm::customer_orders(c, &customer, limit)
+    })
+    .await?;
+    let body = OrdersDto {
+        orders: orders
+            .into_iter()
+            .map(|o| OrderSummaryDto {
+                id: o.id,
+                status: o.status,
+                total: Amount(o.total_minor),
+                currency: o.currency,
+                item_count: o.item_count,
+                created_at: ficus_core::time::format_rfc3339_ms(o.created_at_ms),
+            })
+            .collect(),
+    };
+    Ok(with_position(Json(body).into_response(), position))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyticsQuery {
+    from: String,
+    to: String,
+    min_position: Option<Position>,
+}
+
+#[derive(Serialize)]
+struct DayDto {
+    date: String,
+    currency: String,
+    orders: u64,
+    total: Amount,
+}
+
+#[derive(Serialize)]
+struct AnalyticsDto {
+    days: Vec<DayDto>,
+}
+
+async fn order_analytics(
+    State(st): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<AnalyticsQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_role("admin")?;
+    let day = |s: &str, f: &str| {
+        ficus_core::time::parse_date(s).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("{f} must be a date YYYY-MM-DD"))
+        })
+    };
+    let (from, to) = (day(&q.from, "from")?, day(&q.to, "to")?);
+    if to < from || to - from >= rm::ANALYTICS_MAX_DAYS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "from must not be after to, and the range at most {} days",
+                rm::ANALYTICS_MAX_DAYS
+            ),
+        ));
+    }
+    let (days, position) = query(&st, &st.orders, q.min_position, move |c| {
+        rm::order_analytics(c, from, to)
+    })
+    .await?;
+    let body = AnalyticsDto {
+        days: days
+            .into_iter()
+            .map(|d| DayDto {
+                date: ficus_core::time::format_date(d.day),
+                currency: d.currency,
+                orders: d.orders,
+                total: Amount(d.total_minor),
+            })
+            .collect(),
+    };
+    Ok(with_position(Json(body).into_response(), position))
+}

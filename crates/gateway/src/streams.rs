@@ -1,0 +1,321 @@
+//! Raw event-store endpoints (admin): append, read a stream, read the global log, and live
+//! subscriptions over Server-Sent Events. Also projection status and rebuild.
+
+use std::convert::Infallible;
+
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use ficus_store::{Subscription, SubscriptionError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::{AppState, CorrelationId};
+
+/// Most events a raw read returns per page.
+pub const READ_MAX_LIMIT: u64 = 1000;
+const READ_DEFAULT_LIMIT: u64 = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/streams/{stream}", get(read_stream).post(append))
+        .route("/v1/all", get(read_all))
+        .route("/v1/subscribe", get(subscribe))
+}
+
+/// The JSON shape of a recorded event.
+pub fn event_json(e: &RecordedEvent) -> Value {
+    json!({
+        "id": e.id,
+        "stream": e.stream_id,
+        "version": e.version,
+        "position": e.position,
+        "type": e.event_type,
+        "schema_version": e.schema_version,
+        "data": e.payload,
+        "metadata": e.metadata,
+        "recorded_at": ficus_core::time::format_rfc3339_ms(e.recorded_at_ms),
+    })
+}
+
+fn stream_id(s: String) -> Result<StreamId, ApiError> {
+    StreamId::new(s).map_err(|e| ApiError::bad_request("invalid_stream_id", e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpectedDto {
+    Exact(u64),
+    Named(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendEventDto {
+    #[serde(default)]
+    id: Option<uuid::Uuid>,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+    #[serde(default)]
+    schema_version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendDto {
+    #[serde(default)]
+    expected_version: Option<ExpectedDto>,
+    events: Vec<AppendEventDto>,
+}
+
+fn expected(dto: Option<ExpectedDto>) -> Result<ExpectedVersion, ApiError> {
+    Ok(match dto {
+        None => ExpectedVersion::Any,
+        Some(ExpectedDto::Exact(v)) => ExpectedVersion::Exact(v),
+        Some(ExpectedDto::Named(s)) => match s.as_str() {
+            "any" => ExpectedVersion::Any,
+            "no_stream" => ExpectedVersion::NoStream,
+            "exists" => ExpectedVersion::Exists,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_expected_version",
+                    "expected_version is a version number or one of \"any\", \"no_stream\", \"exists\"",
+                ))
+            }
+        },
+    })
+}
+
+async fn append(
+    State(st): State<AppState>,
+    caller: Caller,
+    Extension(corr): Extension<CorrelationId>,
+    PathParams(stream): PathParams<String>,
+    JsonBody(body): JsonBody<AppendDto>,
+) -> Result<Response, ApiError> {
+    caller.require_role("admin")?;
+    let stream = stream_id(stream)?;
+    let expected = expected(body.expected_version)?;
+    if body.events.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "events must hold at least one event",
+        ));
+    }
+    let mut events = Vec::with_capacity(body.events.len());
+    for e in body.events {
+        let event_type = EventType::new(e.event_type)
+            .map_err(|err| ApiError::bad_request("invalid_event_type", err.to_string()))?;
+        let mut metadata = e.metadata.unwrap_or_default();
+        metadata
+            .correlation_id
+            .get_or_insert_with(|| corr.0.clone());
+        metadata
+            .user_id
+            .get_or_insert_with(|| caller.0.user_id.clone());
+        events.push(NewEvent {
+            id: e.id.unwrap_or_else(uuid::Uuid::now_v7),
+            event_type,
+            schema_version: e.schema_version.unwrap_or(1).max(1),
+            metadata,
+            payload: e.data,
+        });
+    }
+    let r = st.store.append(&stream, expected, events).await?;
+    let body = json!({
+        "stream": stream,
+        "first_version": r.first_version,
+        "last_version": r.last_version,
+        "position": r.last_position,
+        "first_position": r.first_position,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadStreamQuery {
+    from_version: Option<u64>,
+    limit: Option<u64>,
+}
+
+fn limit(l: Option<u64>) -> Result<usize, ApiError> {
+    match l.unwrap_or(READ_DEFAULT_LIMIT) {
+        l @ 1..=READ_MAX_LIMIT => Ok(l as usize),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {READ_MAX_LIMIT}"),
+        )),
+    }
+}
+
+async fn read_stream(
+    State(st): State<AppState>,
+    caller: Caller,
+    PathParams(stream): PathParams<String>,
+    QueryParams(q): QueryParams<ReadStreamQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_role("admin")?;
+    let stream = stream_id(stream)?;
+    let limit = limit(q.limit)?;
+    let events = st
+        .store
+        .read_stream(&stream, q.from_version.unwrap_or(1).max(1), limit)
+        .await?;
+    if events.is_empty() && st.store.stream_version(&stream).await? == 0 {
+        return Err(ApiError::not_found(
+            "stream_not_found",
+            format!("stream {stream} does not exist"),
+        ));
+    }
+    Ok(Json(json!({
+        "events": events.iter().map(event_json).collect::<Vec<_>>()
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadAllQuery {
+    from_position: Option<u64>,
+    limit: Option<u64>,
+}
+
+async fn read_all(
+    State(st): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ReadAllQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_role("admin")?;
+    let limit = limit(q.limit)?;
+    let events = st
+        .store
+        .read_all(q.from_position.unwrap_or(1).max(1), limit)
+        .await?;
+    Ok(Json(json!({
+        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "head_position": st.store.head_position(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeQuery {
+    from_position: Option<u64>,
+}
+
+/// Live subscription over SSE: one event per message, `id:` = position. A reconnecting
+/// client sends `Last-Event-ID` and resumes right after it. A subscriber too slow for the live
+/// feed gets an `event: error` message with code `subscriber_fell_behind` and the stream
+/// ends; it reconnects with its last id and loses nothing.
+async fn subscribe(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<SubscribeQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_role("admin")?;
+    let from = match headers.get("last-event-id") {
+        Some(v) => {
+            let last: u64 = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(
+                || ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a position"),
+            )?;
+            last + 1
+        }
+        None => q.from_position.unwrap_or(1),
+    };
+    let permit = st.sse_permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable("too_many_subscribers", "the server serves its limit of live subscribers")
+    })?;
+    let sub = Subscription::new(st.store.clone(), from);
+    let shutdown = st.shutdown.clone();
+    let stream = futures::stream::unfold(
+        (sub, shutdown, permit, false),
+        |(mut sub, shutdown, permit, done)| async move {
+            if done {
+                return None;
+            }
+            let next = tokio::select! {
+                _ = shutdown.wait() => return None,
+                n = sub.next() => n,
+            };
+            let (msg, done) = match next {
+                Ok(e) => (
+                    SseEvent::default()
+                        .id(e.position.to_string())
+                        .data(event_json(&e).to_string()),
+                    false,
+                ),
+                Err(err) => {
+                    let code = match err {
+                        SubscriptionError::FellBehind { .. } => "subscriber_fell_behind",
+                        SubscriptionError::Closed => "store_closed",
+                        SubscriptionError::Store(_) => "store_unavailable",
+                    };
+                    let body = json!({"code": code, "message": err.to_string(),
+                                      "next_position": sub.next_position()});
+                    (SseEvent::default().event("error").data(body.to_string()), true)
+                }
+            };
+            Some((Ok::<_, Infallible>(msg), (sub, shutdown, permit, done)))
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(st.config.sse_keep_alive))
+        .into_response())
+}
+
+pub async fn list_projections(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_role("admin")?;
+    let list: Vec<Value> = st
+        .projections()
+        .iter()
+        .map(|p| {
+            let s = p.status();
+            json!({
+                "name": p.name(),
+                "checkpoint": s.checkpoint,
+                "state": format!("{:?}", s.state),
+                "lag_events": p.lag_events(),
+                "last_lag_ms": s.last_lag_ms,
+                "events_applied": s.events_applied,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"projections": list, "head_position": st.store.head_position()})))
+}
+
+pub async fn rebuild_projection(
+    State(st): State<AppState>,
+    caller: Caller,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, ApiError> {
+    caller.require_role("admin")?;
+    let handle = st
+        .projections()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| ApiError::not_found("projection_not_found", format!("no projection {name}")))?;
+    handle
+        .rebuild()
+        .await
+        .map_err(|m| ApiError::unavailable("rebuild_failed", m))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"name": name, "target_position": st.store.head_position()})),
+    )
+        .into_response())
+}

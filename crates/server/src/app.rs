@@ -1,0 +1,168 @@
+//! Wiring: open the embedded store, start the projections, serve the HTTP API, and shut it
+//! all down in order.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
+use ficus_domain::service::Shop;
+use ficus_gateway::{ApiConfig, AppState, Auth};
+use ficus_runtime::{ProjectionRunner, Repository, Shutdown};
+use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
+use ficus_store::EventStore;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Environment variable holding the HS256 secret that signs bearer tokens.
+pub const SECRET_ENV: &str = "FICUS_AUTH_HS256_SECRET";
+
+/// Everything `ficus serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// HS256 secret; when `None`, one is created once and kept in `<data_dir>/auth.secret`.
+    pub auth_secret: Option<String>,
+    pub api: ApiConfig,
+    pub store: SqliteConfig,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            auth_secret: None,
+            api: ApiConfig::default(),
+            store: SqliteConfig::default(),
+        }
+    }
+}
+
+/// The secret from the config, or the one kept in the data directory (created on first use).
+pub fn resolve_secret(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(s) = configured.filter(|s| !s.is_empty()) {
+        return Ok(s.to_owned());
+    }
+    let path = data_dir.join("auth.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_owned());
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::warn!(path = %path.display(), "no {SECRET_ENV} set: using a generated secret kept in the data directory");
+    Ok(secret)
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub shutdown: Shutdown,
+    store: Arc<SqliteEventStore>,
+    server: JoinHandle<std::io::Result<()>>,
+    projections: Vec<JoinHandle<()>>,
+}
+
+/// Opens the data directory and starts serving.
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let secret = resolve_secret(&cfg.data_dir, cfg.auth_secret.as_deref())?;
+    let store = Arc::new(
+        SqliteEventStore::open(cfg.data_dir.join("events.db"), cfg.store.clone())
+            .context("opening the event store")?,
+    );
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let shutdown = Shutdown::new();
+    let read_dir = cfg.data_dir.join("read-models");
+    let (catalog, catalog_task) = ProjectionRunner::spawn(
+        Arc::new(CatalogProjection),
+        &read_dir,
+        dyn_store.clone(),
+        shutdown.clone(),
+    )?;
+    let (orders, orders_task) = ProjectionRunner::spawn(
+        Arc::new(OrdersProjection),
+        &read_dir,
+        dyn_store.clone(),
+        shutdown.clone(),
+    )?;
+    let state = AppState {
+        store: dyn_store.clone(),
+        shop: Shop::new(Repository::new(dyn_store)),
+        catalog,
+        orders,
+        auth: Arc::new(Auth::new(secret)),
+        sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
+        config: Arc::new(cfg.api.clone()),
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let app = ficus_gateway::router(state.clone());
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    });
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ficus is serving");
+    Ok(Running {
+        addr,
+        state,
+        shutdown,
+        store,
+        server,
+        projections: vec![catalog_task, orders_task],
+    })
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Mints a token for `sub` with `roles`, valid for `ttl_secs`.
+    pub fn token(&self, sub: &str, roles: &[&str], ttl_secs: i64) -> String {
+        mint(&self.state.auth, sub, roles, ttl_secs)
+    }
+
+    /// Graceful stop: readiness goes false, the listener stops accepting, in-flight requests
+    /// finish, projections stop at a committed checkpoint, and the writer flushes its last
+    /// batch.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.server.await??;
+        for t in self.projections {
+            let _ = t.await;
+        }
+        self.store.shutdown().await;
+        tracing::info!("ficus stopped");
+        Ok(())
+    }
+}
+
+/// A token signed by `auth` for `sub` with `roles`.
+pub fn mint(auth: &Auth, sub: &str, roles: &[&str], ttl_secs: i64) -> String {
+    auth.mint(&ficus_gateway::Claims {
+        sub: sub.to_owned(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: Some(ficus_store::now_ms() / 1000 + ttl_secs),
+        nbf: None,
+    })
+}

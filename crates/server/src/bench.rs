@@ -1,0 +1,164 @@
+//! `ficus bench append`: durable single-event appends per second and acknowledgement latency
+//! at several writer counts, on the SQLite backend, beside the disk's raw fsync rate (the
+//! limit that group commit works around).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ficus_core::{EventType, ExpectedVersion, StreamId};
+use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
+use ficus_store::{new_event, EventStore};
+use serde::Serialize;
+use serde_json::json;
+
+/// One measured run at one writer count.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendRun {
+    pub writers: usize,
+    pub appends: u64,
+    pub seconds: f64,
+    pub appends_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as u64
+}
+
+/// Runs `writers` tasks, each appending one event at a time to its own stream, for `duration`.
+pub async fn append_run(dir: &Path, writers: usize, duration: Duration) -> anyhow::Result<AppendRun> {
+    let path = dir.join(format!("bench-{writers}-{}.db", uuid::Uuid::now_v7()));
+    let store = Arc::new(SqliteEventStore::open(&path, SqliteConfig::default())?);
+    let ty = EventType::new("BenchEvent")?;
+    // Warm-up: create the streams so every measured append is a steady-state one.
+    for w in 0..writers {
+        let s = StreamId::new(format!("bench-{w}"))?;
+        store
+            .append(&s, ExpectedVersion::Any, vec![new_event(ty.clone(), json!({"w": w}))])
+            .await?;
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let (store, ty) = (store.clone(), ty.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = StreamId::new(format!("bench-{w}")).expect("valid stream id");
+            let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let e = new_event(ty.clone(), json!({"w": w, "i": i, "sku": "SKU-1", "qty": 1}));
+                let t = Instant::now();
+                store.append(&s, ExpectedVersion::Any, vec![e]).await?;
+                lat_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                i += 1;
+            }
+            anyhow::Ok(lat_us)
+        }));
+    }
+    let mut all: Vec<u32> = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    store.shutdown().await;
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let _ = std::fs::remove_file(path.with_extension("lock"));
+    all.sort_unstable();
+    Ok(AppendRun {
+        writers,
+        appends: all.len() as u64,
+        seconds,
+        appends_per_sec: all.len() as f64 / seconds,
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        max_us: all.last().copied().unwrap_or(0) as u64,
+    })
+}
+
+/// The disk's rate of 4 KiB write + fdatasync, one after another: what a store without group
+/// commit could reach at best.
+pub fn fsync_rate(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
+    let path = dir.join(format!("fsync-{}.bin", uuid::Uuid::now_v7()));
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(rate)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// The whole append benchmark: `runs` rounds over `writer_counts`, medians printed as a table
+/// and returned as JSON.
+pub async fn append_bench(
+    dir: &Path,
+    writer_counts: &[usize],
+    duration: Duration,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    std::fs::create_dir_all(dir)?;
+    let runs = runs.max(1);
+    let mut fsyncs = Vec::new();
+    let mut results: Vec<Vec<AppendRun>> = vec![Vec::new(); writer_counts.len()];
+    for run in 0..runs {
+        fsyncs.push(tokio::task::block_in_place(|| {
+            fsync_rate(dir, Duration::from_secs(1))
+        })?);
+        for (i, &w) in writer_counts.iter().enumerate() {
+            let r = append_run(dir, w, duration).await?;
+            eprintln!(
+                "run {}/{runs}: {w:>3} writers  {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us",
+                run + 1,
+                r.appends_per_sec,
+                r.p50_us,
+                r.p99_us
+            );
+            results[i].push(r);
+        }
+    }
+    let fsync = median(fsyncs);
+    println!();
+    println!("ficus bench append — SQLite backend, durable (synchronous=FULL, WAL), single-event appends");
+    println!("median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s", duration.as_secs_f64());
+    println!();
+    println!("| writers | appends/s | ack p50 | ack p99 | vs raw fsync/s |");
+    println!("|--------:|----------:|--------:|--------:|---------------:|");
+    let mut rows = Vec::new();
+    for (i, &w) in writer_counts.iter().enumerate() {
+        let rate = median(results[i].iter().map(|r| r.appends_per_sec).collect());
+        let p50 = median(results[i].iter().map(|r| r.p50_us as f64).collect());
+        let p99 = median(results[i].iter().map(|r| r.p99_us as f64).collect());
+        println!(
+            "| {w:>7} | {rate:>9.0} | {:>4.2} ms | {:>4.2} ms | {:>13.1}x |",
+            p50 / 1000.0,
+            p99 / 1000.0,
+            rate / fsync
+        );
+        rows.push(json!({"writers": w, "appends_per_sec": rate, "p50_us": p50, "p99_us": p99,
+                         "runs": results[i]}));
+    }
+    Ok(json!({"scenario": "append", "backend": "sqlite", "fsync_per_sec": fsync, "results": rows}))
+}

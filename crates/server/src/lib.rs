@@ -1,0 +1,6 @@
+//! The `ficus` binary's library half: wiring of the store, projections and HTTP API into a
+//! running server, plus the demo and the benchmarks. Tests start servers through [`app`].
+
+pub mod app;
+pub mod bench;
+pub mod demo;
