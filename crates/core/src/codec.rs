@@ -73,7 +73,12 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for ev in [Ev::Opened { owner: "ann".into() }, Ev::Closed] {
+        for ev in [
+            Ev::Opened {
+                owner: "ann".into(),
+            },
+            Ev::Closed,
+        ] {
             let (ty, data) = encode(&ev).unwrap();
             assert_eq!(decode::<Ev>(ty.as_str(), 1, &data).unwrap(), ev);
         }

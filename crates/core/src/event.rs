@@ -24,7 +24,9 @@ pub enum ValidationError {
     #[error("stream id must be 1-{STREAM_ID_MAX_BYTES} characters of A-Z a-z 0-9 _ . : @ - and must not start with '$': {0:?}")]
     StreamId(String),
     /// The event type is empty, too long or has characters outside `[A-Za-z0-9_.:-]`. (400)
-    #[error("event type must be 1-{EVENT_TYPE_MAX_BYTES} characters of A-Z a-z 0-9 _ . : -: {0:?}")]
+    #[error(
+        "event type must be 1-{EVENT_TYPE_MAX_BYTES} characters of A-Z a-z 0-9 _ . : -: {0:?}"
+    )]
     EventType(String),
 }
 
@@ -197,8 +199,7 @@ mod tests {
 
     #[test]
     fn metadata_keeps_extra_keys() {
-        let m: Metadata =
-            serde_json::from_str(r#"{"correlation_id":"c1","tenant":"t9"}"#).unwrap();
+        let m: Metadata = serde_json::from_str(r#"{"correlation_id":"c1","tenant":"t9"}"#).unwrap();
         assert_eq!(m.correlation_id.as_deref(), Some("c1"));
         assert_eq!(m.extra["tenant"], "t9");
         let back = serde_json::to_value(&m).unwrap();

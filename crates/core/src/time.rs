@@ -45,9 +45,9 @@ pub fn parse_date(s: &str) -> Option<i64> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        s.get(r)?
-            .bytes()
-            .try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32))
+        s.get(r)?.bytes().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32)
+        })
     };
     let (y, m, d) = (num(0..4)? as i64, num(5..7)?, num(8..10)?);
     if !(1..=12).contains(&m) || d == 0 {
@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("2026-1-01"), None);
         assert_eq!(parse_date("20x6-01-01"), None);
-        assert_eq!(format_rfc3339_ms(1_795_305_855_123), "2026-11-22T00:04:15.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_795_305_855_123),
+            "2026-11-22T00:04:15.123Z"
+        );
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 

@@ -9,6 +9,35 @@ pub mod product;
 pub mod read_models;
 pub mod service;
 
+/// Checks an event appended through the raw stream API to a stream this domain owns
+/// (`product-{id}` or `order-{id}`). Such an event must decode as the aggregate's own event
+/// type and name the stream's id, or the aggregate (and its read models) could no longer be
+/// loaded. Streams outside the domain are not its business: `Ok`.
+pub fn check_raw_event(
+    stream: &str,
+    event_type: &str,
+    schema_version: u32,
+    payload: &serde_json::Value,
+) -> Result<(), String> {
+    use ficus_core::codec::decode;
+    let (id, id_field, decoded) = if let Some(id) = stream.strip_prefix("product-") {
+        let d = decode::<product::ProductEvent>(event_type, schema_version, payload).map(|_| ());
+        (id, "product_id", d)
+    } else if let Some(id) = stream.strip_prefix("order-") {
+        let d = decode::<order::OrderEvent>(event_type, schema_version, payload).map(|_| ());
+        (id, "order_id", d)
+    } else {
+        return Ok(());
+    };
+    decoded.map_err(|e| format!("stream {stream} belongs to the shop domain: {e}"))?;
+    if payload.get(id_field).and_then(|v| v.as_str()) != Some(id) {
+        return Err(format!(
+            "an event in stream {stream} must carry {id_field} = {id:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// How a refused command maps onto an API response.
 ///
 /// The rule of thumb: `Invalid` means the command is wrong on its own, whatever the state;

@@ -136,16 +136,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let unauthorized =
-            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>".into()))?;
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| unauthorized("Authorization must be: Bearer <token>".into()))?;
         let now = ficus_store::now_ms() / 1000;
         let claims = state
@@ -178,7 +180,10 @@ mod tests {
         let t = auth.mint(&claims(Some(2000)));
         assert_eq!(auth.verify(&t, 1000).unwrap(), claims(Some(2000)));
         assert_eq!(auth.verify(&t, 2000), Err(AuthError::Expired));
-        assert_eq!(Auth::new("other").verify(&t, 1000), Err(AuthError::Signature));
+        assert_eq!(
+            Auth::new("other").verify(&t, 1000),
+            Err(AuthError::Signature)
+        );
     }
 
     #[test]

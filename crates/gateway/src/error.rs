@@ -77,10 +77,12 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::WrongExpectedVersion { actual, .. } => {
-                ApiError::new(StatusCode::CONFLICT, "wrong_expected_version", e.to_string())
-                    .with("actual_version", actual)
-            }
+            StoreError::WrongExpectedVersion { actual, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_expected_version",
+                e.to_string(),
+            )
+            .with("actual_version", actual),
             StoreError::Invalid(m) => ApiError::bad_request("invalid_request", m),
             StoreError::Unavailable(m) => ApiError::unavailable("store_unavailable", m),
             StoreError::Corrupt(m) => {
@@ -95,8 +97,7 @@ impl From<ShopError> for ApiError {
         if let ShopError::Store(s) = e {
             return s.into();
         }
-        let status =
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut err = ApiError::new(status, e.code(), e.to_string());
         if let ShopError::Conflict { actual, .. } = e {
             err = err.with("actual_version", actual);

@@ -61,8 +61,7 @@ fn parse_amount(raw: &RawValue, field: &str) -> Result<Money, ApiError> {
             format!("{field} must be a JSON number with at most 2 decimals"),
         ));
     }
-    Money::parse_decimal(text)
-        .map_err(|e| ApiError::bad_request(e.code(), format!("{field}: {e}")))
+    Money::parse_decimal(text).map_err(|e| ApiError::bad_request(e.code(), format!("{field}: {e}")))
 }
 
 fn parse_amount_param(text: &str, field: &str) -> Result<i64, ApiError> {
@@ -466,7 +465,10 @@ async fn search_products(
             format!("offset must be at most {}", rm::SEARCH_MAX_OFFSET),
         ));
     }
-    if q.q.as_ref().is_some_and(|t| t.len() > SEARCH_TEXT_MAX_BYTES) {
+    if q.q
+        .as_ref()
+        .is_some_and(|t| t.len() > SEARCH_TEXT_MAX_BYTES)
+    {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!("q must be at most {SEARCH_TEXT_MAX_BYTES} bytes"),

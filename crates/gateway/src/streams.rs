@@ -87,12 +87,10 @@ fn expected(dto: Option<ExpectedDto>) -> Result<ExpectedVersion, ApiError> {
             "any" => ExpectedVersion::Any,
             "no_stream" => ExpectedVersion::NoStream,
             "exists" => ExpectedVersion::Exists,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_expected_version",
-                    "expected_version is a version number or one of \"any\", \"no_stream\", \"exists\"",
-                ))
-            }
+            _ => return Err(ApiError::bad_request(
+                "invalid_expected_version",
+                "expected_version is a version number or one of \"any\", \"no_stream\", \"exists\"",
+            )),
         },
     })
 }
@@ -117,6 +115,14 @@ async fn append(
     for e in body.events {
         let event_type = EventType::new(e.event_type)
             .map_err(|err| ApiError::bad_request("invalid_event_type", err.to_string()))?;
+        let schema_version = e.schema_version.unwrap_or(1).max(1);
+        ficus_domain::check_raw_event(
+            stream.as_str(),
+            event_type.as_str(),
+            schema_version,
+            &e.data,
+        )
+        .map_err(|m| ApiError::bad_request("invalid_event", m))?;
         let mut metadata = e.metadata.unwrap_or_default();
         metadata
             .correlation_id
@@ -127,7 +133,7 @@ async fn append(
         events.push(NewEvent {
             id: e.id.unwrap_or_else(uuid::Uuid::now_v7),
             event_type,
-            schema_version: e.schema_version.unwrap_or(1).max(1),
+            schema_version,
             metadata,
             payload: e.data,
         });
@@ -227,15 +233,26 @@ async fn subscribe(
     caller.require_role("admin")?;
     let from = match headers.get("last-event-id") {
         Some(v) => {
-            let last: u64 = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(
-                || ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a position"),
-            )?;
+            let last: u64 = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|p| *p < i64::MAX as u64)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a position the server sent",
+                    )
+                })?;
             last + 1
         }
         None => q.from_position.unwrap_or(1),
     };
     let permit = st.sse_permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable("too_many_subscribers", "the server serves its limit of live subscribers")
+        ApiError::unavailable(
+            "too_many_subscribers",
+            "the server serves its limit of live subscribers",
+        )
     })?;
     let sub = Subscription::new(st.store.clone(), from);
     let shutdown = st.shutdown.clone();
@@ -264,7 +281,10 @@ async fn subscribe(
                     };
                     let body = json!({"code": code, "message": err.to_string(),
                                       "next_position": sub.next_position()});
-                    (SseEvent::default().event("error").data(body.to_string()), true)
+                    (
+                        SseEvent::default().event("error").data(body.to_string()),
+                        true,
+                    )
                 }
             };
             Some((Ok::<_, Infallible>(msg), (sub, shutdown, permit, done)))
@@ -295,7 +315,9 @@ pub async fn list_projections(
             })
         })
         .collect();
-    Ok(Json(json!({"projections": list, "head_position": st.store.head_position()})))
+    Ok(Json(
+        json!({"projections": list, "head_position": st.store.head_position()}),
+    ))
 }
 
 pub async fn rebuild_projection(
@@ -308,7 +330,9 @@ pub async fn rebuild_projection(
         .projections()
         .into_iter()
         .find(|p| p.name() == name)
-        .ok_or_else(|| ApiError::not_found("projection_not_found", format!("no projection {name}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found("projection_not_found", format!("no projection {name}"))
+        })?;
     handle
         .rebuild()
         .await

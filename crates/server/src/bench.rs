@@ -34,15 +34,24 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
 }
 
 /// Runs `writers` tasks, each appending one event at a time to its own stream, for `duration`.
-pub async fn append_run(dir: &Path, writers: usize, duration: Duration) -> anyhow::Result<AppendRun> {
+pub async fn append_run(
+    dir: &Path,
+    writers: usize,
+    duration: Duration,
+    config: &SqliteConfig,
+) -> anyhow::Result<AppendRun> {
     let path = dir.join(format!("bench-{writers}-{}.db", uuid::Uuid::now_v7()));
-    let store = Arc::new(SqliteEventStore::open(&path, SqliteConfig::default())?);
+    let store = Arc::new(SqliteEventStore::open(&path, config.clone())?);
     let ty = EventType::new("BenchEvent")?;
     // Warm-up: create the streams so every measured append is a steady-state one.
     for w in 0..writers {
         let s = StreamId::new(format!("bench-{w}"))?;
         store
-            .append(&s, ExpectedVersion::Any, vec![new_event(ty.clone(), json!({"w": w}))])
+            .append(
+                &s,
+                ExpectedVersion::Any,
+                vec![new_event(ty.clone(), json!({"w": w}))],
+            )
             .await?;
     }
     let start = Instant::now();
@@ -55,7 +64,10 @@ pub async fn append_run(dir: &Path, writers: usize, duration: Duration) -> anyho
             let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let e = new_event(ty.clone(), json!({"w": w, "i": i, "sku": "SKU-1", "qty": 1}));
+                let e = new_event(
+                    ty.clone(),
+                    json!({"w": w, "i": i, "sku": "SKU-1", "qty": 1}),
+                );
                 let t = Instant::now();
                 store.append(&s, ExpectedVersion::Any, vec![e]).await?;
                 lat_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -118,6 +130,7 @@ pub async fn append_bench(
     writer_counts: &[usize],
     duration: Duration,
     runs: usize,
+    config: &SqliteConfig,
 ) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(dir)?;
     let runs = runs.max(1);
@@ -128,7 +141,7 @@ pub async fn append_bench(
             fsync_rate(dir, Duration::from_secs(1))
         })?);
         for (i, &w) in writer_counts.iter().enumerate() {
-            let r = append_run(dir, w, duration).await?;
+            let r = append_run(dir, w, duration, config).await?;
             eprintln!(
                 "run {}/{runs}: {w:>3} writers  {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us",
                 run + 1,
@@ -142,7 +155,10 @@ pub async fn append_bench(
     let fsync = median(fsyncs);
     println!();
     println!("ficus bench append — SQLite backend, durable (synchronous=FULL, WAL), single-event appends");
-    println!("median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s", duration.as_secs_f64());
+    println!(
+        "median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s",
+        duration.as_secs_f64()
+    );
     println!();
     println!("| writers | appends/s | ack p50 | ack p99 | vs raw fsync/s |");
     println!("|--------:|----------:|--------:|--------:|---------------:|");
@@ -157,8 +173,10 @@ pub async fn append_bench(
             p99 / 1000.0,
             rate / fsync
         );
-        rows.push(json!({"writers": w, "appends_per_sec": rate, "p50_us": p50, "p99_us": p99,
-                         "runs": results[i]}));
+        rows.push(
+            json!({"writers": w, "appends_per_sec": rate, "p50_us": p50, "p99_us": p99,
+                         "runs": results[i]}),
+        );
     }
     Ok(json!({"scenario": "append", "backend": "sqlite", "fsync_per_sec": fsync, "results": rows}))
 }

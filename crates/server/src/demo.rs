@@ -24,22 +24,102 @@ pub struct DemoOptions {
 }
 
 const PRODUCTS: &[(&str, &str, &str, &str)] = &[
-    ("Espresso grinder", "Conical burr grinder for espresso and filter", "kitchen", "189.00"),
-    ("Cast iron skillet", "Pre-seasoned 28 cm skillet, oven safe", "kitchen", "39.90"),
-    ("Chef knife", "20 cm stainless chef knife with full tang", "kitchen", "74.50"),
-    ("Pour-over kettle", "Gooseneck kettle with thermometer", "kitchen", "45.00"),
-    ("Garden hose", "25 m kink-free hose with brass fittings", "garden", "29.99"),
-    ("Pruning shears", "Bypass pruner for branches up to 2 cm", "garden", "19.95"),
-    ("Raised bed kit", "Cedar raised bed, 120 x 60 cm", "garden", "129.00"),
-    ("Watering can", "Galvanized 9 litre watering can", "garden", "24.00"),
-    ("Wooden train set", "52-piece wooden train set with bridge", "toys", "59.00"),
-    ("Puzzle 1000", "1000-piece landscape jigsaw puzzle", "toys", "14.99"),
-    ("Kite", "Stunt kite with dual lines, for beginners", "toys", "34.90"),
-    ("Building blocks", "Bucket of 300 colourful building blocks", "toys", "27.50"),
-    ("Field guide to birds", "Illustrated field guide, 600 species", "books", "22.00"),
-    ("Rust in practice", "Systems programming with Rust, hands-on", "books", "49.00"),
-    ("Event sourcing explained", "Events, projections and sagas from the ground up", "books", "39.00"),
-    ("Strangler fig migrations", "Moving a monolith without a big-bang rewrite", "books", "44.00"),
+    (
+        "Espresso grinder",
+        "Conical burr grinder for espresso and filter",
+        "kitchen",
+        "189.00",
+    ),
+    (
+        "Cast iron skillet",
+        "Pre-seasoned 28 cm skillet, oven safe",
+        "kitchen",
+        "39.90",
+    ),
+    (
+        "Chef knife",
+        "20 cm stainless chef knife with full tang",
+        "kitchen",
+        "74.50",
+    ),
+    (
+        "Pour-over kettle",
+        "Gooseneck kettle with thermometer",
+        "kitchen",
+        "45.00",
+    ),
+    (
+        "Garden hose",
+        "25 m kink-free hose with brass fittings",
+        "garden",
+        "29.99",
+    ),
+    (
+        "Pruning shears",
+        "Bypass pruner for branches up to 2 cm",
+        "garden",
+        "19.95",
+    ),
+    (
+        "Raised bed kit",
+        "Cedar raised bed, 120 x 60 cm",
+        "garden",
+        "129.00",
+    ),
+    (
+        "Watering can",
+        "Galvanized 9 litre watering can",
+        "garden",
+        "24.00",
+    ),
+    (
+        "Wooden train set",
+        "52-piece wooden train set with bridge",
+        "toys",
+        "59.00",
+    ),
+    (
+        "Puzzle 1000",
+        "1000-piece landscape jigsaw puzzle",
+        "toys",
+        "14.99",
+    ),
+    (
+        "Kite",
+        "Stunt kite with dual lines, for beginners",
+        "toys",
+        "34.90",
+    ),
+    (
+        "Building blocks",
+        "Bucket of 300 colourful building blocks",
+        "toys",
+        "27.50",
+    ),
+    (
+        "Field guide to birds",
+        "Illustrated field guide, 600 species",
+        "books",
+        "22.00",
+    ),
+    (
+        "Rust in practice",
+        "Systems programming with Rust, hands-on",
+        "books",
+        "49.00",
+    ),
+    (
+        "Event sourcing explained",
+        "Events, projections and sagas from the ground up",
+        "books",
+        "39.00",
+    ),
+    (
+        "Strangler fig migrations",
+        "Moving a monolith without a big-bang rewrite",
+        "books",
+        "44.00",
+    ),
 ];
 
 struct Stats {
@@ -80,7 +160,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let running = match app::start(opts.config.clone()).await {
         Ok(r) => r,
         Err(e) if opts.config.listen.port() != 0 => {
-            eprintln!("could not listen on {} ({e:#}); using a free port", opts.config.listen);
+            eprintln!(
+                "could not listen on {} ({e:#}); using a free port",
+                opts.config.listen
+            );
             let mut cfg = opts.config.clone();
             cfg.listen.set_port(0);
             app::start(cfg).await?
@@ -105,7 +188,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         base: base.clone(),
     });
 
-    println!("Ficus demo — serving at {base} (data in {})", opts.config.data_dir.display());
+    println!(
+        "Ficus demo — serving at {base} (data in {})",
+        opts.config.data_dir.display()
+    );
     println!("Seeding {} products from 2 sellers...", PRODUCTS.len());
     let mut product_ids = Vec::new();
     for (i, (name, description, category, price)) in PRODUCTS.iter().enumerate() {
@@ -116,7 +202,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "stock": 50 + 10 * i as i64,
         });
         let (status, resp) = client
-            .send(reqwest::Method::POST, "/v1/products", Some(token), Some(body))
+            .send(
+                reqwest::Method::POST,
+                "/v1/products",
+                Some(token),
+                Some(body),
+            )
             .await?;
         anyhow::ensure!(status == 201, "seeding {name} failed: {status} {resp}");
         product_ids.push((resp["id"].as_str().context("product id")?.to_owned(), i % 2));
@@ -145,7 +236,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::from_entropy_seeded(k as u64);
             while Instant::now() < deadline {
-                let r = traffic_step(&client, &mut rng, &products, &sellers, &customers, &stats).await;
+                let r =
+                    traffic_step(&client, &mut rng, &products, &sellers, &customers, &stats).await;
                 if r.is_err() {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -196,7 +288,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("  curl -s -X PUT {base}/v1/products/{pid}/price -H \"Authorization: Bearer $SELLER\" -H 'Content-Type: application/json' -d '{{\"price\": 1.00}}'   # refused: > 50 % cut");
     println!("  curl -s -H \"Authorization: Bearer $CUSTOMER\" {base}/v1/customers/{cust}/orders?limit=5");
     println!("  curl -s -H \"Authorization: Bearer $ADMIN\" '{base}/v1/analytics/orders?from=2020-01-01&to=2030-12-31'");
-    println!("  curl -s -H \"Authorization: Bearer $ADMIN\" '{base}/v1/all?from_position=1&limit=5'");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $ADMIN\" '{base}/v1/all?from_position=1&limit=5'"
+    );
     println!("  curl -N -H \"Authorization: Bearer $ADMIN\" '{base}/v1/subscribe?from_position=1'   # live, Ctrl-C to end");
     println!("  curl -s -H \"Authorization: Bearer $ADMIN\" {base}/v1/projections");
     println!("  curl -s {base}/v1/openapi.json");
@@ -242,17 +336,29 @@ async fn traffic_step(
             items.push(json!({"product_id": p, "quantity": rng.gen_range(1..=3)}));
         }
         let (s, b) = client
-            .send(Method::POST, "/v1/orders", Some(cust_token), Some(json!({"items": items})))
+            .send(
+                Method::POST,
+                "/v1/orders",
+                Some(cust_token),
+                Some(json!({"items": items})),
+            )
             .await?;
         if s == 201 {
             let id = b["id"].as_str().unwrap_or_default().to_owned();
             let (s2, b2) = client
-                .send(Method::POST, &format!("/v1/orders/{id}/place"), Some(cust_token), None)
+                .send(
+                    Method::POST,
+                    &format!("/v1/orders/{id}/place"),
+                    Some(cust_token),
+                    None,
+                )
                 .await?;
             // Read our own write: the summary must show the placed order.
             let pos = b2["position"].as_u64().unwrap_or(0);
             let path = format!("/v1/customers/{cust}/orders?limit=5&min_position={pos}");
-            client.send(Method::GET, &path, Some(cust_token), None).await?;
+            client
+                .send(Method::GET, &path, Some(cust_token), None)
+                .await?;
             stats.queries.fetch_add(1, Ordering::Relaxed);
             (s2, b2, true)
         } else {
@@ -261,17 +367,25 @@ async fn traffic_step(
     } else if roll < 8 {
         // The owning seller nudges a price: up to 60 % down (sometimes refused) or up.
         let pct: i64 = rng.gen_range(40..=130);
-        let (s, b) = client.send(Method::GET, &format!("/v1/products/{pid}"), None, None).await?;
+        let (s, b) = client
+            .send(Method::GET, &format!("/v1/products/{pid}"), None, None)
+            .await?;
         stats.queries.fetch_add(1, Ordering::Relaxed);
         if s != 200 {
             return Ok(());
         }
         let cents = (b["price"].as_f64().unwrap_or(10.0) * 100.0).round() as i64;
         let new_cents = (cents * pct / 100).clamp(100, 1_000_000);
-        let price: Value = serde_json::from_str(&format!("{}.{:02}", new_cents / 100, new_cents % 100))?;
+        let price: Value =
+            serde_json::from_str(&format!("{}.{:02}", new_cents / 100, new_cents % 100))?;
         let token = &sellers[*owner].1;
         let (s, b) = client
-            .send(Method::PUT, &format!("/v1/products/{pid}/price"), Some(token), Some(json!({"price": price})))
+            .send(
+                Method::PUT,
+                &format!("/v1/products/{pid}/price"),
+                Some(token),
+                Some(json!({"price": price})),
+            )
             .await?;
         (s, b, true)
     } else if roll < 10 {
@@ -281,11 +395,18 @@ async fn traffic_step(
         let delta = if delta == 0 { 1 } else { delta };
         let body = json!({"warehouse": warehouse, "delta": delta});
         let (s, b) = client
-            .send(Method::POST, &format!("/v1/products/{pid}/stock"), Some(token), Some(body))
+            .send(
+                Method::POST,
+                &format!("/v1/products/{pid}/stock"),
+                Some(token),
+                Some(body),
+            )
             .await?;
         (s, b, true)
     } else if roll < 60 {
-        let (s, b) = client.send(Method::GET, &format!("/v1/products/{pid}"), None, None).await?;
+        let (s, b) = client
+            .send(Method::GET, &format!("/v1/products/{pid}"), None, None)
+            .await?;
         (s, b, false)
     } else if roll < 85 {
         let q = ["grinder", "garden", "wooden", "rust", "kettle", "guide"][rng.gen_range(0..6)];
@@ -294,10 +415,16 @@ async fn traffic_step(
         (s, b, false)
     } else {
         let path = format!("/v1/customers/{cust}/orders?limit=10");
-        let (s, b) = client.send(Method::GET, &path, Some(cust_token), None).await?;
+        let (s, b) = client
+            .send(Method::GET, &path, Some(cust_token), None)
+            .await?;
         (s, b, false)
     };
-    let counter = if is_command { &stats.commands } else { &stats.queries };
+    let counter = if is_command {
+        &stats.commands
+    } else {
+        &stats.queries
+    };
     counter.fetch_add(1, Ordering::Relaxed);
     match status {
         200..=299 => {}

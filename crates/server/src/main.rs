@@ -15,7 +15,11 @@ use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
 use ficus_store::{new_event, EventStore};
 
 #[derive(Parser)]
-#[command(name = "ficus", version, about = "Event sourcing, worker pools and a strangler-fig gateway in one binary")]
+#[command(
+    name = "ficus",
+    version,
+    about = "Event sourcing, worker pools and a strangler-fig gateway in one binary"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "FICUS_LOG_FORMAT")]
@@ -44,7 +48,11 @@ enum Command {
         #[arg(long, env = "FICUS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
         max_body_bytes: usize,
         /// Longest a query waits for `min_position`, in milliseconds.
-        #[arg(long, env = "FICUS_READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 5000)]
+        #[arg(
+            long,
+            env = "FICUS_READ_YOUR_WRITES_TIMEOUT_MS",
+            default_value_t = 5000
+        )]
         read_your_writes_timeout_ms: u64,
     },
     /// Start a server, seed the reference domain, drive traffic and show what to look at.
@@ -105,6 +113,9 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Page size of the benchmark's event log files.
+        #[arg(long, default_value_t = SqliteConfig::default().page_bytes)]
+        page_bytes: u32,
     },
 }
 
@@ -211,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                     runs,
                     dir,
                     json_out,
+                    page_bytes,
                 } => {
                     let (dir, remove) = match dir {
                         Some(d) => (d, false),
@@ -221,6 +233,10 @@ async fn main() -> anyhow::Result<()> {
                         &writers,
                         Duration::from_secs(duration_secs),
                         runs,
+                        &SqliteConfig {
+                            page_bytes,
+                            ..SqliteConfig::default()
+                        },
                     )
                     .await;
                     if remove {
@@ -257,7 +273,10 @@ async fn main() -> anyhow::Result<()> {
 /// payload names its batch, its index and the batch size, so a reader of the log can tell a
 /// whole batch from a torn one.
 async fn append_loop(data_dir: PathBuf, tasks: usize) -> anyhow::Result<()> {
-    let store = Arc::new(SqliteEventStore::open(data_dir.join("events.db"), SqliteConfig::default())?);
+    let store = Arc::new(SqliteEventStore::open(
+        data_dir.join("events.db"),
+        SqliteConfig::default(),
+    )?);
     let out = Arc::new(Mutex::new(std::io::stdout()));
     println!("READY");
     let mut handles = Vec::new();
@@ -270,9 +289,15 @@ async fn append_loop(data_dir: PathBuf, tasks: usize) -> anyhow::Result<()> {
                 i += 1;
                 let n = 1 + (i as usize * 7 + t) % 5;
                 let batch = uuid::Uuid::now_v7();
-                let stream = StreamId::new(format!("kill-{}", (i as usize + t) % 8)).expect("valid");
+                let stream =
+                    StreamId::new(format!("kill-{}", (i as usize + t) % 8)).expect("valid");
                 let events = (0..n)
-                    .map(|k| new_event(ty.clone(), serde_json::json!({"batch": batch, "k": k, "n": n})))
+                    .map(|k| {
+                        new_event(
+                            ty.clone(),
+                            serde_json::json!({"batch": batch, "k": k, "n": n}),
+                        )
+                    })
                     .collect();
                 let r = store.append(&stream, ExpectedVersion::Any, events).await?;
                 let mut o = out.lock().unwrap_or_else(|p| p.into_inner());

@@ -79,6 +79,11 @@ pub async fn append_and_read_stream(store: Arc<dyn EventStore>) {
     let page = store.read_stream(&s, 2, 2).await.unwrap();
     assert_eq!(page.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
     assert!(store.read_stream(&s, 6, 10).await.unwrap().is_empty());
+    // Versions and positions past i64::MAX are beyond everything, not wrapped around.
+    for huge in [1u64 << 63, u64::MAX] {
+        assert!(store.read_stream(&s, huge, 10).await.unwrap().is_empty());
+        assert!(store.read_all(huge, 10).await.unwrap().is_empty());
+    }
 
     let unknown = sid("acct-unknown");
     assert!(store.read_stream(&unknown, 1, 10).await.unwrap().is_empty());

@@ -74,6 +74,9 @@ where
     #[track_caller]
     pub fn then_expect_error_message(self, needle: &str) {
         let err = self.then_expect_error().to_string();
-        assert!(err.contains(needle), "error {err:?} does not contain {needle:?}");
+        assert!(
+            err.contains(needle),
+            "error {err:?} does not contain {needle:?}"
+        );
     }
 }

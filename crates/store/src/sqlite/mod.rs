@@ -7,6 +7,7 @@
 //! subscribers. Reads go through a small pool of read connections, which WAL lets run beside
 //! the writer.
 
+mod checkpointer;
 mod reader;
 mod writer;
 
@@ -41,6 +42,16 @@ pub struct SqliteConfig {
     pub live_buffer_batches: usize,
     /// Stream versions the writer caches (it is the only writer, so the cache is exact).
     pub version_cache_streams: usize,
+    /// Page size of a NEW event log file (an existing file keeps its own). Small pages keep
+    /// the WAL bytes per commit low: each batch dirties about one index page per stream it
+    /// touches, and every dirty page is written whole.
+    pub page_bytes: u32,
+    /// SQLite page cache of the writer connection, in KiB.
+    pub writer_cache_kib: i64,
+    /// How often the background thread checkpoints the WAL.
+    pub checkpoint_interval: std::time::Duration,
+    /// WAL size (in pages) past which a blocking RESTART checkpoint forces it back to empty.
+    pub wal_max_pages: i64,
 }
 
 impl Default for SqliteConfig {
@@ -52,6 +63,10 @@ impl Default for SqliteConfig {
             read_connections: 4,
             live_buffer_batches: 1024,
             version_cache_streams: 100_000,
+            page_bytes: 4096,
+            writer_cache_kib: 64 * 1024,
+            checkpoint_interval: std::time::Duration::from_millis(100),
+            wal_max_pages: 64 * 1024,
         }
     }
 }
@@ -62,6 +77,7 @@ pub struct SqliteEventStore {
     live: broadcast::Sender<LiveBatch>,
     readers: Arc<ConnectionPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<checkpointer::Checkpointer>,
     config: SqliteConfig,
     path: PathBuf,
     /// Held for the store's life: a second process opening the same file is refused.
@@ -119,8 +135,19 @@ impl SqliteEventStore {
         lock.try_lock().map_err(|_| {
             StoreError::Unavailable(format!("{} is in use by another process", path.display()))
         })?;
+        // The page size must be set before the file turns to WAL; on an existing file it is a
+        // no-op.
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch(&format!("PRAGMA page_size = {};", config.page_bytes)))
+            .map_err(unavailable)?;
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        // Checkpoints run on their own thread (see checkpointer.rs), not inside commits.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{};",
+            config.writer_cache_kib
+        ))
+        .map_err(unavailable)?;
         let head: i64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
                 r.get(0)
@@ -138,12 +165,19 @@ impl SqliteEventStore {
             .name("ficus-sqlite-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(unavailable)?;
+        let checkpointer = checkpointer::Checkpointer::start(
+            path.clone(),
+            config.checkpoint_interval,
+            config.wal_max_pages,
+        )
+        .map_err(unavailable)?;
         Ok(Self {
             tx,
             head,
             live,
             readers,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(checkpointer),
             config,
             path,
             _lock: lock,
@@ -165,6 +199,10 @@ impl SqliteEventStore {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+        self.checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop();
     }
 }
 

@@ -122,7 +122,7 @@ pub(crate) fn read_stream(
     let limit = limit.min(MAX_READ_LIMIT) as i64;
     collect(
         &mut stmt,
-        params![stream.as_str(), from_version as i64, limit],
+        params![stream.as_str(), sql_int(from_version), limit],
     )
 }
 
@@ -141,8 +141,14 @@ pub(crate) fn read_all(
     let limit = limit.min(MAX_READ_LIMIT) as i64;
     collect(
         &mut stmt,
-        params![from_position as i64, up_to as i64, limit],
+        params![sql_int(from_position), sql_int(up_to), limit],
     )
+}
+
+/// A position or version as an SQLite integer. Values past `i64::MAX` (never stored) clamp to
+/// it, so they compare as "beyond everything" instead of wrapping negative.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn stream_version(conn: &Connection, stream: &StreamId) -> Result<Version, StoreError> {
