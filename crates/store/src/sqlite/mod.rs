@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
 pub use reader::ConnectionPool;
-use writer::WriterMsg;
+use writer::{EncodedEvent, WriterMsg};
 
 /// Limits and tuning of the SQLite event store. Every queue and batch here is bounded.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct SqliteConfig {
     pub max_append_events: usize,
     /// Read connections open beside the writer.
     pub read_connections: usize,
+    /// Batches committed but not yet fsynced that the writer may run ahead of the syncer.
+    pub sync_pipeline_batches: usize,
     /// Committed batches kept for slow live subscribers.
     pub live_buffer_batches: usize,
     /// Stream versions the writer caches (it is the only writer, so the cache is exact).
@@ -61,6 +63,7 @@ impl Default for SqliteConfig {
             max_batch_events: 4096,
             max_append_events: 1000,
             read_connections: 4,
+            sync_pipeline_batches: 64,
             live_buffer_batches: 1024,
             version_cache_streams: 100_000,
             page_bytes: 4096,
@@ -143,11 +146,20 @@ impl SqliteEventStore {
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         // Checkpoints run on their own thread (see checkpointer.rs), not inside commits.
+        // The writer's COMMIT only writes WAL frames; the syncer thread makes them durable
+        // before anyone is answered (see writer.rs).
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{};",
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{}; PRAGMA synchronous = OFF;",
             config.writer_cache_kib
         ))
         .map_err(unavailable)?;
+        let mut wal_path = path.clone().into_os_string();
+        wal_path.push("-wal");
+        let wal = File::options()
+            .read(true)
+            .write(true)
+            .open(&wal_path)
+            .map_err(unavailable)?;
         let head: i64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
                 r.get(0)
@@ -160,7 +172,8 @@ impl SqliteEventStore {
         )?);
         let (live, _) = broadcast::channel(config.live_buffer_batches);
         let (tx, rx) = mpsc::channel(config.append_queue_requests);
-        let writer = writer::Writer::new(conn, head.clone(), live.clone(), &config);
+        let writer = writer::Writer::new(conn, wal, head.clone(), live.clone(), &config)
+            .map_err(unavailable)?;
         let handle = std::thread::Builder::new()
             .name("ficus-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -219,7 +232,7 @@ impl EventStore for SqliteEventStore {
         let msg = WriterMsg::Append {
             stream: stream.clone(),
             expected,
-            events,
+            events: events.into_iter().map(EncodedEvent::new).collect(),
             reply,
         };
         self.tx
@@ -238,15 +251,17 @@ impl EventStore for SqliteEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.clone();
+        let head = self.head.load(Ordering::Acquire);
         self.readers
-            .run(move |c| reader::read_stream(c, &stream, from_version, limit))
+            .run(move |c| reader::read_stream(c, &stream, from_version, head, limit))
             .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
         let stream = stream.clone();
+        let head = self.head.load(Ordering::Acquire);
         self.readers
-            .run(move |c| reader::stream_version(c, &stream))
+            .run(move |c| reader::stream_version(c, &stream, head))
             .await
     }
 

@@ -107,22 +107,30 @@ fn collect(
     Ok(out)
 }
 
+/// Events of `stream` from `from_version`, none past the durable position `up_to` (rows the
+/// writer committed but the syncer has not yet made durable stay invisible).
 pub(crate) fn read_stream(
     conn: &Connection,
     stream: &StreamId,
     from_version: Version,
+    up_to: Position,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE stream_id = ?1 AND version >= ?2 \
-                 ORDER BY version LIMIT ?3"
+             AND position <= ?3 ORDER BY version LIMIT ?4"
         ))
         .map_err(unavailable)?;
     let limit = limit.min(MAX_READ_LIMIT) as i64;
     collect(
         &mut stmt,
-        params![stream.as_str(), sql_int(from_version), limit],
+        params![
+            stream.as_str(),
+            sql_int(from_version),
+            sql_int(up_to),
+            limit
+        ],
     )
 }
 
@@ -151,10 +159,17 @@ fn sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn stream_version(conn: &Connection, stream: &StreamId) -> Result<Version, StoreError> {
+/// The version of `stream`'s last event at or before position `up_to`.
+pub(crate) fn stream_version(
+    conn: &Connection,
+    stream: &StreamId,
+    up_to: Position,
+) -> Result<Version, StoreError> {
     let v: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?1")
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)))
+        .prepare_cached(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?1 AND position <= ?2",
+        )
+        .and_then(|mut s| s.query_row(params![stream.as_str(), sql_int(up_to)], |r| r.get(0)))
         .map_err(unavailable)?;
     Ok(v as Version)
 }

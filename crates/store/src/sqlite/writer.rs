@@ -1,8 +1,30 @@
-//! The single writer thread: group commit of every queued append.
+//! The single writer thread and its syncer: group commit, with the fsync pipelined.
+//!
+//! The writer takes every queued append (up to `max_batch_events`), checks each request's
+//! expected version and inserts them all in ONE transaction. Its connection runs with
+//! `synchronous = OFF`, so `COMMIT` only writes the WAL frames into the page cache. The batch
+//! then goes to the syncer thread, which calls `fdatasync` on the WAL file and only after it
+//! returns answers the batch's callers, advances the durable head and broadcasts the batch to
+//! live subscribers. While one fdatasync runs, the writer already commits the next batches;
+//! the next fdatasync covers all of them at once.
+//!
+//! Why this is as durable as `synchronous = FULL`: a caller is answered only after an
+//! fdatasync that began after its frames were written. The WAL is append-only between
+//! checkpoints, and SQLite's recovery replays frames only up to the last intact commit frame
+//! (checksums chained from the header), so a torn tail from a crash can only lose batches that
+//! nobody was told about. The WAL restarts from its beginning only after a checkpoint, which
+//! runs on a `synchronous = FULL` connection and fsyncs the database file before it marks the
+//! frames as copied. Readers never look past the durable head (see `reader.rs`).
+//!
+//! If fdatasync ever fails, the store stops taking writes: after a failed fsync the kernel may
+//! have dropped the dirty pages, so nothing after it can be promised.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use ficus_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Version};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -12,47 +34,91 @@ use super::reader::stream_version;
 use super::{unavailable, SqliteConfig};
 use crate::{now_ms, AppendResult, LiveBatch, StoreError};
 
+/// An event with its metadata and payload already encoded by the caller's task, so the
+/// writer thread spends its time on inserts only.
+pub(crate) struct EncodedEvent {
+    pub(crate) event: NewEvent,
+    pub(crate) metadata_json: String,
+    pub(crate) payload_json: String,
+}
+
+impl EncodedEvent {
+    pub(crate) fn new(event: NewEvent) -> Self {
+        Self {
+            metadata_json: serde_json::to_string(&event.metadata).expect("metadata serializes"),
+            payload_json: serde_json::to_string(&event.payload).expect("JSON values serialize"),
+            event,
+        }
+    }
+}
+
 pub(crate) enum WriterMsg {
     Append {
         stream: StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: Vec<EncodedEvent>,
         reply: oneshot::Sender<Result<AppendResult, StoreError>>,
     },
     Shutdown(oneshot::Sender<()>),
 }
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
+type Answer = (Reply, Result<AppendResult, StoreError>);
+
+/// A batch committed to SQLite but not yet fsynced.
+struct Committed {
+    events: Vec<RecordedEvent>,
+    answers: Vec<Answer>,
+}
 
 pub(crate) struct Writer {
     conn: Connection,
-    head: Arc<AtomicU64>,
-    live: broadcast::Sender<LiveBatch>,
+    /// Position of the last event the writer committed (durable or not yet).
+    written: Position,
     /// Current version of recently written streams. Exact: this thread is the only writer.
     versions: HashMap<StreamId, Version>,
     max_batch_events: usize,
     version_cache_streams: usize,
+    sync_tx: Option<std_mpsc::SyncSender<Committed>>,
+    syncer: Option<JoinHandle<()>>,
+    /// Set once an fdatasync failed; every later append is refused.
+    failed: Arc<AtomicBool>,
 }
 
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
+        wal: File,
         head: Arc<AtomicU64>,
         live: broadcast::Sender<LiveBatch>,
         config: &SqliteConfig,
-    ) -> Self {
-        Self {
-            conn,
-            head,
+    ) -> std::io::Result<Self> {
+        let failed = Arc::new(AtomicBool::new(false));
+        let (sync_tx, sync_rx) = std_mpsc::sync_channel(config.sync_pipeline_batches);
+        let syncer = Syncer {
+            wal,
+            head: head.clone(),
             live,
+            failed: failed.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("ficus-sqlite-sync".into())
+            .spawn(move || syncer.run(sync_rx))?;
+        Ok(Self {
+            conn,
+            written: head.load(Ordering::Acquire),
             versions: HashMap::new(),
             max_batch_events: config.max_batch_events,
             version_cache_streams: config.version_cache_streams,
-        }
+            sync_tx: Some(sync_tx),
+            syncer: Some(syncer),
+            failed,
+        })
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         let mut batch: Vec<WriterMsg> = Vec::new();
+        let mut shutdown = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut events = msg_events(&first);
             batch.push(first);
@@ -66,71 +132,100 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit_batch(&mut batch) {
-                return;
+            self.commit_batch(&mut batch, &mut shutdown);
+            if !shutdown.is_empty() {
+                break;
             }
+        }
+        // Let the syncer finish every committed batch before saying we are done.
+        drop(self.sync_tx.take());
+        if let Some(s) = self.syncer.take() {
+            let _ = s.join();
+        }
+        for s in shutdown {
+            let _ = s.send(());
         }
     }
 
-    /// Commits one batch and answers its callers. Returns true when asked to shut down.
-    fn commit_batch(&mut self, batch: &mut Vec<WriterMsg>) -> bool {
-        let mut shutdown: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut answers: Vec<(Reply, Result<AppendResult, StoreError>)> = Vec::new();
+    /// Commits one batch and hands it to the syncer (or fails its callers).
+    fn commit_batch(
+        &mut self,
+        batch: &mut Vec<WriterMsg>,
+        shutdown: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        let mut answers: Vec<Answer> = Vec::new();
         let mut committed: Vec<RecordedEvent> = Vec::new();
-        let outcome = self.write(batch.drain(..), &mut shutdown, &mut answers, &mut committed);
+        let msgs = std::mem::take(batch);
+        let outcome = if self.failed.load(Ordering::Acquire) {
+            route_unwritten(msgs, shutdown, &mut answers);
+            Err(StoreError::Unavailable(
+                "event store refuses writes after a failed fsync; restart it".into(),
+            ))
+        } else {
+            self.write(msgs, shutdown, &mut answers, &mut committed)
+        };
         match outcome {
             Ok(()) => {
                 if let Some(last) = committed.last() {
-                    self.head.store(last.position, Ordering::Release);
-                    // No receiver is not an error: nobody is listening live right now.
-                    let _ = self.live.send(committed.into());
+                    self.written = last.position;
                 }
-                for (reply, answer) in answers {
-                    let _ = reply.send(answer);
+                let c = Committed {
+                    events: committed,
+                    answers,
+                };
+                if let Some(tx) = &self.sync_tx {
+                    if let Err(std_mpsc::SendError(c)) = tx.send(c) {
+                        fail_all(c.answers, &StoreError::Unavailable("syncer stopped".into()));
+                    }
                 }
             }
             Err(e) => {
-                // Nothing of this batch is durable: forget cached versions it may have
+                // Nothing of this batch is committed: forget cached versions it may have
                 // advanced and fail every caller in it.
                 self.versions.clear();
                 tracing::error!(error = %e, "event store batch failed; nothing acknowledged");
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(e.clone()));
-                }
+                fail_all(answers, &e);
             }
         }
         if self.versions.len() > self.version_cache_streams {
             self.versions.clear();
         }
-        let stop = !shutdown.is_empty();
-        for s in shutdown {
-            let _ = s.send(());
-        }
-        stop
     }
 
+    /// Inserts every append of `msgs` in one transaction and commits it. Every caller ends up
+    /// in `answers` (and every shutdown request in `shutdown`), whatever happens.
     fn write(
         &mut self,
-        msgs: impl Iterator<Item = WriterMsg>,
+        msgs: Vec<WriterMsg>,
         shutdown: &mut Vec<oneshot::Sender<()>>,
-        answers: &mut Vec<(Reply, Result<AppendResult, StoreError>)>,
+        answers: &mut Vec<Answer>,
         committed: &mut Vec<RecordedEvent>,
     ) -> Result<(), StoreError> {
-        let tx = self
+        let tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        let mut next_position: Position = self.head.load(Ordering::Acquire) + 1;
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                route_unwritten(msgs, shutdown, answers);
+                return Err(unavailable(e));
+            }
+        };
+        let mut next_position: Position = self.written + 1;
         let at = now_ms();
         let mut failure = None;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (position, event_id, stream_id, version, event_type, \
-                     schema_version, recorded_at_ms, metadata, payload) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(unavailable)?;
+            let mut insert = match tx.prepare_cached(
+                "INSERT INTO events (position, event_id, stream_id, version, event_type, \
+                 schema_version, recorded_at_ms, metadata, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            ) {
+                Ok(stmt) => stmt,
+                Err(e) => {
+                    route_unwritten(msgs, shutdown, answers);
+                    return Err(unavailable(e));
+                }
+            };
             for msg in msgs {
                 let (stream, expected, events, reply) = match msg {
                     WriterMsg::Shutdown(s) => {
@@ -145,16 +240,16 @@ impl Writer {
                     } => (stream, expected, events, reply),
                 };
                 if failure.is_some() {
-                    answers.push((reply, Err(StoreError::Unavailable("batch failed".into()))));
+                    answers.push((reply, Ok(dummy())));
                     continue;
                 }
                 let current = match self.versions.get(&stream) {
                     Some(v) => *v,
-                    None => match stream_version(&tx, &stream) {
+                    None => match stream_version(&tx, &stream, Position::MAX) {
                         Ok(v) => v,
                         Err(e) => {
                             failure = Some(e);
-                            answers.push((reply, Err(StoreError::Unavailable("".into()))));
+                            answers.push((reply, Ok(dummy())));
                             continue;
                         }
                     },
@@ -177,29 +272,29 @@ impl Writer {
                     let version = current + 1 + i as u64;
                     let r = insert.execute(params![
                         next_position as i64,
-                        e.id.as_bytes().as_slice(),
+                        e.event.id.as_bytes().as_slice(),
                         stream.as_str(),
                         version as i64,
-                        e.event_type.as_str(),
-                        e.schema_version as i64,
+                        e.event.event_type.as_str(),
+                        e.event.schema_version as i64,
                         at,
-                        serde_json::to_string(&e.metadata).expect("metadata serializes"),
-                        serde_json::to_string(&e.payload).expect("JSON values serialize"),
+                        e.metadata_json,
+                        e.payload_json,
                     ]);
                     if let Err(err) = r {
                         failure = Some(unavailable(err));
                         break;
                     }
                     committed.push(RecordedEvent {
-                        id: e.id,
+                        id: e.event.id,
                         stream_id: stream.clone(),
                         version,
                         position: next_position,
-                        event_type: e.event_type,
-                        schema_version: e.schema_version,
+                        event_type: e.event.event_type,
+                        schema_version: e.event.schema_version,
                         recorded_at_ms: at,
-                        metadata: e.metadata,
-                        payload: e.payload,
+                        metadata: e.event.metadata,
+                        payload: e.event.payload,
                     });
                     next_position += 1;
                 }
@@ -216,10 +311,42 @@ impl Writer {
             }
         }
         if let Some(e) = failure {
-            // Dropping `tx` rolls back.
+            // Dropping `tx` rolls back; the callers already in `answers` are failed by the
+            // caller of `write`.
             return Err(e);
         }
         tx.commit().map_err(unavailable)
+    }
+}
+
+/// Puts every caller of an unwritten batch in `answers` (to be failed) and keeps its shutdown
+/// requests.
+fn route_unwritten(
+    msgs: Vec<WriterMsg>,
+    shutdown: &mut Vec<oneshot::Sender<()>>,
+    answers: &mut Vec<Answer>,
+) {
+    for msg in msgs {
+        match msg {
+            WriterMsg::Append { reply, .. } => answers.push((reply, Ok(dummy()))),
+            WriterMsg::Shutdown(s) => shutdown.push(s),
+        }
+    }
+}
+
+/// A placeholder result for a caller that is about to be failed.
+fn dummy() -> AppendResult {
+    AppendResult {
+        first_version: 0,
+        last_version: 0,
+        first_position: 0,
+        last_position: 0,
+    }
+}
+
+fn fail_all(answers: Vec<Answer>, e: &StoreError) {
+    for (reply, _) in answers {
+        let _ = reply.send(Err(e.clone()));
     }
 }
 
@@ -227,5 +354,52 @@ fn msg_events(m: &WriterMsg) -> usize {
     match m {
         WriterMsg::Append { events, .. } => events.len(),
         WriterMsg::Shutdown(_) => 0,
+    }
+}
+
+/// Makes committed batches durable and only then acknowledges them.
+struct Syncer {
+    wal: File,
+    head: Arc<AtomicU64>,
+    live: broadcast::Sender<LiveBatch>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn run(self, rx: std_mpsc::Receiver<Committed>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                group.push(c);
+            }
+            // One fdatasync covers every batch committed before it started.
+            let synced = if self.failed.load(Ordering::Acquire) {
+                Err(std::io::Error::other("an earlier fsync failed"))
+            } else {
+                self.wal.sync_data()
+            };
+            match synced {
+                Ok(()) => {
+                    for c in group {
+                        if let Some(last) = c.events.last() {
+                            self.head.store(last.position, Ordering::Release);
+                            // No receiver is not an error: nobody is listening live.
+                            let _ = self.live.send(c.events.into());
+                        }
+                        for (reply, answer) in c.answers {
+                            let _ = reply.send(answer);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.failed.store(true, Ordering::Release);
+                    tracing::error!(error = %e, "fdatasync of the WAL failed; the event store stops taking writes");
+                    let err = StoreError::Unavailable(format!("fsync failed: {e}"));
+                    for c in group {
+                        fail_all(c.answers, &err);
+                    }
+                }
+            }
+        }
     }
 }
