@@ -148,6 +148,40 @@ async fn create_product(
     Ok(answer(StatusCode::CREATED, &id, out))
 }
 
+/// Runs a command on an existing product and answers `200 {id, version, position}`.
+async fn product_command(
+    st: &AppState,
+    caller: &Caller,
+    corr: &CorrelationId,
+    headers: &HeaderMap,
+    id: &str,
+    cmd: ProductCommand,
+) -> Result<Response, ApiError> {
+    let meta = metadata(caller, corr);
+    let out = st
+        .shop
+        .product_command(id, cmd, &meta, if_match(headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, id, out))
+}
+
+/// Runs a command on an existing order and answers `200 {id, version, position}`.
+async fn order_command(
+    st: &AppState,
+    caller: &Caller,
+    corr: &CorrelationId,
+    headers: &HeaderMap,
+    id: &str,
+    cmd: OrderCommand,
+) -> Result<Response, ApiError> {
+    let meta = metadata(caller, corr);
+    let out = st
+        .shop
+        .order_command(id, cmd, &meta, if_match(headers)?)
+        .await?;
+    Ok(answer(StatusCode::OK, id, out))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PriceDto {
@@ -168,11 +202,7 @@ async fn change_price(
         new_price,
         at_ms: now_ms(),
     };
-    let out = st
-        .shop
-        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
-        .await?;
-    Ok(answer(StatusCode::OK, &id, out))
+    product_command(&st, &caller, &corr, &headers, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -196,11 +226,7 @@ async fn adjust_stock(
         delta: body.delta,
         at_ms: now_ms(),
     };
-    let out = st
-        .shop
-        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
-        .await?;
-    Ok(answer(StatusCode::OK, &id, out))
+    product_command(&st, &caller, &corr, &headers, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -222,11 +248,7 @@ async fn delete_product(
         reason: body.reason,
         at_ms: now_ms(),
     };
-    let out = st
-        .shop
-        .product_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
-        .await?;
-    Ok(answer(StatusCode::OK, &id, out))
+    product_command(&st, &caller, &corr, &headers, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -302,11 +324,7 @@ async fn place_order(
         actor_id: caller.0.user_id.clone(),
         at_ms: now_ms(),
     };
-    let out = st
-        .shop
-        .order_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
-        .await?;
-    Ok(answer(StatusCode::OK, &id, out))
+    order_command(&st, &caller, &corr, &headers, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -329,11 +347,7 @@ async fn cancel_order(
         reason: body.and_then(|b| b.reason),
         at_ms: now_ms(),
     };
-    let out = st
-        .shop
-        .order_command(&id, cmd, &metadata(&caller, &corr), if_match(&headers)?)
-        .await?;
-    Ok(answer(StatusCode::OK, &id, out))
+    order_command(&st, &caller, &corr, &headers, &id, cmd).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ pub async fn append_bench(
     }
     let fsync = median(fsyncs);
     println!();
-    println!("ficus bench append — SQLite backend, durable (synchronous=FULL, WAL), single-event appends");
+    println!("ficus bench append — SQLite backend, single-event appends, each acknowledged only after the WAL fdatasync that covers it");
     println!(
         "median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s",
         duration.as_secs_f64()
