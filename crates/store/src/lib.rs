@@ -7,12 +7,16 @@
 
 pub mod conformance;
 mod error;
+pub mod jobs;
 pub mod mem;
 mod port;
 pub mod sqlite;
 mod subscription;
 
 pub use error::{StoreError, SubscriptionError};
+pub use jobs::{
+    DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease, NewJob, QueueStats,
+};
 pub use port::{new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};
 

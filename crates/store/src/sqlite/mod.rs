@@ -201,6 +201,38 @@ impl SqliteEventStore {
         &self.path
     }
 
+    /// Runs `op` inside the writer's next batch transaction, in its own savepoint, and returns
+    /// its result once the batch is durable. This is how other data (job queues, outbox,
+    /// checkpoints) shares the event log's group commit and crash safety. An `Err` from `op`
+    /// rolls back only what `op` wrote.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let op: writer::WriteOp =
+            Box::new(move |c| op(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
+        self.tx
+            .send(WriterMsg::Exec { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("event store is shut down".into()))?;
+        let value = answer.await.map_err(|_| {
+            StoreError::Unavailable("event store writer stopped before answering".into())
+        })??;
+        Ok(*value
+            .downcast::<T>()
+            .expect("a write op answers with its own type"))
+    }
+
+    /// Runs a read on one of the store's read connections. Sees only committed data, which may
+    /// include rows of a batch whose fdatasync is still running.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.readers.run(f).await
+    }
+
     /// Finishes the batch in progress, stops the writer and waits for it. Appends after this
     /// fail with `Unavailable`. Reads keep working.
     pub async fn shutdown(&self) {

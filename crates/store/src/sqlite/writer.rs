@@ -19,6 +19,7 @@
 //! If fdatasync ever fails, the store stops taking writes: after a failed fsync the kernel may
 //! have dropped the dirty pages, so nothing after it can be promised.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +53,12 @@ impl EncodedEvent {
     }
 }
 
+/// A write run inside the writer's batch transaction (in its own savepoint), for data that must
+/// share the event log's group commit and durability: job queues, outbox, checkpoints.
+pub(crate) type WriteOp =
+    Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, StoreError> + Send>;
+pub(crate) type OpReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
+
 pub(crate) enum WriterMsg {
     Append {
         stream: StreamId,
@@ -59,11 +66,44 @@ pub(crate) enum WriterMsg {
         events: Vec<EncodedEvent>,
         reply: oneshot::Sender<Result<AppendResult, StoreError>>,
     },
+    Exec {
+        op: WriteOp,
+        reply: OpReply,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
-type Answer = (Reply, Result<AppendResult, StoreError>);
+
+/// A caller waiting for its batch to become durable, with what it will be told.
+enum Answer {
+    Append(Reply, Result<AppendResult, StoreError>),
+    Exec(OpReply, Result<Box<dyn Any + Send>, StoreError>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Append(r, a) => {
+                let _ = r.send(a);
+            }
+            Answer::Exec(r, a) => {
+                let _ = r.send(a);
+            }
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        match self {
+            Answer::Append(r, _) => {
+                let _ = r.send(Err(e.clone()));
+            }
+            Answer::Exec(r, _) => {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
+    }
+}
 
 /// A batch committed to SQLite but not yet fsynced.
 struct Committed {
@@ -232,6 +272,20 @@ impl Writer {
                         shutdown.push(s);
                         continue;
                     }
+                    WriterMsg::Exec { op, reply } => {
+                        if failure.is_some() {
+                            answers.push(Answer::Exec(reply, Ok(Box::new(()))));
+                            continue;
+                        }
+                        match run_in_savepoint(&tx, op) {
+                            Ok(result) => answers.push(Answer::Exec(reply, result)),
+                            Err(e) => {
+                                failure = Some(e);
+                                answers.push(Answer::Exec(reply, Ok(Box::new(()))));
+                            }
+                        }
+                        continue;
+                    }
                     WriterMsg::Append {
                         stream,
                         expected,
@@ -240,7 +294,7 @@ impl Writer {
                     } => (stream, expected, events, reply),
                 };
                 if failure.is_some() {
-                    answers.push((reply, Ok(dummy())));
+                    answers.push(Answer::Append(reply, Ok(dummy())));
                     continue;
                 }
                 let current = match self.versions.get(&stream) {
@@ -249,14 +303,14 @@ impl Writer {
                         Ok(v) => v,
                         Err(e) => {
                             failure = Some(e);
-                            answers.push((reply, Ok(dummy())));
+                            answers.push(Answer::Append(reply, Ok(dummy())));
                             continue;
                         }
                     },
                 };
                 if !expected.admits(current) {
                     self.versions.insert(stream.clone(), current);
-                    answers.push((
+                    answers.push(Answer::Append(
                         reply,
                         Err(StoreError::WrongExpectedVersion {
                             stream,
@@ -299,7 +353,7 @@ impl Writer {
                     next_position += 1;
                 }
                 self.versions.insert(stream, current + n);
-                answers.push((
+                answers.push(Answer::Append(
                     reply,
                     Ok(AppendResult {
                         first_version: current + 1,
@@ -328,7 +382,8 @@ fn route_unwritten(
 ) {
     for msg in msgs {
         match msg {
-            WriterMsg::Append { reply, .. } => answers.push((reply, Ok(dummy()))),
+            WriterMsg::Append { reply, .. } => answers.push(Answer::Append(reply, Ok(dummy()))),
+            WriterMsg::Exec { reply, .. } => answers.push(Answer::Exec(reply, Ok(Box::new(())))),
             WriterMsg::Shutdown(s) => shutdown.push(s),
         }
     }
@@ -345,14 +400,38 @@ fn dummy() -> AppendResult {
 }
 
 fn fail_all(answers: Vec<Answer>, e: &StoreError) {
-    for (reply, _) in answers {
-        let _ = reply.send(Err(e.clone()));
+    for a in answers {
+        a.fail(e);
     }
 }
 
+/// Runs `op` in a savepoint of the batch transaction. The op's own error (a refusal) rolls
+/// back only its savepoint and is that caller's answer; only an error of the savepoint
+/// machinery itself fails the whole batch (outer `Err`).
+fn run_in_savepoint(
+    tx: &Connection,
+    op: WriteOp,
+) -> Result<Result<Box<dyn Any + Send>, StoreError>, StoreError> {
+    tx.execute_batch("SAVEPOINT ficus_op")
+        .map_err(unavailable)?;
+    match op(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE ficus_op").map_err(unavailable)?;
+            Ok(Ok(v))
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO ficus_op; RELEASE ficus_op")
+                .map_err(unavailable)?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// The weight of a message toward `max_batch_events` (an op counts as one event).
 fn msg_events(m: &WriterMsg) -> usize {
     match m {
         WriterMsg::Append { events, .. } => events.len(),
+        WriterMsg::Exec { .. } => 1,
         WriterMsg::Shutdown(_) => 0,
     }
 }
@@ -386,8 +465,8 @@ impl Syncer {
                             // No receiver is not an error: nobody is listening live.
                             let _ = self.live.send(c.events.into());
                         }
-                        for (reply, answer) in c.answers {
-                            let _ = reply.send(answer);
+                        for a in c.answers {
+                            a.send();
                         }
                     }
                 }

@@ -9,6 +9,8 @@
 //! // returns the store and a guard (e.g. its temp dir) kept alive for the test.
 //! ```
 
+pub mod jobs;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

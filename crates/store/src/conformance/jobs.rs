@@ -1,0 +1,1 @@
+//! The conformance suite every [`JobQueue`](crate::JobQueue) adapter must pass.
