@@ -171,8 +171,12 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn list_dead(&self, queue: &str, limit: usize) -> Result<Vec<Job>, StoreError>;
 
     /// Moves matching dead jobs back to ready with a fresh attempt budget; returns how many.
-    async fn redrive(&self, queue: &str, filter: &DeadFilter, now_ms: i64)
-        -> Result<u64, StoreError>;
+    async fn redrive(
+        &self,
+        queue: &str,
+        filter: &DeadFilter,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
 
     /// Deletes matching dead jobs; returns how many.
     async fn purge_dead(&self, queue: &str, filter: &DeadFilter) -> Result<u64, StoreError>;
@@ -205,7 +209,9 @@ pub(crate) fn validate_jobs(jobs: &[NewJob]) -> Result<(), StoreError> {
             )));
         }
         if j.max_attempts == 0 {
-            return Err(StoreError::Invalid("max_attempts must be at least 1".into()));
+            return Err(StoreError::Invalid(
+                "max_attempts must be at least 1".into(),
+            ));
         }
     }
     Ok(())

@@ -1,5 +1,8 @@
 //! In-memory twin of the event store: the same rules, no durability. For tests and examples.
 
+mod jobs;
+pub use jobs::MemJobQueue;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

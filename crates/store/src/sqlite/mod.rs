@@ -8,6 +8,7 @@
 //! the writer.
 
 mod checkpointer;
+mod jobs;
 mod reader;
 mod writer;
 
@@ -24,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
+pub use jobs::SqliteJobQueue;
 pub use reader::ConnectionPool;
 use writer::{EncodedEvent, WriterMsg};
 
@@ -100,6 +102,26 @@ CREATE TABLE IF NOT EXISTS events (
     payload        TEXT    NOT NULL,
     UNIQUE (stream_id, version)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id                  INTEGER PRIMARY KEY,
+    queue               TEXT    NOT NULL,
+    kind                TEXT    NOT NULL,
+    payload             TEXT    NOT NULL,
+    priority            INTEGER NOT NULL,
+    state               INTEGER NOT NULL,   -- 0 ready, 1 leased, 2 dead
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    max_attempts        INTEGER NOT NULL,
+    run_at_ms           INTEGER NOT NULL,
+    created_at_ms       INTEGER NOT NULL,
+    last_error          TEXT,
+    unique_key          TEXT,
+    lease_token         INTEGER,
+    lease_expires_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, state, priority DESC, run_at_ms, id);
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (queue, lease_expires_at_ms) WHERE state = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)
+    WHERE unique_key IS NOT NULL AND state != 2;
 ";
 
 /// Opens a connection with the pragmas every Ficus SQLite file uses: WAL, `synchronous=FULL`.

@@ -1,0 +1,496 @@
+//! The job queue on the embedded store: a `jobs` table in the event log's SQLite file, written
+//! through the event writer's group commit (so a job is acknowledged only once durable, and
+//! job writes batch with event appends), read through its read pool.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use tokio::sync::Notify;
+
+use super::{unavailable, SqliteEventStore};
+use crate::jobs::{clip_error, validate_jobs, MAX_LEASE_BATCH};
+use crate::{
+    DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease, NewJob, QueueStats,
+    StoreError,
+};
+
+const READY: i64 = 0;
+const LEASED: i64 = 1;
+const DEAD: i64 = 2;
+
+const COLUMNS: &str = "id, queue, kind, payload, priority, state, attempts, max_attempts, \
+    run_at_ms, created_at_ms, last_error, unique_key, lease_token, lease_expires_at_ms";
+
+/// The SQLite job queue, sharing the event store's file and writer.
+pub struct SqliteJobQueue {
+    store: Arc<SqliteEventStore>,
+    /// Woken whenever jobs may have become ready, so idle workers need not poll hard.
+    ready: Arc<Notify>,
+}
+
+impl SqliteJobQueue {
+    pub fn new(store: Arc<SqliteEventStore>) -> Self {
+        Self {
+            store,
+            ready: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified after jobs were enqueued, retried, released or redriven.
+    pub fn ready_signal(&self) -> Arc<Notify> {
+        self.ready.clone()
+    }
+}
+
+fn state_of(v: i64) -> Result<JobState, rusqlite::Error> {
+    match v {
+        READY => Ok(JobState::Ready),
+        LEASED => Ok(JobState::Leased),
+        DEAD => Ok(JobState::Dead),
+        other => Err(rusqlite::Error::IntegralValueOutOfRange(5, other)),
+    }
+}
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<(Job, String)> {
+    let state = state_of(r.get(5)?)?;
+    let id: JobId = r.get(0)?;
+    let token: Option<i64> = r.get(12)?;
+    Ok((
+        Job {
+            id,
+            queue: r.get(1)?,
+            kind: r.get(2)?,
+            payload: serde_json::Value::Null,
+            priority: r.get(4)?,
+            state,
+            attempts: r.get::<_, i64>(6)? as u32,
+            max_attempts: r.get::<_, i64>(7)? as u32,
+            run_at_ms: r.get(8)?,
+            created_at_ms: r.get(9)?,
+            last_error: r.get(10)?,
+            unique_key: r.get(11)?,
+            lease: token
+                .filter(|_| state == JobState::Leased)
+                .map(|token| Lease { id, token }),
+            lease_expires_at_ms: r.get(13)?,
+        },
+        r.get(3)?,
+    ))
+}
+
+fn decode(row: (Job, String)) -> Result<Job, StoreError> {
+    let (mut job, payload) = row;
+    job.payload = serde_json::from_str(&payload)
+        .map_err(|e| StoreError::Corrupt(format!("job {} payload: {e}", job.id)))?;
+    Ok(job)
+}
+
+fn query_jobs(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Job>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+    let rows = stmt.query_map(args, job_row).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(decode(r.map_err(unavailable)?)?);
+    }
+    Ok(out)
+}
+
+fn new_token() -> i64 {
+    // 62 random bits of a UUID v7; collisions between two leases of one job are negligible.
+    (uuid::Uuid::now_v7().as_u64_pair().1 >> 2) as i64
+}
+
+/// `AND id IN (...)` / `AND kind = ?` for a dead-job filter, with its arguments appended.
+fn dead_filter_sql(filter: &DeadFilter, args: &mut Vec<rusqlite::types::Value>) -> String {
+    let mut sql = String::new();
+    if let Some(ids) = &filter.ids {
+        let list: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        sql.push_str(&format!(" AND id IN ({})", list.join(",")));
+    }
+    if let Some(kind) = &filter.kind {
+        args.push(kind.clone().into());
+        sql.push_str(&format!(" AND kind = ?{}", args.len()));
+    }
+    sql
+}
+
+#[async_trait]
+impl JobQueue for SqliteJobQueue {
+    async fn enqueue(&self, jobs: Vec<NewJob>, now_ms: i64) -> Result<Vec<Enqueued>, StoreError> {
+        validate_jobs(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<(NewJob, String)> = jobs
+            .into_iter()
+            .map(|j| {
+                let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
+                (j, p)
+            })
+            .collect();
+        let out = self
+            .store
+            .write(move |c| {
+                let mut find = c
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2 AND state != 2",
+                    )
+                    .map_err(unavailable)?;
+                let mut insert = c
+                    .prepare_cached(
+                        "INSERT INTO jobs (queue, kind, payload, priority, state, max_attempts,
+                            run_at_ms, created_at_ms, unique_key)
+                         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+                    )
+                    .map_err(unavailable)?;
+                let mut out = Vec::with_capacity(encoded.len());
+                for (j, payload) in &encoded {
+                    if let Some(key) = &j.unique_key {
+                        let existing: Option<JobId> = find
+                            .query_row(params![j.queue, key], |r| r.get(0))
+                            .optional()
+                            .map_err(unavailable)?;
+                        if let Some(id) = existing {
+                            out.push(Enqueued { id, created: false });
+                            continue;
+                        }
+                    }
+                    insert
+                        .execute(params![
+                            j.queue,
+                            j.kind,
+                            payload,
+                            j.priority,
+                            j.max_attempts,
+                            j.run_at_ms.unwrap_or(now_ms),
+                            now_ms,
+                            j.unique_key
+                        ])
+                        .map_err(unavailable)?;
+                    out.push(Enqueued {
+                        id: c.last_insert_rowid(),
+                        created: true,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        self.ready.notify_waiters();
+        Ok(out)
+    }
+
+    async fn lease(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        visibility_ms: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        let max = max.min(MAX_LEASE_BATCH);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let queue = queue.to_owned();
+        self.store
+            .write(move |c| {
+                let mut ids: Vec<JobId> = Vec::with_capacity(max);
+                // Expired leases first: their jobs have waited longest.
+                {
+                    let mut expired = c
+                        .prepare_cached(
+                            "SELECT id, attempts, max_attempts FROM jobs
+                             WHERE queue = ?1 AND state = 1 AND lease_expires_at_ms <= ?2
+                             ORDER BY lease_expires_at_ms LIMIT ?3",
+                        )
+                        .map_err(unavailable)?;
+                    let rows = expired
+                        .query_map(params![queue, now_ms, max as i64], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        })
+                        .map_err(unavailable)?;
+                    let mut to_dead = Vec::new();
+                    for r in rows {
+                        let (id, attempts, max_attempts) = r.map_err(unavailable)?;
+                        if attempts >= max_attempts {
+                            to_dead.push((id, attempts));
+                        } else {
+                            ids.push(id);
+                        }
+                    }
+                    for (id, attempts) in to_dead {
+                        c.execute(
+                            "UPDATE jobs SET state = 2, lease_token = NULL, lease_expires_at_ms = NULL,
+                                last_error = ?2 WHERE id = ?1",
+                            params![
+                                id,
+                                format!("lease expired on the last of {attempts} attempts")
+                            ],
+                        )
+                        .map_err(unavailable)?;
+                    }
+                }
+                if ids.len() < max {
+                    let mut ready = c
+                        .prepare_cached(
+                            "SELECT id FROM jobs WHERE queue = ?1 AND state = 0 AND run_at_ms <= ?2
+                             ORDER BY priority DESC, run_at_ms, id LIMIT ?3",
+                        )
+                        .map_err(unavailable)?;
+                    let rows = ready
+                        .query_map(params![queue, now_ms, (max - ids.len()) as i64], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .map_err(unavailable)?;
+                    for r in rows {
+                        ids.push(r.map_err(unavailable)?);
+                    }
+                }
+                let mut take = c
+                    .prepare_cached(&format!(
+                        "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_token = ?2,
+                            lease_expires_at_ms = ?3 WHERE id = ?1 RETURNING {COLUMNS}"
+                    ))
+                    .map_err(unavailable)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let row = take
+                        .query_row(params![id, new_token(), now_ms + visibility_ms], job_row)
+                        .map_err(unavailable)?;
+                    out.push(decode(row)?);
+                }
+                // Highest priority first across both sources.
+                out.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.run_at_ms.cmp(&b.run_at_ms))
+                        .then(a.id.cmp(&b.id))
+                });
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: &[Lease],
+        now_ms: i64,
+        visibility_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let leases = leases.to_vec();
+        self.store
+            .write(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "UPDATE jobs SET lease_expires_at_ms = ?3
+                         WHERE id = ?1 AND state = 1 AND lease_token = ?2",
+                    )
+                    .map_err(unavailable)?;
+                leases
+                    .iter()
+                    .map(|l| {
+                        stmt.execute(params![l.id, l.token, now_ms + visibility_ms])
+                            .map(|n| n == 1)
+                            .map_err(unavailable)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn complete(&self, leases: &[Lease]) -> Result<Vec<bool>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let leases = leases.to_vec();
+        self.store
+            .write(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE id = ?1 AND state = 1 AND lease_token = ?2",
+                    )
+                    .map_err(unavailable)?;
+                leases
+                    .iter()
+                    .map(|l| {
+                        stmt.execute(params![l.id, l.token])
+                            .map(|n| n == 1)
+                            .map_err(unavailable)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn fail(
+        &self,
+        lease: Lease,
+        error: &str,
+        failure: Failure,
+        _now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let error = clip_error(error);
+        let held = self
+            .store
+            .write(move |c| {
+                let n = match failure {
+                    Failure::RetryAt { at_ms } => c.execute(
+                        "UPDATE jobs SET state = 0, run_at_ms = ?3, last_error = ?4,
+                            lease_token = NULL, lease_expires_at_ms = NULL
+                         WHERE id = ?1 AND state = 1 AND lease_token = ?2",
+                        params![lease.id, lease.token, at_ms, error],
+                    ),
+                    Failure::Dead => c.execute(
+                        "UPDATE jobs SET state = 2, last_error = ?3,
+                            lease_token = NULL, lease_expires_at_ms = NULL
+                         WHERE id = ?1 AND state = 1 AND lease_token = ?2",
+                        params![lease.id, lease.token, error],
+                    ),
+                }
+                .map_err(unavailable)?;
+                Ok(n == 1)
+            })
+            .await?;
+        if held && matches!(failure, Failure::RetryAt { .. }) {
+            self.ready.notify_waiters();
+        }
+        Ok(held)
+    }
+
+    async fn release(&self, leases: &[Lease]) -> Result<Vec<bool>, StoreError> {
+        let leases = leases.to_vec();
+        let out: Vec<bool> = self
+            .store
+            .write(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "UPDATE jobs SET state = 0, attempts = MAX(attempts - 1, 0),
+                            lease_token = NULL, lease_expires_at_ms = NULL
+                         WHERE id = ?1 AND state = 1 AND lease_token = ?2",
+                    )
+                    .map_err(unavailable)?;
+                leases
+                    .iter()
+                    .map(|l| {
+                        stmt.execute(params![l.id, l.token])
+                            .map(|n| n == 1)
+                            .map_err(unavailable)
+                    })
+                    .collect()
+            })
+            .await?;
+        if out.iter().any(|b| *b) {
+            self.ready.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn list_dead(&self, queue: &str, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let queue = queue.to_owned();
+        let limit = limit.min(MAX_LEASE_BATCH) as i64;
+        self.store
+            .read(move |c| {
+                query_jobs(
+                    c,
+                    &format!(
+                        "SELECT {COLUMNS} FROM jobs WHERE queue = ?1 AND state = 2 ORDER BY id LIMIT ?2"
+                    ),
+                    params![queue, limit],
+                )
+            })
+            .await
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        filter: &DeadFilter,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut args: Vec<rusqlite::types::Value> = vec![queue.to_owned().into(), now_ms.into()];
+        let cond = dead_filter_sql(filter, &mut args);
+        // A dead job whose unique key is live again stays dead rather than break uniqueness.
+        let sql = format!(
+            "UPDATE jobs SET state = 0, attempts = 0, run_at_ms = ?2, lease_token = NULL,
+                lease_expires_at_ms = NULL
+             WHERE queue = ?1 AND state = 2{cond}
+               AND (unique_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM jobs live WHERE live.queue = jobs.queue
+                     AND live.unique_key = jobs.unique_key AND live.state != 2))"
+        );
+        let n = self
+            .store
+            .write(move |c| {
+                c.execute(&sql, rusqlite::params_from_iter(args.iter()))
+                    .map(|n| n as u64)
+                    .map_err(unavailable)
+            })
+            .await?;
+        if n > 0 {
+            self.ready.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    async fn purge_dead(&self, queue: &str, filter: &DeadFilter) -> Result<u64, StoreError> {
+        let mut args: Vec<rusqlite::types::Value> = vec![queue.to_owned().into()];
+        let cond = dead_filter_sql(filter, &mut args);
+        let sql = format!("DELETE FROM jobs WHERE queue = ?1 AND state = 2{cond}");
+        self.store
+            .write(move |c| {
+                c.execute(&sql, rusqlite::params_from_iter(args.iter()))
+                    .map(|n| n as u64)
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.store
+            .read(move |c| {
+                Ok(query_jobs(
+                    c,
+                    &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                    params![id],
+                )?
+                .pop())
+            })
+            .await
+    }
+
+    async fn stats(&self, now_ms: i64) -> Result<Vec<QueueStats>, StoreError> {
+        self.store
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT queue,
+                            SUM(state = 0 AND run_at_ms <= ?1),
+                            SUM(state = 0 AND run_at_ms > ?1),
+                            SUM(state = 1),
+                            SUM(state = 2),
+                            MIN(CASE WHEN state = 0 AND run_at_ms <= ?1 THEN run_at_ms END)
+                         FROM jobs GROUP BY queue ORDER BY queue",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![now_ms], |r| {
+                        let oldest: Option<i64> = r.get(5)?;
+                        Ok(QueueStats {
+                            queue: r.get(0)?,
+                            ready: r.get::<_, i64>(1)? as u64,
+                            delayed: r.get::<_, i64>(2)? as u64,
+                            in_flight: r.get::<_, i64>(3)? as u64,
+                            dead: r.get::<_, i64>(4)? as u64,
+                            oldest_ready_wait_ms: oldest.map_or(0, |t| (now_ms - t).max(0) as u64),
+                        })
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)
+            })
+            .await
+    }
+}
