@@ -4,9 +4,11 @@
 //! Architecture invariant: the runtime knows no HTTP and no JSON DTOs; it speaks in
 //! aggregates, events and read models.
 
+pub mod backoff;
 pub mod projection;
 pub mod repository;
 pub mod shutdown;
+pub mod workers;
 
 pub use projection::{
     ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
@@ -14,3 +16,4 @@ pub use projection::{
 };
 pub use repository::{CommandError, CommandOutcome, Loaded, Repository, MAX_CONFLICT_RETRIES};
 pub use shutdown::Shutdown;
+pub use workers::{JobError, JobHandler, PoolConfig, PoolStats, WorkerPool};

@@ -180,3 +180,236 @@ pub async fn append_bench(
     }
     Ok(json!({"scenario": "append", "backend": "sqlite", "fsync_per_sec": fsync, "results": rows}))
 }
+
+/// `ficus bench jobs`: durable no-op jobs through enqueue → lease → complete on the SQLite
+/// backend, 1 ms jobs, and enqueue-to-start latency of single jobs on an idle pool.
+pub mod jobs {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use ficus_runtime::{JobError, JobHandler, PoolConfig, Shutdown, WorkerPool};
+    use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
+    use ficus_store::{Job, JobQueue, NewJob};
+    use serde_json::json;
+
+    use super::percentile;
+
+    /// Options of `ficus bench jobs`.
+    #[derive(Debug, Clone)]
+    pub struct JobsBench {
+        pub jobs: usize,
+        pub slow_jobs: usize,
+        pub concurrency: usize,
+        pub latency_samples: usize,
+    }
+
+    struct Handler {
+        sleep: Option<Duration>,
+        epoch: Instant,
+        /// Enqueue-to-start latencies in µs, when the payload carries its enqueue time.
+        starts: Mutex<Vec<u32>>,
+    }
+
+    #[async_trait]
+    impl JobHandler for Handler {
+        async fn handle(&self, job: &Job) -> Result<(), JobError> {
+            if let Some(t) = job.payload.get("t_us").and_then(|v| v.as_u64()) {
+                let now = self.epoch.elapsed().as_micros() as u64;
+                let mut s = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+                s.push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+            }
+            if let Some(d) = self.sleep {
+                tokio::time::sleep(d).await;
+            }
+            Ok(())
+        }
+    }
+
+    fn pool_config(queue: &str, concurrency: usize) -> PoolConfig {
+        PoolConfig {
+            concurrency,
+            prefetch: 1000,
+            complete_batch: 1000,
+            poll_interval: Duration::from_millis(50),
+            ..PoolConfig::new(queue)
+        }
+    }
+
+    async fn enqueue_all(q: &Arc<SqliteJobQueue>, queue: &str, n: usize) -> anyhow::Result<f64> {
+        const BATCH: usize = 1000;
+        const ENQUEUERS: usize = 4;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for e in 0..ENQUEUERS {
+            let (q, queue) = (q.clone(), queue.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut i = e * BATCH;
+                while i < n {
+                    let end = (i + BATCH).min(n);
+                    let batch = (i..end)
+                        .map(|k| NewJob::new(&queue, "noop", json!({"k": k})))
+                        .collect();
+                    q.enqueue(batch, ficus_store::now_ms()).await?;
+                    i += ENQUEUERS * BATCH;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    }
+
+    async fn drain(pool: &WorkerPool, n: u64, limit: Duration) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        while pool.stats.completed.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "jobs did not finish within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    }
+
+    pub async fn run(dir: &std::path::Path, opts: &JobsBench) -> anyhow::Result<serde_json::Value> {
+        std::fs::create_dir_all(dir)?;
+        let store = Arc::new(SqliteEventStore::open(
+            dir.join(format!("jobs-{}.db", uuid::Uuid::now_v7())),
+            SqliteConfig::default(),
+        )?);
+        let q = Arc::new(SqliteJobQueue::new(store.clone()));
+        let dyn_q: Arc<dyn JobQueue> = q.clone();
+        let epoch = Instant::now();
+        let limit = Duration::from_secs(300);
+
+        // 1. Bulk enqueue, then drain with no-op handlers.
+        let enqueue_per_sec = enqueue_all(&q, "bench-noop", opts.jobs).await?;
+        let shutdown = Shutdown::new();
+        let noop = Arc::new(Handler {
+            sleep: None,
+            epoch,
+            starts: Mutex::new(Vec::new()),
+        });
+        let pool = WorkerPool::spawn(
+            dyn_q.clone(),
+            noop,
+            pool_config("bench-noop", opts.concurrency),
+            Some(q.ready_signal()),
+            shutdown.clone(),
+        );
+        let processed_per_sec = drain(&pool, opts.jobs as u64, limit).await?;
+        shutdown.trigger();
+        pool.join().await;
+
+        // 2. End to end with enqueue running beside the workers.
+        let shutdown = Shutdown::new();
+        let noop = Arc::new(Handler {
+            sleep: None,
+            epoch,
+            starts: Mutex::new(Vec::new()),
+        });
+        let pool = WorkerPool::spawn(
+            dyn_q.clone(),
+            noop,
+            pool_config("bench-mixed", opts.concurrency),
+            Some(q.ready_signal()),
+            shutdown.clone(),
+        );
+        let start = Instant::now();
+        enqueue_all(&q, "bench-mixed", opts.jobs).await?;
+        drain(&pool, opts.jobs as u64, limit).await?;
+        let end_to_end_per_sec = opts.jobs as f64 / start.elapsed().as_secs_f64();
+        shutdown.trigger();
+        pool.join().await;
+
+        // 3. Jobs that take 1 ms each.
+        enqueue_all(&q, "bench-1ms", opts.slow_jobs).await?;
+        let shutdown = Shutdown::new();
+        let slow = Arc::new(Handler {
+            sleep: Some(Duration::from_millis(1)),
+            epoch,
+            starts: Mutex::new(Vec::new()),
+        });
+        let slow_concurrency = opts.concurrency * 4;
+        let pool = WorkerPool::spawn(
+            dyn_q.clone(),
+            slow,
+            pool_config("bench-1ms", slow_concurrency),
+            Some(q.ready_signal()),
+            shutdown.clone(),
+        );
+        let slow_per_sec = drain(&pool, opts.slow_jobs as u64, limit).await?;
+        shutdown.trigger();
+        pool.join().await;
+
+        // 4. Enqueue-to-start latency: single jobs, one at a time, on an idle pool.
+        let shutdown = Shutdown::new();
+        let probe = Arc::new(Handler {
+            sleep: None,
+            epoch,
+            starts: Mutex::new(Vec::new()),
+        });
+        let pool = WorkerPool::spawn(
+            dyn_q.clone(),
+            probe.clone(),
+            pool_config("bench-latency", opts.concurrency),
+            Some(q.ready_signal()),
+            shutdown.clone(),
+        );
+        for _ in 0..opts.latency_samples {
+            let t_us = epoch.elapsed().as_micros() as u64;
+            q.enqueue(
+                vec![NewJob::new(
+                    "bench-latency",
+                    "probe",
+                    json!({ "t_us": t_us }),
+                )],
+                ficus_store::now_ms(),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drain(&pool, opts.latency_samples as u64, limit).await?;
+        shutdown.trigger();
+        pool.join().await;
+        let mut lat = probe
+            .starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        lat.sort_unstable();
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+
+        store.shutdown().await;
+        println!();
+        println!(
+            "ficus bench jobs — SQLite backend, durable (each step acknowledged after fdatasync)"
+        );
+        println!(
+            "{} no-op jobs, {} workers; {} jobs of 1 ms, {slow_concurrency} workers",
+            opts.jobs, opts.concurrency, opts.slow_jobs
+        );
+        println!();
+        println!("| measure | figure |");
+        println!("|---|---:|");
+        println!("| bulk enqueue | {enqueue_per_sec:.0} jobs/s |");
+        println!("| process no-op jobs (lease → run → complete) | {processed_per_sec:.0} jobs/s |");
+        println!("| enqueue and process at once, end to end | {end_to_end_per_sec:.0} jobs/s |");
+        println!("| process 1 ms jobs | {slow_per_sec:.0} jobs/s |");
+        println!(
+            "| enqueue → handler start, idle pool | p50 {:.2} ms, p99 {:.2} ms |",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0
+        );
+        Ok(json!({
+            "scenario": "jobs", "backend": "sqlite", "jobs": opts.jobs,
+            "enqueue_per_sec": enqueue_per_sec, "processed_per_sec": processed_per_sec,
+            "end_to_end_per_sec": end_to_end_per_sec, "slow_1ms_per_sec": slow_per_sec,
+            "pickup_p50_us": p50, "pickup_p99_us": p99,
+        }))
+    }
+}

@@ -117,6 +117,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = SqliteConfig::default().page_bytes)]
         page_bytes: u32,
     },
+    /// Durable jobs/s through enqueue → lease → complete, 1 ms jobs, and pickup latency.
+    Jobs {
+        #[arg(long, default_value_t = 200_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 20_000)]
+        slow_jobs: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 500)]
+        latency_samples: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,9 +228,42 @@ async fn main() -> anyhow::Result<()> {
             }
             r?;
         }
+        Command::Bench {
+            which:
+                BenchCommand::Jobs {
+                    jobs,
+                    slow_jobs,
+                    concurrency,
+                    latency_samples,
+                    dir,
+                    json_out,
+                },
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            let (dir, remove) = match dir {
+                Some(d) => (d, false),
+                None => (temp_dir("ficus-bench"), true),
+            };
+            let opts = bench::jobs::JobsBench {
+                jobs,
+                slow_jobs,
+                concurrency: concurrency.max(1),
+                latency_samples,
+            };
+            let out = bench::jobs::run(&dir, &opts).await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let out = out?;
+            if let Some(p) = json_out {
+                std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
+            }
+        }
         Command::Bench { which } => {
             init_logs(LogFormat::Text, "warn");
+            #[allow(clippy::single_match_else)]
             match which {
+                BenchCommand::Jobs { .. } => unreachable!("handled above"),
                 BenchCommand::Append {
                     writers,
                     duration_secs,

@@ -100,22 +100,30 @@ impl JobQueue for MemJobQueue {
     ) -> Result<Vec<Job>, StoreError> {
         let max = max.min(MAX_LEASE_BATCH);
         let mut inner = self.lock();
-        let mut expired: Vec<(i64, JobId)> = inner
+        // Ready jobs and jobs whose lease expired compete on the same order.
+        let mut candidates: Vec<&Job> = inner
             .jobs
             .values()
             .filter(|j| {
                 j.queue == queue
-                    && j.state == JobState::Leased
-                    && j.lease_expires_at_ms.is_some_and(|t| t <= now_ms)
+                    && match j.state {
+                        JobState::Ready => j.run_at_ms <= now_ms,
+                        JobState::Leased => j.lease_expires_at_ms.is_some_and(|t| t <= now_ms),
+                        JobState::Dead => false,
+                    }
             })
-            .map(|j| (j.lease_expires_at_ms.unwrap_or(0), j.id))
             .collect();
-        expired.sort();
-        expired.truncate(max);
-        let mut ids = Vec::new();
-        for (_, id) in expired {
+        candidates.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at_ms.cmp(&b.run_at_ms))
+                .then(a.id.cmp(&b.id))
+        });
+        let picked: Vec<JobId> = candidates.iter().take(max).map(|j| j.id).collect();
+        let mut ids = Vec::with_capacity(picked.len());
+        for id in picked {
             let j = inner.jobs.get_mut(&id).expect("present");
-            if j.attempts >= j.max_attempts {
+            if j.state == JobState::Leased && j.attempts >= j.max_attempts {
                 j.state = JobState::Dead;
                 j.lease = None;
                 j.lease_expires_at_ms = None;
@@ -127,19 +135,6 @@ impl JobQueue for MemJobQueue {
                 ids.push(id);
             }
         }
-        let mut ready: Vec<&Job> = inner
-            .jobs
-            .values()
-            .filter(|j| j.queue == queue && j.state == JobState::Ready && j.run_at_ms <= now_ms)
-            .collect();
-        ready.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at_ms.cmp(&b.run_at_ms))
-                .then(a.id.cmp(&b.id))
-        });
-        let room = max - ids.len();
-        ids.extend(ready.iter().take(room).map(|j| j.id));
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             inner.next_token += 1;
@@ -151,12 +146,6 @@ impl JobQueue for MemJobQueue {
             j.lease_expires_at_ms = Some(now_ms + visibility_ms);
             out.push(j.clone());
         }
-        out.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at_ms.cmp(&b.run_at_ms))
-                .then(a.id.cmp(&b.id))
-        });
         Ok(out)
     }
 

@@ -198,57 +198,53 @@ impl JobQueue for SqliteJobQueue {
         let queue = queue.to_owned();
         self.store
             .write(move |c| {
+                // Ready jobs and jobs whose lease expired compete on the same order.
+                let mut candidates = c
+                    .prepare_cached(
+                        "SELECT id, state, attempts, max_attempts FROM (
+                            SELECT * FROM (SELECT id, state, attempts, max_attempts, priority,
+                                                  run_at_ms FROM jobs
+                                           WHERE queue = ?1 AND state = 0 AND run_at_ms <= ?2
+                                           ORDER BY priority DESC, run_at_ms, id LIMIT ?3)
+                            UNION ALL
+                            SELECT * FROM (SELECT id, state, attempts, max_attempts, priority,
+                                                  run_at_ms FROM jobs
+                                           WHERE queue = ?1 AND state = 1
+                                             AND lease_expires_at_ms <= ?2
+                                           ORDER BY priority DESC, run_at_ms, id LIMIT ?3))
+                         ORDER BY priority DESC, run_at_ms, id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = candidates
+                    .query_map(params![queue, now_ms, max as i64], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .map_err(unavailable)?;
                 let mut ids: Vec<JobId> = Vec::with_capacity(max);
-                // Expired leases first: their jobs have waited longest.
-                {
-                    let mut expired = c
-                        .prepare_cached(
-                            "SELECT id, attempts, max_attempts FROM jobs
-                             WHERE queue = ?1 AND state = 1 AND lease_expires_at_ms <= ?2
-                             ORDER BY lease_expires_at_ms LIMIT ?3",
-                        )
-                        .map_err(unavailable)?;
-                    let rows = expired
-                        .query_map(params![queue, now_ms, max as i64], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                        })
-                        .map_err(unavailable)?;
-                    let mut to_dead = Vec::new();
-                    for r in rows {
-                        let (id, attempts, max_attempts) = r.map_err(unavailable)?;
-                        if attempts >= max_attempts {
-                            to_dead.push((id, attempts));
-                        } else {
-                            ids.push(id);
-                        }
-                    }
-                    for (id, attempts) in to_dead {
-                        c.execute(
-                            "UPDATE jobs SET state = 2, lease_token = NULL, lease_expires_at_ms = NULL,
-                                last_error = ?2 WHERE id = ?1",
-                            params![
-                                id,
-                                format!("lease expired on the last of {attempts} attempts")
-                            ],
-                        )
-                        .map_err(unavailable)?;
+                let mut to_dead = Vec::new();
+                for r in rows {
+                    let (id, state, attempts, max_attempts) = r.map_err(unavailable)?;
+                    if state == LEASED && attempts >= max_attempts {
+                        to_dead.push((id, attempts));
+                    } else {
+                        ids.push(id);
                     }
                 }
-                if ids.len() < max {
-                    let mut ready = c
-                        .prepare_cached(
-                            "SELECT id FROM jobs WHERE queue = ?1 AND state = 0 AND run_at_ms <= ?2
-                             ORDER BY priority DESC, run_at_ms, id LIMIT ?3",
-                        )
-                        .map_err(unavailable)?;
-                    let rows = ready
-                        .query_map(params![queue, now_ms, (max - ids.len()) as i64], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .map_err(unavailable)?;
-                    for r in rows {
-                        ids.push(r.map_err(unavailable)?);
-                    }
+                for (id, attempts) in to_dead {
+                    c.execute(
+                        "UPDATE jobs SET state = 2, lease_token = NULL, lease_expires_at_ms = NULL,
+                            last_error = ?2 WHERE id = ?1",
+                        params![
+                            id,
+                            format!("lease expired on the last of {attempts} attempts")
+                        ],
+                    )
+                    .map_err(unavailable)?;
                 }
                 let mut take = c
                     .prepare_cached(&format!(
@@ -263,13 +259,6 @@ impl JobQueue for SqliteJobQueue {
                         .map_err(unavailable)?;
                     out.push(decode(row)?);
                 }
-                // Highest priority first across both sources.
-                out.sort_by(|a, b| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then(a.run_at_ms.cmp(&b.run_at_ms))
-                        .then(a.id.cmp(&b.id))
-                });
                 Ok(out)
             })
             .await
@@ -411,23 +400,50 @@ impl JobQueue for SqliteJobQueue {
         filter: &DeadFilter,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let mut args: Vec<rusqlite::types::Value> = vec![queue.to_owned().into(), now_ms.into()];
+        let mut args: Vec<rusqlite::types::Value> = vec![queue.to_owned().into()];
         let cond = dead_filter_sql(filter, &mut args);
-        // A dead job whose unique key is live again stays dead rather than break uniqueness.
-        let sql = format!(
-            "UPDATE jobs SET state = 0, attempts = 0, run_at_ms = ?2, lease_token = NULL,
-                lease_expires_at_ms = NULL
-             WHERE queue = ?1 AND state = 2{cond}
-               AND (unique_key IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM jobs live WHERE live.queue = jobs.queue
-                     AND live.unique_key = jobs.unique_key AND live.state != 2))"
+        let select = format!(
+            "SELECT id, unique_key FROM jobs WHERE queue = ?1 AND state = 2{cond} ORDER BY id"
         );
+        let queue = queue.to_owned();
         let n = self
             .store
             .write(move |c| {
-                c.execute(&sql, rusqlite::params_from_iter(args.iter()))
-                    .map(|n| n as u64)
-                    .map_err(unavailable)
+                let mut stmt = c.prepare(&select).map_err(unavailable)?;
+                let candidates: Vec<(JobId, Option<String>)> = stmt
+                    .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
+                let mut n = 0u64;
+                for (id, key) in candidates {
+                    // One at a time, so two dead jobs sharing a key cannot both come back; a
+                    // job whose key is live again stays dead.
+                    if let Some(key) = key {
+                        let live: Option<i64> = c
+                            .query_row(
+                                "SELECT 1 FROM jobs WHERE queue = ?1 AND unique_key = ?2
+                                 AND state != 2",
+                                params![queue, key],
+                                |r| r.get(0),
+                            )
+                            .optional()
+                            .map_err(unavailable)?;
+                        if live.is_some() {
+                            continue;
+                        }
+                    }
+                    n += c
+                        .execute(
+                            "UPDATE jobs SET state = 0, attempts = 0, run_at_ms = ?2,
+                                lease_token = NULL, lease_expires_at_ms = NULL WHERE id = ?1",
+                            params![id, now_ms],
+                        )
+                        .map_err(unavailable)? as u64;
+                }
+                Ok(n)
             })
             .await?;
         if n > 0 {

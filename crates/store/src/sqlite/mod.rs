@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (stream_id, version)
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id                  INTEGER PRIMARY KEY,
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT, -- ids are never reused
     queue               TEXT    NOT NULL,
     kind                TEXT    NOT NULL,
     payload             TEXT    NOT NULL,
@@ -118,7 +118,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token         INTEGER,
     lease_expires_at_ms INTEGER
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, state, priority DESC, run_at_ms, id);
+-- Partial indexes keep the hot paths small: only ready jobs are in jobs_ready, only leased
+-- ones in jobs_leased, so a lease moves one entry and a completion touches neither.
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at_ms, id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (queue, lease_expires_at_ms) WHERE state = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)
     WHERE unique_key IS NOT NULL AND state != 2;
