@@ -259,11 +259,8 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
             }
         }
-        Command::Bench { which } => {
-            init_logs(LogFormat::Text, "warn");
-            #[allow(clippy::single_match_else)]
-            match which {
-                BenchCommand::Jobs { .. } => unreachable!("handled above"),
+        Command::Bench {
+            which:
                 BenchCommand::Append {
                     writers,
                     duration_secs,
@@ -271,31 +268,31 @@ async fn main() -> anyhow::Result<()> {
                     dir,
                     json_out,
                     page_bytes,
-                } => {
-                    let (dir, remove) = match dir {
-                        Some(d) => (d, false),
-                        None => (temp_dir("ficus-bench"), true),
-                    };
-                    let out = bench::append_bench(
-                        &dir,
-                        &writers,
-                        Duration::from_secs(duration_secs),
-                        runs,
-                        &SqliteConfig {
-                            page_bytes,
-                            ..SqliteConfig::default()
-                        },
-                    )
-                    .await;
-                    if remove {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                    let out = out?;
-                    if let Some(p) = json_out {
-                        std::fs::write(&p, serde_json::to_string_pretty(&out)?)
-                            .with_context(|| format!("writing {}", p.display()))?;
-                    }
-                }
+                },
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            let (dir, remove) = match dir {
+                Some(d) => (d, false),
+                None => (temp_dir("ficus-bench"), true),
+            };
+            let out = bench::append_bench(
+                &dir,
+                &writers,
+                Duration::from_secs(duration_secs),
+                runs,
+                &SqliteConfig {
+                    page_bytes,
+                    ..SqliteConfig::default()
+                },
+            )
+            .await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let out = out?;
+            if let Some(p) = json_out {
+                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
         }
         Command::Token {
