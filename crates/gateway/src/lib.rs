@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ficus_domain::service::Shop;
 use ficus_runtime::{ProjectionHandle, ProjectionState, Shutdown};
-use ficus_store::EventStore;
+use ficus_store::{EventStore, JobQueue};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -63,6 +63,7 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
+    pub jobs: Arc<dyn JobQueue>,
     pub shop: Shop,
     pub catalog: ProjectionHandle,
     pub orders: ProjectionHandle,

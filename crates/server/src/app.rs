@@ -10,7 +10,7 @@ use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
 use ficus_runtime::{ProjectionRunner, Repository, Shutdown};
-use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
+use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
 use ficus_store::EventStore;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -100,8 +100,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         dyn_store.clone(),
         shutdown.clone(),
     )?;
+    let jobs: Arc<dyn ficus_store::JobQueue> = Arc::new(SqliteJobQueue::new(store.clone()));
     let state = AppState {
         store: dyn_store.clone(),
+        jobs,
         shop: Shop::new(Repository::new(dyn_store)),
         catalog,
         orders,
