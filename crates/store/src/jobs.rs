@@ -77,6 +77,8 @@ pub struct Job {
     pub created_at_ms: i64,
     pub last_error: Option<String>,
     pub unique_key: Option<String>,
+    /// The bulk job (batch) this item belongs to.
+    pub batch_id: Option<String>,
     /// The current lease's token and expiry, when leased.
     pub lease: Option<Lease>,
     pub lease_expires_at_ms: Option<i64>,
@@ -126,6 +128,68 @@ pub struct QueueStats {
     /// How long the oldest job that is ready now has waited, in ms (0 if none).
     pub oldest_ready_wait_ms: u64,
 }
+
+/// A bulk job to create: its items are enqueued with it, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBatch {
+    pub id: String,
+    /// The queue its items go to.
+    pub queue: String,
+    pub kind: String,
+    pub params: Value,
+    /// The fan-in job, enqueued exactly once, in the same transaction as the last item's
+    /// completion (or death). Its payload gets `batch_id`, `total`, `done` and `dead` added.
+    pub fan_in: Option<NewJob>,
+}
+
+/// Where a bulk job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Items are still ready or running.
+    Running,
+    /// Every item completed.
+    Completed,
+    /// Every item finished, some in the dead-letter queue. The fan-in still runs: it decides
+    /// what a partial result means for this kind of job.
+    CompletedWithFailures,
+    /// Cancelled: items not yet started were removed, running ones finished, no fan-in.
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Running => "running",
+            BatchState::Completed => "completed",
+            BatchState::CompletedWithFailures => "completed_with_failures",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A bulk job and its progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub params: Value,
+    pub state: BatchState,
+    pub total: u64,
+    pub done: u64,
+    pub dead: u64,
+    /// Items removed by a cancellation before they ran.
+    pub cancelled: u64,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// Set by the fan-in step (e.g. where an export was written).
+    pub result: Option<Value>,
+    /// The fan-in job, once enqueued.
+    pub fan_in_job: Option<JobId>,
+}
+
+/// Most items one bulk job may hold.
+pub const MAX_BATCH_ITEMS: usize = MAX_ENQUEUE_BATCH;
 
 /// The job queue port. Every adapter runs [`crate::conformance::jobs`].
 #[async_trait]
@@ -186,6 +250,89 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Depth of every queue that has jobs.
     async fn stats(&self, now_ms: i64) -> Result<Vec<QueueStats>, StoreError>;
+
+    /// Creates a bulk job and enqueues its items, atomically. Completing or killing an item
+    /// counts toward the batch; when every item is finished the batch's state is decided and
+    /// its fan-in job enqueued, once. A batch without items finishes at once. A redriven dead
+    /// item counts as dead no more; it counts as done if it then completes, but a finished
+    /// batch stays finished (its fan-in ran once).
+    async fn create_batch(
+        &self,
+        batch: NewBatch,
+        items: Vec<NewJob>,
+        now_ms: i64,
+    ) -> Result<Batch, StoreError>;
+
+    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, StoreError>;
+
+    /// Cancels a running batch: removes its items that are not leased, marks it cancelled.
+    /// Leased items finish (their completion still counts as done). `None` for an unknown id;
+    /// a finished batch is returned unchanged.
+    async fn cancel_batch(&self, id: &str, now_ms: i64) -> Result<Option<Batch>, StoreError>;
+
+    /// Records the fan-in's result; false for an unknown batch.
+    async fn set_batch_result(&self, id: &str, result: Value) -> Result<bool, StoreError>;
+}
+
+/// Checks a new batch before touching storage.
+pub(crate) fn validate_batch(batch: &NewBatch, items: &[NewJob]) -> Result<(), StoreError> {
+    let name_ok = |s: &str| !s.is_empty() && s.len() <= JOB_NAME_MAX_BYTES;
+    if !name_ok(&batch.id) || !name_ok(&batch.queue) || !name_ok(&batch.kind) {
+        return Err(StoreError::Invalid(format!(
+            "batch id, queue and kind must be 1-{JOB_NAME_MAX_BYTES} bytes"
+        )));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(StoreError::Invalid(format!(
+            "a bulk job may hold at most {MAX_BATCH_ITEMS} items, got {}",
+            items.len()
+        )));
+    }
+    if items.iter().any(|j| j.queue != batch.queue) {
+        return Err(StoreError::Invalid(
+            "every item of a bulk job goes to the batch's queue".into(),
+        ));
+    }
+    validate_jobs(items)?;
+    if let Some(f) = &batch.fan_in {
+        validate_jobs(std::slice::from_ref(f))?;
+    }
+    Ok(())
+}
+
+/// The fan-in job of a finished batch, its payload completed with the batch's counts.
+pub(crate) fn fan_in_job(fan_in: &NewJob, batch: &Batch) -> NewJob {
+    let mut job = fan_in.clone();
+    let mut payload = match job.payload.take() {
+        Value::Object(m) => m,
+        Value::Null => serde_json::Map::new(),
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("value".into(), other);
+            m
+        }
+    };
+    payload.insert("batch_id".into(), Value::String(batch.id.clone()));
+    payload.insert("total".into(), batch.total.into());
+    payload.insert("done".into(), batch.done.into());
+    payload.insert("dead".into(), batch.dead.into());
+    job.payload = Value::Object(payload);
+    // Runnable at once, whatever clock the caller uses: it was due when the batch began.
+    job.run_at_ms = Some(batch.created_at_ms);
+    job
+}
+
+/// The state a running batch moves to once `done + dead + cancelled` reaches `total`.
+pub(crate) fn finished_state(batch: &Batch) -> Option<BatchState> {
+    if batch.state != BatchState::Running || batch.done + batch.dead + batch.cancelled < batch.total
+    {
+        return None;
+    }
+    Some(if batch.dead == 0 {
+        BatchState::Completed
+    } else {
+        BatchState::CompletedWithFailures
+    })
 }
 
 /// Checks what every adapter refuses before touching storage.

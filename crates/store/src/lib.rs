@@ -15,7 +15,8 @@ mod subscription;
 
 pub use error::{StoreError, SubscriptionError};
 pub use jobs::{
-    DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease, NewJob, QueueStats,
+    Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
+    NewBatch, NewJob, QueueStats,
 };
 pub use port::{new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};

@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::jobs::{JOB_ERROR_MAX_BYTES, JOB_NAME_MAX_BYTES, MAX_ENQUEUE_BATCH};
 use crate::{
-    DeadFilter, Failure, Job, JobId, JobQueue, JobState, Lease, NewJob, QueueStats, StoreError,
+    BatchState, DeadFilter, Failure, Job, JobId, JobQueue, JobState, Lease, NewBatch, NewJob,
+    QueueStats, StoreError,
 };
 
 /// The simulated clock's start.
@@ -41,7 +42,9 @@ macro_rules! job_queue_conformance {
             unique_keys_dedupe_live_jobs, dead_letter_list_redrive_purge,
             stats_count_each_state, concurrent_leasers_never_share_a_job,
             expired_leases_compete_by_priority, ids_are_never_reused,
-            redrive_keeps_unique_keys_unique);
+            redrive_keeps_unique_keys_unique, batch_counts_and_fans_in_once,
+            batch_with_failures_still_fans_in, empty_batch_finishes_at_once,
+            cancel_removes_unstarted_items, invalid_batches_are_refused);
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {
         $(
@@ -220,6 +223,7 @@ pub async fn enqueue_assigns_ids_and_get_returns_the_job(q: Arc<dyn JobQueue>) {
             unique_key: Some("ua".into()),
             lease: None,
             lease_expires_at_ms: None,
+            batch_id: None,
         },
         "get returns the enqueued job, ready, run_at = now when not given"
     );
@@ -1217,4 +1221,190 @@ pub async fn redrive_keeps_unique_keys_unique(q: Arc<dyn JobQueue>) {
     let back = if ja.state == JobState::Ready { a } else { b };
     let dup = q.enqueue(vec![keyed(3)], BASE + 2).await.unwrap()[0];
     assert_eq!((dup.id, dup.created), (back, false));
+}
+
+fn new_batch(id: &str, queue: &str, fan_in_queue: &str) -> NewBatch {
+    NewBatch {
+        id: id.into(),
+        queue: queue.into(),
+        kind: "reprice".into(),
+        params: json!({"category": "books"}),
+        fan_in: Some(NewJob::new(
+            fan_in_queue,
+            "reprice.finish",
+            json!({"note": "fan-in"}),
+        )),
+    }
+}
+
+fn items(queue: &str, n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|i| NewJob::new(queue, "reprice.item", json!({ "i": i })))
+        .collect()
+}
+
+pub async fn batch_counts_and_fans_in_once(q: Arc<dyn JobQueue>) {
+    let b = q
+        .create_batch(new_batch("b-1", "bq-1", "bq-1-fan"), items("bq-1", 5), BASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.state, b.total, b.done, b.dead),
+        (BatchState::Running, 5, 0, 0)
+    );
+    assert_eq!(b.params, json!({"category": "books"}));
+    let leased = lease(&q, "bq-1", 10, BASE, VIS).await;
+    assert_eq!(leased.len(), 5);
+    assert!(leased.iter().all(|j| j.batch_id.as_deref() == Some("b-1")));
+    // Four done: still running, no fan-in yet.
+    q.complete(&leases(&leased[..4])).await.unwrap();
+    let b = q.get_batch("b-1").await.unwrap().unwrap();
+    assert_eq!((b.state, b.done), (BatchState::Running, 4));
+    assert!(lease(&q, "bq-1-fan", 10, BASE + 1, VIS).await.is_empty());
+    // The last one: the batch completes and its fan-in is enqueued, once.
+    q.complete(&leases(&leased[4..])).await.unwrap();
+    let b = q.get_batch("b-1").await.unwrap().unwrap();
+    assert_eq!((b.state, b.done, b.dead), (BatchState::Completed, 5, 0));
+    assert!(b.finished_at_ms.is_some());
+    let fan = lease(&q, "bq-1-fan", 10, BASE + 2, VIS).await;
+    assert_eq!(fan.len(), 1, "exactly one fan-in job");
+    assert_eq!(Some(fan[0].id), b.fan_in_job);
+    assert_eq!(fan[0].kind, "reprice.finish");
+    assert_eq!(fan[0].payload["batch_id"], "b-1");
+    assert_eq!(fan[0].payload["done"], 5);
+    assert_eq!(fan[0].payload["dead"], 0);
+    assert_eq!(fan[0].payload["note"], "fan-in");
+    // Completing a stale lease again changes nothing.
+    assert_eq!(q.complete(&leases(&leased[4..])).await.unwrap(), [false]);
+    assert_eq!(q.get_batch("b-1").await.unwrap().unwrap().done, 5);
+    assert!(q
+        .set_batch_result("b-1", json!({"file": "r.csv"}))
+        .await
+        .unwrap());
+    assert_eq!(
+        q.get_batch("b-1").await.unwrap().unwrap().result,
+        Some(json!({"file": "r.csv"}))
+    );
+    assert!(!q.set_batch_result("nope", json!(1)).await.unwrap());
+    assert!(q.get_batch("nope").await.unwrap().is_none());
+    // A second batch with the same id is refused.
+    assert!(matches!(
+        q.create_batch(new_batch("b-1", "bq-1", "bq-1-fan"), items("bq-1", 1), BASE)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+pub async fn batch_with_failures_still_fans_in(q: Arc<dyn JobQueue>) {
+    q.create_batch(new_batch("b-2", "bq-2", "bq-2-fan"), items("bq-2", 3), BASE)
+        .await
+        .unwrap();
+    let leased = lease(&q, "bq-2", 10, BASE, VIS).await;
+    q.complete(&leases(&leased[..1])).await.unwrap();
+    assert!(q
+        .fail(lease_of(&leased[1]), "malformed", Failure::Dead, BASE)
+        .await
+        .unwrap());
+    // The third one retries first: not finished yet.
+    assert!(q
+        .fail(
+            lease_of(&leased[2]),
+            "flaky",
+            Failure::RetryAt { at_ms: BASE + 5 },
+            BASE
+        )
+        .await
+        .unwrap());
+    let b = q.get_batch("b-2").await.unwrap().unwrap();
+    assert_eq!((b.state, b.done, b.dead), (BatchState::Running, 1, 1));
+    let again = lease(&q, "bq-2", 10, BASE + 5, VIS).await;
+    assert_eq!(again.len(), 1);
+    q.complete(&leases(&again)).await.unwrap();
+    let b = q.get_batch("b-2").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.done, b.dead),
+        (BatchState::CompletedWithFailures, 2, 1)
+    );
+    let fan = lease(&q, "bq-2-fan", 10, BASE + 6, VIS).await;
+    assert_eq!(fan.len(), 1);
+    assert_eq!(fan[0].payload["dead"], 1);
+    // Redriving the dead item: it is dead no more, done once it completes; the batch stays
+    // finished and its fan-in does not run again.
+    assert_eq!(
+        q.redrive("bq-2", &DeadFilter::default(), BASE + 7)
+            .await
+            .unwrap(),
+        1
+    );
+    let r = lease(&q, "bq-2", 10, BASE + 7, VIS).await;
+    q.complete(&leases(&r)).await.unwrap();
+    let b = q.get_batch("b-2").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.done, b.dead),
+        (BatchState::CompletedWithFailures, 3, 0)
+    );
+    assert!(lease(&q, "bq-2-fan", 10, BASE + 8, VIS).await.is_empty());
+}
+
+pub async fn empty_batch_finishes_at_once(q: Arc<dyn JobQueue>) {
+    let b = q
+        .create_batch(new_batch("b-3", "bq-3", "bq-3-fan"), vec![], BASE)
+        .await
+        .unwrap();
+    assert_eq!((b.state, b.total), (BatchState::Completed, 0));
+    let fan = lease(&q, "bq-3-fan", 10, BASE, VIS).await;
+    assert_eq!(fan.len(), 1);
+    assert_eq!(fan[0].payload["total"], 0);
+}
+
+pub async fn cancel_removes_unstarted_items(q: Arc<dyn JobQueue>) {
+    q.create_batch(new_batch("b-4", "bq-4", "bq-4-fan"), items("bq-4", 6), BASE)
+        .await
+        .unwrap();
+    let running = lease(&q, "bq-4", 2, BASE, VIS).await;
+    let b = q.cancel_batch("b-4", BASE + 1).await.unwrap().unwrap();
+    assert_eq!((b.state, b.cancelled), (BatchState::Cancelled, 4));
+    assert!(
+        lease(&q, "bq-4", 10, BASE + 2, VIS).await.is_empty(),
+        "no item left to run"
+    );
+    // Running items finish and count as done; no fan-in for a cancelled batch.
+    q.complete(&leases(&running)).await.unwrap();
+    let b = q.get_batch("b-4").await.unwrap().unwrap();
+    assert_eq!((b.state, b.done), (BatchState::Cancelled, 2));
+    assert!(lease(&q, "bq-4-fan", 10, BASE + 3, VIS).await.is_empty());
+    // Cancelling again, or an unknown batch.
+    assert_eq!(
+        q.cancel_batch("b-4", BASE + 4)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        BatchState::Cancelled
+    );
+    assert!(q.cancel_batch("nope", BASE).await.unwrap().is_none());
+}
+
+pub async fn invalid_batches_are_refused(q: Arc<dyn JobQueue>) {
+    let wrong_queue = q
+        .create_batch(new_batch("b-5", "bq-5", "f"), items("elsewhere", 1), BASE)
+        .await;
+    assert!(matches!(wrong_queue, Err(StoreError::Invalid(_))));
+    let too_many = q
+        .create_batch(
+            new_batch("b-6", "bq-5", "f"),
+            items("bq-5", MAX_ENQUEUE_BATCH + 1),
+            BASE,
+        )
+        .await;
+    assert!(matches!(too_many, Err(StoreError::Invalid(_))));
+    let no_id = q
+        .create_batch(new_batch("", "bq-5", "f"), items("bq-5", 1), BASE)
+        .await;
+    assert!(matches!(no_id, Err(StoreError::Invalid(_))));
+    assert!(q.get_batch("b-5").await.unwrap().is_none());
+    assert!(
+        stats_of(&q, "bq-5", BASE).await.is_none(),
+        "nothing enqueued"
+    );
 }

@@ -5,10 +5,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::jobs::{clip_error, validate_jobs, MAX_LEASE_BATCH};
+use crate::jobs::{
+    clip_error, fan_in_job, finished_state, validate_batch, validate_jobs, MAX_LEASE_BATCH,
+};
 use crate::{
-    DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease, NewJob, QueueStats,
-    StoreError,
+    Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
+    NewBatch, NewJob, QueueStats, StoreError,
 };
 
 #[derive(Default)]
@@ -16,6 +18,68 @@ struct Inner {
     jobs: BTreeMap<JobId, Job>,
     next_id: JobId,
     next_token: i64,
+    /// Bulk jobs and their fan-in job, not yet enqueued.
+    batches: BTreeMap<String, (Batch, Option<NewJob>)>,
+}
+
+impl Inner {
+    fn insert(&mut self, j: NewJob, now_ms: i64, batch_id: Option<&str>) -> Enqueued {
+        if let Some(key) = &j.unique_key {
+            if let Some(id) = live_key(&self.jobs, &j.queue, key) {
+                return Enqueued { id, created: false };
+            }
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                queue: j.queue,
+                kind: j.kind,
+                payload: j.payload,
+                priority: j.priority,
+                state: JobState::Ready,
+                attempts: 0,
+                max_attempts: j.max_attempts,
+                run_at_ms: j.run_at_ms.unwrap_or(now_ms),
+                created_at_ms: now_ms,
+                last_error: None,
+                unique_key: j.unique_key,
+                batch_id: batch_id.map(str::to_owned),
+                lease: None,
+                lease_expires_at_ms: None,
+            },
+        );
+        Enqueued { id, created: true }
+    }
+
+    /// Counts finished items toward a batch; finishes it (and enqueues its fan-in) at the last.
+    fn progress(&mut self, batch_id: Option<&str>, done: u64, dead: u64) {
+        let Some(id) = batch_id else { return };
+        let Some((batch, _)) = self.batches.get_mut(id) else {
+            return;
+        };
+        batch.done += done;
+        batch.dead += dead;
+        self.finish_if_done(id);
+    }
+
+    fn finish_if_done(&mut self, id: &str) {
+        let Some((batch, fan_in)) = self.batches.get(id) else {
+            return;
+        };
+        let Some(state) = finished_state(batch) else {
+            return;
+        };
+        let fan_in = fan_in.as_ref().map(|f| fan_in_job(f, batch));
+        let created_at = batch.created_at_ms;
+        let fan_in_id = fan_in.map(|job| self.insert(job, created_at, None).id);
+        let (batch, _) = self.batches.get_mut(id).expect("present");
+        batch.state = state;
+        batch.finished_at_ms = Some(crate::now_ms());
+        batch.fan_in_job = fan_in_id;
+    }
 }
 
 #[derive(Default)]
@@ -57,38 +121,10 @@ impl JobQueue for MemJobQueue {
     async fn enqueue(&self, jobs: Vec<NewJob>, now_ms: i64) -> Result<Vec<Enqueued>, StoreError> {
         validate_jobs(&jobs)?;
         let mut inner = self.lock();
-        let mut out = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            if let Some(key) = &j.unique_key {
-                if let Some(id) = live_key(&inner.jobs, &j.queue, key) {
-                    out.push(Enqueued { id, created: false });
-                    continue;
-                }
-            }
-            inner.next_id += 1;
-            let id = inner.next_id;
-            inner.jobs.insert(
-                id,
-                Job {
-                    id,
-                    queue: j.queue,
-                    kind: j.kind,
-                    payload: j.payload,
-                    priority: j.priority,
-                    state: JobState::Ready,
-                    attempts: 0,
-                    max_attempts: j.max_attempts,
-                    run_at_ms: j.run_at_ms.unwrap_or(now_ms),
-                    created_at_ms: now_ms,
-                    last_error: None,
-                    unique_key: j.unique_key,
-                    lease: None,
-                    lease_expires_at_ms: None,
-                },
-            );
-            out.push(Enqueued { id, created: true });
-        }
-        Ok(out)
+        Ok(jobs
+            .into_iter()
+            .map(|j| inner.insert(j, now_ms, None))
+            .collect())
     }
 
     async fn lease(
@@ -131,6 +167,8 @@ impl JobQueue for MemJobQueue {
                     "lease expired on the last of {} attempts",
                     j.attempts
                 ));
+                let batch = j.batch_id.clone();
+                inner.progress(batch.as_deref(), 0, 1);
             } else {
                 ids.push(id);
             }
@@ -174,7 +212,8 @@ impl JobQueue for MemJobQueue {
             .iter()
             .map(|l| {
                 if inner.jobs.get(&l.id).is_some_and(|j| held(j, l)) {
-                    inner.jobs.remove(&l.id);
+                    let job = inner.jobs.remove(&l.id).expect("present");
+                    inner.progress(job.batch_id.as_deref(), 1, 0);
                     true
                 } else {
                     false
@@ -202,7 +241,11 @@ impl JobQueue for MemJobQueue {
                 j.state = JobState::Ready;
                 j.run_at_ms = at_ms;
             }
-            Failure::Dead => j.state = JobState::Dead,
+            Failure::Dead => {
+                j.state = JobState::Dead;
+                let batch = j.batch_id.clone();
+                inner.progress(batch.as_deref(), 0, 1);
+            }
         }
         Ok(true)
     }
@@ -260,6 +303,12 @@ impl JobQueue for MemJobQueue {
             j.attempts = 0;
             j.run_at_ms = now_ms;
             n += 1;
+            // No longer dead; it counts as done if it completes now.
+            if let Some(b) = j.batch_id.clone() {
+                if let Some((batch, _)) = inner.batches.get_mut(&b) {
+                    batch.dead = batch.dead.saturating_sub(1);
+                }
+            }
         }
         Ok(n)
     }
@@ -302,5 +351,86 @@ impl JobQueue for MemJobQueue {
                 s
             })
             .collect())
+    }
+
+    async fn create_batch(
+        &self,
+        batch: NewBatch,
+        items: Vec<NewJob>,
+        now_ms: i64,
+    ) -> Result<Batch, StoreError> {
+        validate_batch(&batch, &items)?;
+        let mut inner = self.lock();
+        if inner.batches.contains_key(&batch.id) {
+            return Err(StoreError::Invalid(format!(
+                "bulk job {} already exists",
+                batch.id
+            )));
+        }
+        let record = Batch {
+            id: batch.id.clone(),
+            queue: batch.queue,
+            kind: batch.kind,
+            params: batch.params,
+            state: BatchState::Running,
+            total: 0,
+            done: 0,
+            dead: 0,
+            cancelled: 0,
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+            result: None,
+            fan_in_job: None,
+        };
+        inner
+            .batches
+            .insert(batch.id.clone(), (record, batch.fan_in));
+        let mut total = 0;
+        for j in items {
+            // An item whose unique key is live elsewhere is that job's work, not this batch's.
+            if inner.insert(j, now_ms, Some(&batch.id)).created {
+                total += 1;
+            }
+        }
+        inner.batches.get_mut(&batch.id).expect("present").0.total = total;
+        inner.finish_if_done(&batch.id);
+        Ok(inner.batches[&batch.id].0.clone())
+    }
+
+    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, StoreError> {
+        Ok(self.lock().batches.get(id).map(|(b, _)| b.clone()))
+    }
+
+    async fn cancel_batch(&self, id: &str, now_ms: i64) -> Result<Option<Batch>, StoreError> {
+        let mut inner = self.lock();
+        match inner.batches.get(id) {
+            None => return Ok(None),
+            Some((b, _)) if b.state != BatchState::Running => return Ok(Some(b.clone())),
+            Some(_) => {}
+        }
+        let before = inner.jobs.len();
+        inner
+            .jobs
+            .retain(|_, j| !(j.batch_id.as_deref() == Some(id) && j.state == JobState::Ready));
+        let removed = (before - inner.jobs.len()) as u64;
+        let (batch, _) = inner.batches.get_mut(id).expect("present");
+        batch.cancelled += removed;
+        batch.state = BatchState::Cancelled;
+        batch.finished_at_ms = Some(now_ms);
+        Ok(Some(batch.clone()))
+    }
+
+    async fn set_batch_result(
+        &self,
+        id: &str,
+        result: serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        Ok(match self.lock().batches.get_mut(id) {
+            Some((b, _)) => {
+                b.result = Some(result);
+                true
+            }
+            None => false,
+        })
     }
 }

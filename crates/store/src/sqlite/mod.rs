@@ -116,8 +116,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error          TEXT,
     unique_key          TEXT,
     lease_token         INTEGER,
-    lease_expires_at_ms INTEGER
+    lease_expires_at_ms INTEGER,
+    batch_id            TEXT
 );
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, state) WHERE batch_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_batches (
+    id             TEXT PRIMARY KEY,
+    queue          TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    params         TEXT    NOT NULL,
+    state          INTEGER NOT NULL,  -- 0 running, 1 completed, 2 with failures, 3 cancelled
+    total          INTEGER NOT NULL,
+    done           INTEGER NOT NULL DEFAULT 0,
+    dead           INTEGER NOT NULL DEFAULT 0,
+    cancelled      INTEGER NOT NULL DEFAULT 0,
+    created_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    result         TEXT,
+    fan_in         TEXT,             -- the fan-in job to enqueue, as JSON
+    fan_in_job     INTEGER
+) WITHOUT ROWID;
 -- Partial indexes keep the hot paths small: only ready jobs are in jobs_ready, only leased
 -- ones in jobs_leased, so a lease moves one entry and a completion touches neither.
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at_ms, id) WHERE state = 0;
