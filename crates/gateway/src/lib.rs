@@ -7,6 +7,7 @@ pub mod auth;
 mod error;
 mod extract;
 mod openapi;
+mod queues;
 mod shop;
 mod streams;
 
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .merge(streams::routes())
         .merge(shop::routes())
+        .merge(queues::routes())
         .route("/v1/projections", get(streams::list_projections))
         .route(
             "/v1/projections/{name}/rebuild",

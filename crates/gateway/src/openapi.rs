@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document of the public HTTP contract, written by hand next to the routes.
 //!
-//! Keep it in step with `lib.rs`, `streams.rs` and `shop.rs`: every route registered there has
-//! an operation here, with the query parameters, bodies, headers and statuses its handler uses.
+//! Keep it in step with `lib.rs`, `streams.rs`, `shop.rs` and `queues.rs`: every route
+//! registered there has an operation here, with the query parameters, bodies, headers and
+//! statuses its handler uses.
 //! The unit tests below pin the list of operations and check that every `$ref` resolves.
 
 use std::sync::OnceLock;
@@ -46,6 +47,7 @@ fn build() -> Value {
             {"name": "projections", "description": "Read-model status and rebuilds (admin)."},
             {"name": "products", "description": "Product commands and catalog queries."},
             {"name": "orders", "description": "Order commands and queries."},
+            {"name": "queues", "description": "Job queues, their dead-letter queues and job items (admin)."},
         ],
         "paths": paths(),
         "components": {
@@ -276,6 +278,7 @@ fn paths() -> Value {
         .chain(projection_paths())
         .chain(product_paths())
         .chain(order_paths())
+        .chain(queue_paths())
     {
         p.insert(path.to_owned(), item);
     }
@@ -815,6 +818,107 @@ fn order_paths() -> Vec<(&'static str, Value)> {
     ]
 }
 
+fn queue_paths() -> Vec<(&'static str, Value)> {
+    let filter_body = || json_body("DeadFilter", false);
+    vec![
+        (
+            "/v1/queues",
+            path_item(vec![(
+                "get",
+                Op::new("listQueues", "queues", "Queue depths")
+                    .describe("Every queue that holds jobs, with its ready, delayed, in-flight and dead counts and how long its oldest ready job has waited. Needs the admin role.")
+                    .secured()
+                    .success(200, success("The queues.", schema_ref("QueueList"), &[]))
+                    .errors(&[
+                        (403, "`forbidden`: not an admin."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/queues/{name}/dead",
+            path_item(vec![
+                (
+                    "get",
+                    Op::new("listDeadJobs", "queues", "List a dead-letter queue")
+                        .describe("Dead jobs of one queue, oldest first, with their last error and attempt count. Needs the admin role.")
+                        .secured()
+                        .param(param_ref("QueueName"))
+                        .param(query_param(
+                            "limit",
+                            false,
+                            "Most jobs returned. Outside 1..=1000 → 400 `invalid_limit`.",
+                            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+                        ))
+                        .success(200, success("The queue's dead jobs.", schema_ref("DeadJobList"), &[]))
+                        .errors(&[
+                            (400, "`invalid_queue`, `invalid_query`, `invalid_limit`."),
+                            (403, "`forbidden`: not an admin."),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+                (
+                    "delete",
+                    Op::new("purgeDeadJobs", "queues", "Purge a dead-letter queue")
+                        .describe("Deletes the queue's dead jobs that match the filter; no body (or `{}`) deletes all of them. Needs the admin role.")
+                        .secured()
+                        .param(param_ref("QueueName"))
+                        .body(filter_body())
+                        .success(200, success("How many dead jobs were deleted.", schema_ref("PurgeResult"), &[]))
+                        .errors(&[
+                            (400, "`invalid_queue`, `invalid_json`, `invalid_body`, `invalid_filter` (over 1000 ids, or a kind not 1-128 bytes)."),
+                            (403, "`forbidden`: not an admin."),
+                            (413, ""),
+                            (415, ""),
+                            (500, ""),
+                            (503, "`store_unavailable`."),
+                        ]),
+                ),
+            ]),
+        ),
+        (
+            "/v1/queues/{name}/dead/redrive",
+            path_item(vec![(
+                "post",
+                Op::new("redriveDeadJobs", "queues", "Redrive a dead-letter queue")
+                    .describe("Moves the queue's dead jobs that match the filter back to ready, runnable now, with a fresh attempt budget; no body (or `{}`) redrives all of them. A dead job whose unique key is live again stays dead. Needs the admin role.")
+                    .secured()
+                    .param(param_ref("QueueName"))
+                    .body(filter_body())
+                    .success(200, success("How many dead jobs were redriven.", schema_ref("RedriveResult"), &[]))
+                    .errors(&[
+                        (400, "`invalid_queue`, `invalid_json`, `invalid_body`, `invalid_filter` (over 1000 ids, or a kind not 1-128 bytes)."),
+                        (403, "`forbidden`: not an admin."),
+                        (413, ""),
+                        (415, ""),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/jobs/items/{id}",
+            path_item(vec![(
+                "get",
+                Op::new("getJobItem", "queues", "One job item")
+                    .describe("A job item by id, whether ready, leased or dead. Completed and purged items are gone (404). Needs the admin role.")
+                    .secured()
+                    .param(param_ref("JobItemId"))
+                    .success(200, success("The job item.", schema_ref("JobItem"), &[]))
+                    .errors(&[
+                        (400, "`invalid_path`: the id is not an integer."),
+                        (403, "`forbidden`: not an admin."),
+                        (404, "`job_not_found`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // Components
 
@@ -874,6 +978,20 @@ fn parameters() -> Value {
         "ProductId": {"name": "id", "in": "path", "required": true, "description": "Product id.", "schema": id_schema.clone()},
         "OrderId": {"name": "id", "in": "path", "required": true, "description": "Order id.", "schema": id_schema.clone()},
         "CustomerId": {"name": "id", "in": "path", "required": true, "description": "Customer (user) id.", "schema": id_schema},
+        "QueueName": {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "description": "Queue name: 1-128 bytes. Else 400 `invalid_queue`.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+        "JobItemId": {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "description": "Job item id. Not an integer → 400 `invalid_path`.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
     })
 }
 
@@ -933,6 +1051,7 @@ fn schemas() -> Value {
         ops_schemas(),
         read_schemas(),
         request_schemas(),
+        queue_schemas(),
     ] {
         if let Value::Object(m) = part {
             s.extend(m);
@@ -1245,6 +1364,91 @@ fn request_schemas() -> Value {
     })
 }
 
+fn queue_schemas() -> Value {
+    let job_props = json!({
+        "id": {"type": "integer", "minimum": 1},
+        "kind": {"type": "string"},
+        "payload": {"description": "The job's payload, any JSON."},
+        "attempts": {"type": "integer", "minimum": 0, "description": "Leases so far (the current one included)."},
+        "max_attempts": {"type": "integer", "minimum": 1},
+        "last_error": {"type": ["string", "null"], "description": "Error text of the last failed attempt."},
+        "created_at": {"type": "string", "format": "date-time"},
+        "run_at": {"type": "string", "format": "date-time", "description": "Not run before this time."},
+    });
+    let job_required = [
+        "id",
+        "kind",
+        "payload",
+        "attempts",
+        "max_attempts",
+        "last_error",
+        "created_at",
+        "run_at",
+    ];
+    let mut item_props = job_props.clone();
+    item_props["queue"] = json!({"type": "string"});
+    item_props["state"] = json!({"type": "string", "enum": ["ready", "leased", "dead"]});
+    item_props["priority"] = json!({"type": "integer", "description": "Higher runs first."});
+    let item_required: Vec<&str> = job_required
+        .iter()
+        .copied()
+        .chain(["queue", "state", "priority"])
+        .collect();
+    json!({
+        "QueueStats": {
+            "type": "object",
+            "required": ["name", "ready", "delayed", "in_flight", "dead", "oldest_ready_wait_ms"],
+            "properties": {
+                "name": {"type": "string"},
+                "ready": {"type": "integer", "minimum": 0, "description": "Ready to run now."},
+                "delayed": {"type": "integer", "minimum": 0, "description": "Ready but not before a future time."},
+                "in_flight": {"type": "integer", "minimum": 0, "description": "Leased by a worker."},
+                "dead": {"type": "integer", "minimum": 0, "description": "In the dead-letter queue."},
+                "oldest_ready_wait_ms": {"type": "integer", "minimum": 0, "description": "How long the oldest job ready now has waited (0 if none)."},
+            },
+        },
+        "QueueList": {
+            "type": "object",
+            "required": ["queues"],
+            "properties": {"queues": {"type": "array", "items": schema_ref("QueueStats")}},
+        },
+        "DeadJob": {
+            "type": "object",
+            "required": job_required,
+            "properties": job_props,
+        },
+        "DeadJobList": {
+            "type": "object",
+            "required": ["jobs"],
+            "properties": {"jobs": {"type": "array", "items": schema_ref("DeadJob")}},
+        },
+        "JobItem": {
+            "type": "object",
+            "required": item_required,
+            "properties": item_props,
+        },
+        "DeadFilter": {
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Which dead jobs to touch: those with one of `ids` and of `kind`, each when given. No body or `{}` is all of the queue's dead jobs.",
+            "properties": {
+                "ids": {"type": "array", "maxItems": 1000, "items": {"type": "integer"}},
+                "kind": {"type": "string", "minLength": 1, "maxLength": 128},
+            },
+        },
+        "RedriveResult": {
+            "type": "object",
+            "required": ["redriven"],
+            "properties": {"redriven": {"type": "integer", "minimum": 0}},
+        },
+        "PurgeResult": {
+            "type": "object",
+            "required": ["purged"],
+            "properties": {"purged": {"type": "integer", "minimum": 0}},
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1275,6 +1479,10 @@ mod tests {
         ("/v1/orders/{id}/cancel", &[("post", 200)]),
         ("/v1/customers/{id}/orders", &[("get", 200)]),
         ("/v1/analytics/orders", &[("get", 200)]),
+        ("/v1/queues", &[("get", 200)]),
+        ("/v1/queues/{name}/dead", &[("get", 200), ("delete", 200)]),
+        ("/v1/queues/{name}/dead/redrive", &[("post", 200)]),
+        ("/v1/jobs/items/{id}", &[("get", 200)]),
     ];
 
     /// Operations that need no token.
@@ -1429,6 +1637,7 @@ mod tests {
             "CreateOrder",
             "Item",
             "Cancel",
+            "DeadFilter",
         ] {
             assert_eq!(
                 schemas[name]["additionalProperties"], false,
