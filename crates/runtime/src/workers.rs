@@ -8,6 +8,7 @@
 //! A pool that dies instead simply stops renewing its leases; the jobs run again elsewhere
 //! when the visibility timeout expires.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,11 +131,19 @@ async fn run(
         config.clone(),
         stats.clone(),
     ));
+    let waiting: Buffered = Default::default();
     let fetcher = tokio::spawn(fetch_loop(
         queue.clone(),
         job_tx,
+        waiting.clone(),
         config.clone(),
         ready,
+        shutdown.clone(),
+    ));
+    let renewer = tokio::spawn(renew_loop(
+        queue.clone(),
+        waiting.clone(),
+        config.clone(),
         shutdown.clone(),
     ));
 
@@ -153,6 +162,13 @@ async fn run(
                 None => break,
             },
         };
+        // A job whose buffered lease was lost belongs to another worker now.
+        let still_held = job.lease.is_some_and(|l| buffered(&waiting).remove(&l));
+        if !still_held {
+            stats.lost_leases.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            continue;
+        }
         seed = seed.wrapping_add(1);
         let (queue, handler, done, stats, config) = (
             queue.clone(),
@@ -171,6 +187,7 @@ async fn run(
     // Shutdown: stop fetching, give back what was leased but not started, let the running
     // finish, flush completions.
     let _ = fetcher.await;
+    let _ = renewer.await;
     job_rx.close();
     let mut unstarted = Vec::new();
     while let Some(j) = job_rx.recv().await {
@@ -186,9 +203,51 @@ async fn run(
     let _ = completer.await;
 }
 
+/// Leases sitting in the local buffer, not yet started. The renewer keeps them alive, so a
+/// job waiting behind slow ones is not taken over by another worker (and its attempt count not
+/// burnt) while it waits.
+type Buffered = Arc<std::sync::Mutex<HashSet<Lease>>>;
+
+fn buffered(b: &Buffered) -> std::sync::MutexGuard<'_, HashSet<Lease>> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn renew_loop(
+    queue: Arc<dyn JobQueue>,
+    waiting: Buffered,
+    config: PoolConfig,
+    shutdown: Shutdown,
+) {
+    let every = (config.visibility / 3).max(Duration::from_millis(10));
+    let visibility_ms = config.visibility.as_millis() as i64;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let leases: Vec<Lease> = buffered(&waiting).iter().copied().collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match queue.heartbeat(&leases, now_ms(), visibility_ms).await {
+            Ok(held) => {
+                let mut w = buffered(&waiting);
+                for (l, h) in leases.iter().zip(held) {
+                    if !h {
+                        // Lost: whoever holds it now runs it; this pool must not.
+                        w.remove(l);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing buffered leases failed"),
+        }
+    }
+}
+
 async fn fetch_loop(
     queue: Arc<dyn JobQueue>,
     job_tx: mpsc::Sender<Job>,
+    waiting: Buffered,
     config: PoolConfig,
     ready: Option<Arc<Notify>>,
     shutdown: Shutdown,
@@ -203,15 +262,13 @@ async fn fetch_loop(
         // one big lease costs the queue far less than many small ones.
         let room = job_tx.capacity();
         if room < refill_at {
+            // Sleeps until that much room is free (the permits go back at once).
             tokio::select! {
                 _ = shutdown.wait() => return,
-                r = job_tx.reserve() => match r {
-                    Ok(permit) => drop(permit),
+                r = job_tx.reserve_many(refill_at) => match r {
+                    Ok(permits) => drop(permits),
                     Err(_) => return,
                 },
-            }
-            if job_tx.capacity() < refill_at {
-                tokio::task::yield_now().await;
             }
             continue;
         }
@@ -224,6 +281,7 @@ async fn fetch_loop(
         {
             Ok(jobs) if !jobs.is_empty() => {
                 delay = Duration::from_millis(10);
+                buffered(&waiting).extend(jobs.iter().filter_map(|j| j.lease));
                 for j in jobs {
                     if job_tx.send(j).await.is_err() {
                         return;
