@@ -3,6 +3,7 @@
 //! The write side is pure: aggregates decide and evolve without I/O or a clock. Time
 //! (`at_ms`, Unix milliseconds UTC) and ids arrive inside the commands.
 
+pub mod jobs;
 pub mod money;
 pub mod order;
 pub mod product;

@@ -345,6 +345,13 @@ impl SqliteProjection for OrdersProjection {
         );
         CREATE INDEX IF NOT EXISTS order_summaries_customer
             ON order_summaries (customer_id, created_at_ms DESC, id DESC);
+        CREATE INDEX IF NOT EXISTS order_summaries_placed
+            ON order_summaries (placed_at_ms) WHERE placed_at_ms IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS order_buyers (
+            product_id  TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            PRIMARY KEY (product_id, customer_id)
+        ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS order_analytics_daily (
             day         INTEGER NOT NULL,
             currency    TEXT NOT NULL,
@@ -355,7 +362,8 @@ impl SqliteProjection for OrdersProjection {
     }
 
     fn drop_schema(&self) -> &str {
-        "DROP TABLE IF EXISTS order_summaries; DROP TABLE IF EXISTS order_analytics_daily;"
+        "DROP TABLE IF EXISTS order_summaries; DROP TABLE IF EXISTS order_analytics_daily;
+         DROP TABLE IF EXISTS order_buyers;"
     }
 
     fn apply(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
@@ -384,11 +392,18 @@ impl SqliteProjection for OrdersProjection {
             }
             OrderEvent::OrderItemAdded {
                 order_id,
+                product_id,
                 quantity,
                 currency,
                 line_total,
                 ..
             } => {
+                // Who ordered what, for "notify every customer who bought a product".
+                tx.execute(
+                    "INSERT OR IGNORE INTO order_buyers (product_id, customer_id)
+                     SELECT ?2, customer_id FROM order_summaries WHERE id = ?1",
+                    params![order_id, product_id],
+                )?;
                 tx.execute(
                     "UPDATE order_summaries SET total_minor = total_minor + ?2,
                         item_count = item_count + ?3, currency = COALESCE(currency, ?4),
@@ -522,6 +537,76 @@ pub fn order_analytics(
                 currency: r.get(1)?,
                 orders: r.get::<_, i64>(2)? as u64,
                 total_minor: r.get(3)?,
+            })
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Most rows a bulk job's planner reads from a read model (one bulk job's item limit).
+pub const PLAN_MAX_ROWS: u32 = 10_000;
+
+/// Ids and prices of a seller's live products in a category, by id.
+pub fn seller_products_in_category(
+    conn: &Connection,
+    seller_id: &str,
+    category: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, price_minor FROM products
+             WHERE seller_id = ?1 AND category = ?2 AND deleted = 0 ORDER BY id LIMIT ?3",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![seller_id, category, PLAN_MAX_ROWS + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Customers who ever ordered `product_id`, by id.
+pub fn buyers_of_product(conn: &Connection, product_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT customer_id FROM order_buyers WHERE product_id = ?1 ORDER BY customer_id
+             LIMIT ?2",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![product_id, PLAN_MAX_ROWS + 1], |r| r.get(0))
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// One placed order, as an export lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedOrder {
+    pub id: String,
+    pub customer_id: String,
+    pub total_minor: i64,
+    pub currency: Option<String>,
+    pub placed_at_ms: i64,
+}
+
+/// Placed orders of one UTC day, in placement order.
+pub fn placed_orders_on_day(conn: &Connection, day: i64) -> Result<Vec<PlacedOrder>, StoreError> {
+    let from = day * ficus_core::time::MS_PER_DAY;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, customer_id, total_minor, currency, placed_at_ms FROM order_summaries
+             WHERE placed_at_ms >= ?1 AND placed_at_ms < ?2 ORDER BY placed_at_ms, id",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![from, from + ficus_core::time::MS_PER_DAY], |r| {
+            Ok(PlacedOrder {
+                id: r.get(0)?,
+                customer_id: r.get(1)?,
+                total_minor: r.get(2)?,
+                currency: r.get(3)?,
+                placed_at_ms: r.get(4)?,
             })
         })
         .map_err(unavailable)?;

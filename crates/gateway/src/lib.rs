@@ -4,6 +4,7 @@
 //! calls on the runtime and the domain, and their answers into JSON.
 
 pub mod auth;
+mod bulk;
 mod error;
 mod extract;
 mod openapi;
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ficus_domain::jobs::BulkJobs;
 use ficus_domain::service::Shop;
 use ficus_runtime::{ProjectionHandle, ProjectionState, Shutdown};
 use ficus_store::{EventStore, JobQueue};
@@ -65,6 +67,7 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub jobs: Arc<dyn JobQueue>,
+    pub bulk: BulkJobs,
     pub shop: Shop,
     pub catalog: ProjectionHandle,
     pub orders: ProjectionHandle,
@@ -157,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/v1/openapi.json", get(openapi::document))
         .merge(streams::routes())
+        .merge(bulk::routes())
         .merge(shop::routes())
         .merge(queues::routes())
         .route("/v1/projections", get(streams::list_projections))

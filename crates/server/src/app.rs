@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use ficus_domain::jobs::{BulkJobs, ShopJobHandler, SHOP_QUEUE};
 use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
-use ficus_runtime::{ProjectionRunner, Repository, Shutdown};
+use ficus_runtime::{PoolConfig, ProjectionRunner, Repository, Shutdown, WorkerPool};
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
 use ficus_store::EventStore;
 use tokio::sync::Semaphore;
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     pub auth_secret: Option<String>,
     pub api: ApiConfig,
     pub store: SqliteConfig,
+    /// The worker pool running the shop's bulk jobs.
+    pub shop_pool: PoolConfig,
 }
 
 impl ServerConfig {
@@ -37,6 +40,7 @@ impl ServerConfig {
             auth_secret: None,
             api: ApiConfig::default(),
             store: SqliteConfig::default(),
+            shop_pool: PoolConfig::new(SHOP_QUEUE),
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct Running {
     store: Arc<SqliteEventStore>,
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
+    pool: WorkerPool,
 }
 
 /// Opens the data directory and starts serving.
@@ -100,11 +105,29 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         dyn_store.clone(),
         shutdown.clone(),
     )?;
-    let jobs: Arc<dyn ficus_store::JobQueue> = Arc::new(SqliteJobQueue::new(store.clone()));
+    let sqlite_jobs = SqliteJobQueue::new(store.clone());
+    let ready = sqlite_jobs.ready_signal();
+    let jobs: Arc<dyn ficus_store::JobQueue> = Arc::new(sqlite_jobs);
+    let shop = Shop::new(Repository::new(dyn_store.clone()));
+    let handler = Arc::new(ShopJobHandler {
+        shop: shop.clone(),
+        store: dyn_store.clone(),
+        jobs: jobs.clone(),
+        orders: orders.clone(),
+        export_dir: cfg.data_dir.join("exports"),
+    });
+    let pool = WorkerPool::spawn(
+        jobs.clone(),
+        handler,
+        cfg.shop_pool.clone(),
+        Some(ready),
+        shutdown.clone(),
+    );
     let state = AppState {
         store: dyn_store.clone(),
+        bulk: BulkJobs::new(jobs.clone(), catalog.clone(), orders.clone()),
         jobs,
-        shop: Shop::new(Repository::new(dyn_store)),
+        shop,
         catalog,
         orders,
         auth: Arc::new(Auth::new(secret)),
@@ -131,6 +154,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         store,
         server,
         projections: vec![catalog_task, orders_task],
+        pool,
     })
 }
 
@@ -150,6 +174,8 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
         self.server.await??;
+        // Running jobs finish, unstarted ones are released, completions flushed.
+        self.pool.join().await;
         for t in self.projections {
             let _ = t.await;
         }

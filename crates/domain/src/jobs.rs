@@ -1,0 +1,446 @@
+//! The reference domain's bulk jobs, fanned out on the `shop` queue:
+//!
+//! - `reprice_category` (a seller): every product of the seller in a category gets its price
+//!   changed by a percentage, each through the product aggregate and its rules (a cut over
+//!   50 % or a price over 10 000.00 is refused and that item goes to the dead-letter queue);
+//! - `export_orders` (an admin): one item per UTC day writes that day's placed orders as CSV,
+//!   and the fan-in joins them into one file whose path is the job's result;
+//! - `notify_buyers` (the product's seller, or an admin): one notification event per customer
+//!   who ever ordered the product.
+//!
+//! Every item is idempotent, because a re-delivered item (its worker crashed after the effect,
+//! before the ack) runs again: a repeated reprice to the same target price decides no event;
+//! an export day rewrites the same file; a notification goes to its own stream with
+//! `expected_version = no_stream`, so a second attempt finds it there and stops.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
+use ficus_runtime::{JobError, JobHandler, ProjectionHandle};
+use ficus_store::{Batch, EventStore, Job, JobQueue, NewBatch, NewJob, StoreError};
+use serde_json::{json, Value};
+
+use crate::money::Money;
+use crate::product::ProductCommand;
+use crate::read_models as rm;
+use crate::service::{Actor, Shop};
+
+/// The queue the shop's bulk jobs run on.
+pub const SHOP_QUEUE: &str = "shop";
+/// Attempts before an item goes to the dead-letter queue.
+pub const ITEM_MAX_ATTEMPTS: u32 = 8;
+/// Longest date range an export may cover, in days.
+pub const EXPORT_MAX_DAYS: i64 = 366;
+/// Longest notification text, in characters.
+pub const MESSAGE_MAX_CHARS: usize = 500;
+
+/// Why a bulk job was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkJobError {
+    /// Unknown kind or bad parameters. (400 `invalid_job`)
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller may not start this job. (403 `forbidden`)
+    #[error("{0}")]
+    Forbidden(String),
+    /// A referenced resource does not exist. (404 `product_not_found`)
+    #[error("{0}")]
+    NotFound(String),
+    /// The job would exceed the bulk job item limit. (422 `too_many_items`)
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Plans bulk jobs: reads what they cover from the read models and creates the batch.
+#[derive(Clone)]
+pub struct BulkJobs {
+    jobs: Arc<dyn JobQueue>,
+    catalog: ProjectionHandle,
+    orders: ProjectionHandle,
+}
+
+fn text_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, BulkJobError> {
+    params[key]
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| BulkJobError::Invalid(format!("params.{key} must be a non-empty string")))
+}
+
+fn item(kind: &str, payload: Value) -> NewJob {
+    NewJob {
+        max_attempts: ITEM_MAX_ATTEMPTS,
+        ..NewJob::new(SHOP_QUEUE, kind, payload)
+    }
+}
+
+fn too_many(n: usize) -> BulkJobError {
+    BulkJobError::TooLarge(format!(
+        "the job would have more than {} items ({n}); narrow it down",
+        rm::PLAN_MAX_ROWS
+    ))
+}
+
+impl BulkJobs {
+    pub fn new(
+        jobs: Arc<dyn JobQueue>,
+        catalog: ProjectionHandle,
+        orders: ProjectionHandle,
+    ) -> Self {
+        Self {
+            jobs,
+            catalog,
+            orders,
+        }
+    }
+
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.jobs
+    }
+
+    /// Creates a bulk job of `kind` with `params` for `actor`; its items are enqueued at once.
+    pub async fn submit(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        params: Value,
+        now_ms: i64,
+    ) -> Result<Batch, BulkJobError> {
+        let (items, fan_in) = match kind {
+            "reprice_category" => self.plan_reprice(actor, &params).await?,
+            "export_orders" => self.plan_export(actor, &params)?,
+            "notify_buyers" => self.plan_notify(actor, &params).await?,
+            other => {
+                return Err(BulkJobError::Invalid(format!(
+                "unknown job kind {other:?}; one of reprice_category, export_orders, notify_buyers"
+            )))
+            }
+        };
+        let mut params = params;
+        if let Value::Object(m) = &mut params {
+            m.insert("submitted_by".into(), Value::String(actor.user_id.clone()));
+        }
+        let batch = NewBatch {
+            id: uuid::Uuid::now_v7().to_string(),
+            queue: SHOP_QUEUE.into(),
+            kind: kind.into(),
+            params,
+            fan_in: Some(item(&format!("{kind}.finish"), fan_in)),
+        };
+        Ok(self.jobs.create_batch(batch, items, now_ms).await?)
+    }
+
+    async fn plan_reprice(
+        &self,
+        actor: &Actor,
+        params: &Value,
+    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
+        if !actor.has_role("seller") {
+            return Err(BulkJobError::Forbidden(
+                "only sellers reprice their products".into(),
+            ));
+        }
+        let category = text_param(params, "category")?.to_owned();
+        let percent = params["percent"]
+            .as_i64()
+            .filter(|p| (-100..=1000).contains(p) && *p != 0)
+            .ok_or_else(|| {
+                BulkJobError::Invalid(
+                    "params.percent must be a non-zero integer in -100..=1000".into(),
+                )
+            })?;
+        let seller = actor.user_id.clone();
+        let (products, _) = self
+            .catalog
+            .db()
+            .query(move |c| rm::seller_products_in_category(c, &seller, &category))
+            .await?;
+        if products.len() > rm::PLAN_MAX_ROWS as usize {
+            return Err(too_many(products.len()));
+        }
+        let items = products
+            .into_iter()
+            .map(|(id, price)| {
+                // Rounded to the nearest cent, half away from zero, in integers.
+                let scaled = price as i128 * (100 + percent) as i128;
+                let new_price = ((scaled + 50 * scaled.signum()) / 100) as i64;
+                item(
+                    "reprice_category.item",
+                    json!({"product_id": id, "actor_id": actor.user_id, "new_price_minor": new_price}),
+                )
+            })
+            .collect();
+        Ok((items, json!({})))
+    }
+
+    fn plan_export(
+        &self,
+        actor: &Actor,
+        params: &Value,
+    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
+        if !actor.has_role("admin") {
+            return Err(BulkJobError::Forbidden("only admins export orders".into()));
+        }
+        let day = |k: &str| {
+            text_param(params, k).and_then(|s| {
+                ficus_core::time::parse_date(s).ok_or_else(|| {
+                    BulkJobError::Invalid(format!("params.{k} must be a date YYYY-MM-DD"))
+                })
+            })
+        };
+        let (from, to) = (day("from")?, day("to")?);
+        if to < from || to - from >= EXPORT_MAX_DAYS {
+            return Err(BulkJobError::Invalid(format!(
+                "from must not be after to, and the range at most {EXPORT_MAX_DAYS} days"
+            )));
+        }
+        let items = (from..=to)
+            .map(|d| item("export_orders.item", json!({ "day": d })))
+            .collect();
+        Ok((items, json!({ "from_day": from, "to_day": to })))
+    }
+
+    async fn plan_notify(
+        &self,
+        actor: &Actor,
+        params: &Value,
+    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
+        let product_id = text_param(params, "product_id")?.to_owned();
+        let message = text_param(params, "message")?.to_owned();
+        if message.chars().nth(MESSAGE_MAX_CHARS).is_some() {
+            return Err(BulkJobError::Invalid(format!(
+                "params.message must be at most {MESSAGE_MAX_CHARS} characters"
+            )));
+        }
+        let lookup = product_id.clone();
+        let (product, _) = self
+            .catalog
+            .db()
+            .query(move |c| rm::get_product(c, &lookup))
+            .await?;
+        let Some(product) = product.filter(|p| !p.deleted) else {
+            return Err(BulkJobError::NotFound(format!("no product {product_id}")));
+        };
+        if product.seller_id != actor.user_id && !actor.has_role("admin") {
+            return Err(BulkJobError::Forbidden(
+                "only the product's seller or an admin notifies its buyers".into(),
+            ));
+        }
+        let lookup = product_id.clone();
+        let (buyers, _) = self
+            .orders
+            .db()
+            .query(move |c| rm::buyers_of_product(c, &lookup))
+            .await?;
+        if buyers.len() > rm::PLAN_MAX_ROWS as usize {
+            return Err(too_many(buyers.len()));
+        }
+        let items = buyers
+            .into_iter()
+            .map(|customer| {
+                item(
+                    "notify_buyers.item",
+                    json!({"customer_id": customer, "product_id": product_id, "message": message}),
+                )
+            })
+            .collect();
+        Ok((items, json!({})))
+    }
+}
+
+/// Runs the shop's job items and fan-ins.
+pub struct ShopJobHandler {
+    pub shop: Shop,
+    pub store: Arc<dyn EventStore>,
+    pub jobs: Arc<dyn JobQueue>,
+    pub orders: ProjectionHandle,
+    /// Where exports are written.
+    pub export_dir: PathBuf,
+}
+
+fn permanent(e: impl std::fmt::Display) -> JobError {
+    JobError::Permanent(e.to_string())
+}
+
+fn batch_of(job: &Job) -> Result<&str, JobError> {
+    job.batch_id
+        .as_deref()
+        .or_else(|| job.payload["batch_id"].as_str())
+        .ok_or_else(|| permanent("job carries no batch id"))
+}
+
+fn job_metadata(job: &Job, user: Option<&str>) -> Metadata {
+    Metadata {
+        correlation_id: job.batch_id.as_ref().map(|b| format!("job:{b}")),
+        causation_id: Some(format!("job-item:{}", job.id)),
+        user_id: user.map(str::to_owned),
+        extra: Default::default(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the whole new one.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl ShopJobHandler {
+    async fn reprice(&self, job: &Job) -> Result<(), JobError> {
+        let p = &job.payload;
+        let (Some(product), Some(actor), Some(price)) = (
+            p["product_id"].as_str(),
+            p["actor_id"].as_str(),
+            p["new_price_minor"].as_i64(),
+        ) else {
+            return Err(permanent("malformed reprice item"));
+        };
+        let cmd = ProductCommand::UpdatePrice {
+            actor_id: actor.to_owned(),
+            new_price: Money::from_minor(price),
+            at_ms: ficus_store::now_ms(),
+        };
+        match self
+            .shop
+            .product_command(product, cmd, &job_metadata(job, Some(actor)), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A refusal by the rules will not change on retry; a conflict or an outage may.
+            Err(e) if (400..500).contains(&e.status()) && e.status() != 409 => Err(permanent(e)),
+            Err(e) => Err(JobError::Retry(e.to_string())),
+        }
+    }
+
+    fn day_file(&self, batch: &str, day: i64) -> PathBuf {
+        self.export_dir
+            .join(batch)
+            .join(format!("{}.csv", ficus_core::time::format_date(day)))
+    }
+
+    async fn export_day(&self, job: &Job) -> Result<(), JobError> {
+        let batch = batch_of(job)?.to_owned();
+        let day = job.payload["day"]
+            .as_i64()
+            .ok_or_else(|| permanent("malformed export item"))?;
+        let (rows, _) = self
+            .orders
+            .db()
+            .query(move |c| rm::placed_orders_on_day(c, day))
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+        let mut csv = String::new();
+        for o in rows {
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                o.id,
+                o.customer_id,
+                Money::from_minor(o.total_minor).to_decimal_string(),
+                o.currency.unwrap_or_default(),
+                ficus_core::time::format_rfc3339_ms(o.placed_at_ms)
+            ));
+        }
+        let path = self.day_file(&batch, day);
+        tokio::task::spawn_blocking(move || write_atomically(&path, csv.as_bytes()))
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?
+            .map_err(|e| JobError::Retry(e.to_string()))
+    }
+
+    async fn export_finish(&self, job: &Job) -> Result<(), JobError> {
+        let batch = batch_of(job)?.to_owned();
+        let (Some(from), Some(to)) = (
+            job.payload["from_day"].as_i64(),
+            job.payload["to_day"].as_i64(),
+        ) else {
+            return Err(permanent("malformed export fan-in"));
+        };
+        let files: Vec<PathBuf> = (from..=to).map(|d| self.day_file(&batch, d)).collect();
+        let out = self.export_dir.join(format!("{batch}.csv"));
+        let target = out.clone();
+        let rows = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+            let mut all = String::from("order_id,customer_id,total,currency,placed_at\n");
+            // A day whose item died has no file: the export says so by its missing rows, and
+            // the job's counts show the dead item.
+            for f in &files {
+                if let Ok(s) = std::fs::read_to_string(f) {
+                    all.push_str(&s);
+                }
+            }
+            let rows = all.lines().count() - 1;
+            write_atomically(&target, all.as_bytes())?;
+            Ok(rows)
+        })
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+        let result = json!({"path": out.display().to_string(), "rows": rows,
+                            "days_missing": job.payload["dead"]});
+        self.jobs
+            .set_batch_result(&batch, result)
+            .await
+            .map(|_| ())
+            .map_err(|e| JobError::Retry(e.to_string()))
+    }
+
+    async fn notify(&self, job: &Job) -> Result<(), JobError> {
+        let batch = batch_of(job)?;
+        let p = &job.payload;
+        let (Some(customer), Some(product), Some(message)) = (
+            p["customer_id"].as_str(),
+            p["product_id"].as_str(),
+            p["message"].as_str(),
+        ) else {
+            return Err(permanent("malformed notify item"));
+        };
+        let stream =
+            StreamId::new(format!("notification-{batch}-{customer}")).map_err(permanent)?;
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            event_type: EventType::new("CustomerNotified").expect("valid event type"),
+            schema_version: 1,
+            metadata: job_metadata(job, None),
+            payload: json!({"customer_id": customer, "product_id": product, "message": message}),
+        };
+        match self
+            .store
+            .append(&stream, ExpectedVersion::NoStream, vec![event])
+            .await
+        {
+            // Already there: an earlier attempt sent it before its ack was lost.
+            Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
+            Err(e) => Err(JobError::Retry(e.to_string())),
+        }
+    }
+
+    async fn record_counts(&self, job: &Job) -> Result<(), JobError> {
+        let batch = batch_of(job)?;
+        let result = json!({"done": job.payload["done"], "dead": job.payload["dead"]});
+        self.jobs
+            .set_batch_result(batch, result)
+            .await
+            .map(|_| ())
+            .map_err(|e| JobError::Retry(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl JobHandler for ShopJobHandler {
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        match job.kind.as_str() {
+            "reprice_category.item" => self.reprice(job).await,
+            "export_orders.item" => self.export_day(job).await,
+            "export_orders.finish" => self.export_finish(job).await,
+            "notify_buyers.item" => self.notify(job).await,
+            "reprice_category.finish" | "notify_buyers.finish" => self.record_counts(job).await,
+            other => Err(permanent(format!("unknown job kind {other:?}"))),
+        }
+    }
+}
