@@ -54,6 +54,12 @@ enum Command {
             default_value_t = 5000
         )]
         read_your_writes_timeout_ms: u64,
+        /// Lease length of a job item; a worker that dies is replaced after this long.
+        #[arg(long, env = "FICUS_JOB_VISIBILITY_MS", default_value_t = 30_000)]
+        job_visibility_ms: u64,
+        /// Job items of the shop queue running at once.
+        #[arg(long, env = "FICUS_JOB_CONCURRENCY", default_value_t = 16)]
+        job_concurrency: usize,
     },
     /// Start a server, seed the reference domain, drive traffic and show what to look at.
     Demo {
@@ -188,12 +194,16 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_body_bytes,
             read_your_writes_timeout_ms,
+            job_visibility_ms,
+            job_concurrency,
         } => {
             init_logs(cli.log_format, "info");
             let mut cfg = ServerConfig::new(data_dir, listen);
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
+            cfg.shop_pool.visibility = Duration::from_millis(job_visibility_ms.max(100));
+            cfg.shop_pool.concurrency = job_concurrency.max(1);
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
