@@ -3,4 +3,5 @@
 
 pub mod app;
 pub mod bench;
+pub mod client;
 pub mod demo;

@@ -95,11 +95,98 @@ enum Command {
         #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
         data_dir: PathBuf,
     },
+    /// Bulk jobs on a running server.
+    Jobs {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        which: JobsCommand,
+    },
+    /// The dead-letter queue of a running server.
+    Dlq {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        which: DlqCommand,
+    },
     /// Test hooks (not for users).
     #[command(hide = true)]
     Debug {
         #[command(subcommand)]
         which: DebugCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "FICUS_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    url: String,
+    /// A bearer token (see `ficus token`).
+    #[arg(long, env = "FICUS_TOKEN", global = true, default_value = "")]
+    token: String,
+}
+
+impl RemoteArgs {
+    fn remote(self) -> ficus_server::client::Remote {
+        ficus_server::client::Remote {
+            url: self.url,
+            token: self.token,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Submit a bulk job, e.g. `ficus jobs submit reprice_category '{"category":"books","percent":5}'`.
+    Submit {
+        kind: String,
+        /// Parameters as a JSON object.
+        #[arg(default_value = "{}")]
+        params: String,
+        /// Return at once instead of following the job with a progress bar.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show a bulk job; `--wait` follows it with a progress bar.
+    Status {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead jobs with their last error.
+    List {
+        #[arg(default_value = "shop")]
+        queue: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Move dead jobs back to the queue (all, or by --id / --kind).
+    Redrive {
+        #[arg(default_value = "shop")]
+        queue: String,
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Delete dead jobs (all, or by --id / --kind).
+    Purge {
+        #[arg(default_value = "shop")]
+        queue: String,
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -315,6 +402,33 @@ async fn main() -> anyhow::Result<()> {
             let auth = ficus_gateway::Auth::new(secret);
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             println!("{}", app::mint(&auth, &sub, &roles, ttl_secs));
+        }
+        Command::Jobs { remote, which } => {
+            let remote = remote.remote();
+            match which {
+                JobsCommand::Submit {
+                    kind,
+                    params,
+                    no_wait,
+                } => {
+                    let params: serde_json::Value =
+                        serde_json::from_str(&params).context("params must be a JSON object")?;
+                    remote.submit_job(&kind, params, !no_wait).await?;
+                }
+                JobsCommand::Status { id, wait } => remote.job_status(&id, wait).await?,
+            }
+        }
+        Command::Dlq { remote, which } => {
+            let remote = remote.remote();
+            match which {
+                DlqCommand::List { queue, limit } => remote.dlq_list(&queue, limit).await?,
+                DlqCommand::Redrive { queue, ids, kind } => {
+                    remote.dlq_redrive(&queue, &ids, kind.as_deref()).await?
+                }
+                DlqCommand::Purge { queue, ids, kind } => {
+                    remote.dlq_purge(&queue, &ids, kind.as_deref()).await?
+                }
+            }
         }
         Command::Debug { which } => match which {
             DebugCommand::AppendLoop { data_dir, tasks } => append_loop(data_dir, tasks).await?,

@@ -142,3 +142,84 @@ async fn serve_token_and_graceful_sigterm() {
     sigterm(&child);
     assert!(wait_exit(&mut child).success());
 }
+
+fn cli(args: &[&str], url: &str, token: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args(args)
+        .env("FICUS_URL", url)
+        .env("FICUS_TOKEN", token)
+        .output()
+        .expect("run ficus");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_dlq_commands_drive_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = serve(dir.path(), port);
+    wait_ready(&http, &base).await;
+    let seller = token(dir.path(), "sam", "seller");
+    let admin = token(dir.path(), "ada", "admin");
+    for price in [10, 20] {
+        let r = http
+            .post(format!("{base}/v1/products"))
+            .bearer_auth(&seller)
+            .json(&json!({"name": "Atlas", "category": "maps", "price": price, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // Let the catalog catch up so the job sees both products.
+    let r = http
+        .get(format!("{base}/v1/products?category=maps&min_position=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A 60 % cut breaks the rules: both items end in the dead-letter queue.
+    let (ok, out) = cli(
+        &[
+            "jobs",
+            "submit",
+            "reprice_category",
+            r#"{"category":"maps","percent":-60}"#,
+        ],
+        &base,
+        &seller,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("completed_with_failures"), "{out}");
+    let (ok, out) = cli(&["dlq", "list", "shop"], &base, &admin);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("reprice_category.item").count(), 2, "{out}");
+    assert!(
+        out.contains("price"),
+        "the last error names the rule: {out}"
+    );
+    let (ok, out) = cli(
+        &["dlq", "purge", "shop", "--kind", "reprice_category.item"],
+        &base,
+        &admin,
+    );
+    assert!(ok && out.contains("purged: 2"), "{out}");
+    let (ok, out) = cli(&["dlq", "list"], &base, &admin);
+    assert!(ok && out.contains("empty"), "{out}");
+    // Refusals come back as a failing exit with the server's code.
+    let (ok, out) = cli(&["jobs", "submit", "no_such_kind"], &base, &seller);
+    assert!(!ok && out.contains("invalid_job"), "{out}");
+    let (ok, out) = cli(&["dlq", "list"], &base, &seller);
+    assert!(!ok && out.contains("403"), "{out}");
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}

@@ -1,0 +1,173 @@
+//! Operator commands that talk to a running server over its HTTP API: `ficus jobs submit|
+//! status` (with a progress bar) and `ficus dlq list|redrive|purge`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// Where the server is and who is asking.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub url: String,
+    pub token: String,
+}
+
+impl Remote {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut req = http
+            .request(method, format!("{}{path}", self.url.trim_end_matches('/')))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.url))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{} {}: {}",
+                status.as_u16(),
+                body["code"].as_str().unwrap_or("error"),
+                body["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(body)
+    }
+
+    /// Submits a bulk job; with `wait`, follows it with a progress bar until it finishes.
+    pub async fn submit_job(&self, kind: &str, params: Value, wait: bool) -> anyhow::Result<()> {
+        let job = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/jobs",
+                Some(json!({"kind": kind, "params": params})),
+            )
+            .await?;
+        let id = job["id"].as_str().context("job id")?.to_owned();
+        println!("submitted {kind} job {id} with {} items", job["total"]);
+        if wait {
+            self.follow(&id).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Shows a job's status; with `wait`, follows it until it finishes.
+    pub async fn job_status(&self, id: &str, wait: bool) -> anyhow::Result<()> {
+        if wait {
+            return self.follow(id).await;
+        }
+        let job = self
+            .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await?;
+        println!("{}", serde_json::to_string_pretty(&job)?);
+        Ok(())
+    }
+
+    async fn follow(&self, id: &str) -> anyhow::Result<()> {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} items  {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        loop {
+            let job = self
+                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+                .await?;
+            let n = |k: &str| job[k].as_u64().unwrap_or(0);
+            bar.set_length(n("total"));
+            bar.set_position(n("done") + n("dead") + n("cancelled"));
+            bar.set_message(format!("done {} dead {}", n("done"), n("dead")));
+            if job["state"] != "running" {
+                bar.finish();
+                println!("{}", serde_json::to_string_pretty(&job)?);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn dlq_list(&self, queue: &str, limit: u32) -> anyhow::Result<()> {
+        let body = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/queues/{queue}/dead?limit={limit}"),
+                None,
+            )
+            .await?;
+        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+        if jobs.is_empty() {
+            println!("the dead-letter queue of {queue} is empty");
+        }
+        for j in jobs {
+            println!(
+                "{:>8}  {:<28} attempts {}/{}  {}",
+                j["id"],
+                j["kind"].as_str().unwrap_or(""),
+                j["attempts"],
+                j["max_attempts"],
+                j["last_error"].as_str().unwrap_or("")
+            );
+        }
+        Ok(())
+    }
+
+    fn filter(ids: &[i64], kind: Option<&str>) -> Value {
+        let mut f = serde_json::Map::new();
+        if !ids.is_empty() {
+            f.insert("ids".into(), json!(ids));
+        }
+        if let Some(k) = kind {
+            f.insert("kind".into(), json!(k));
+        }
+        Value::Object(f)
+    }
+
+    pub async fn dlq_redrive(
+        &self,
+        queue: &str,
+        ids: &[i64],
+        kind: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let body = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/queues/{queue}/dead/redrive"),
+                Some(Self::filter(ids, kind)),
+            )
+            .await?;
+        println!("redriven: {}", body["redriven"]);
+        Ok(())
+    }
+
+    pub async fn dlq_purge(
+        &self,
+        queue: &str,
+        ids: &[i64],
+        kind: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let body = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/queues/{queue}/dead"),
+                Some(Self::filter(ids, kind)),
+            )
+            .await?;
+        println!("purged: {}", body["purged"]);
+        Ok(())
+    }
+}
