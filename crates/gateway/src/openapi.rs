@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the public HTTP contract, written by hand next to the routes.
 //!
-//! Keep it in step with `lib.rs`, `streams.rs`, `shop.rs` and `queues.rs`: every route
+//! Keep it in step with `lib.rs`, `streams.rs`, `shop.rs`, `bulk.rs` and `queues.rs`: every route
 //! registered there has an operation here, with the query parameters, bodies, headers and
 //! statuses its handler uses.
 //! The unit tests below pin the list of operations and check that every `$ref` resolves.
@@ -48,6 +48,7 @@ fn build() -> Value {
             {"name": "products", "description": "Product commands and catalog queries."},
             {"name": "orders", "description": "Order commands and queries."},
             {"name": "queues", "description": "Job queues, their dead-letter queues and job items (admin)."},
+            {"name": "jobs", "description": "Bulk jobs: submit one, follow its progress and result, cancel it."},
         ],
         "paths": paths(),
         "components": {
@@ -279,6 +280,7 @@ fn paths() -> Value {
         .chain(product_paths())
         .chain(order_paths())
         .chain(queue_paths())
+        .chain(job_paths())
     {
         p.insert(path.to_owned(), item);
     }
@@ -919,6 +921,68 @@ fn queue_paths() -> Vec<(&'static str, Value)> {
     ]
 }
 
+fn job_paths() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/v1/jobs",
+            path_item(vec![(
+                "post",
+                Op::new("submitBulkJob", "jobs", "Submit a bulk job")
+                    .describe("Plans the job from the read models and enqueues its items on the `shop` queue at once, one per product, customer or day; a worker pool runs them and, once every item is done or dead, a final step records the job's `result`. `reprice_category` (seller role): every product of the caller in `category` gets its price changed by `percent`, each through the product's rules (an item the rules refuse goes to the dead-letter queue). `export_orders` (admin role): the placed orders of each UTC day from `from` to `to` (at most 366 days) are joined into one CSV file, whose `path` and `rows` are the result. `notify_buyers` (the product's seller, or an admin): one `CustomerNotified` event per customer who ever ordered `product_id`, in the stream `notification-{job id}-{customer id}`. The planner reads the read models, which may lag the latest writes by a moment.")
+                    .secured()
+                    .body(json_body("SubmitBulkJob", true))
+                    .success(202, success(
+                        "Accepted: the job, `running` while it has items (or already finished when it has none).",
+                        schema_ref("BulkJob"),
+                        &[],
+                    ))
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_job`: an unknown kind, or missing or bad params."),
+                        (403, "`forbidden`: the caller's role may not start this kind of job (or does not own the product)."),
+                        (404, "`product_not_found`: `notify_buyers` names a product that does not exist or was deleted."),
+                        (413, ""),
+                        (415, ""),
+                        (422, "`too_many_items`: the job would have more than 10000 items."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/jobs/{id}",
+            path_item(vec![(
+                "get",
+                Op::new("getBulkJob", "jobs", "Get a bulk job")
+                    .describe("The job's state, item counts, progress and, once its final step ran, its result. Only the caller who submitted it, or an admin, may see it.")
+                    .secured()
+                    .param(param_ref("BulkJobId"))
+                    .success(200, success("The job.", schema_ref("BulkJob"), &[]))
+                    .errors(&[
+                        (404, "`job_not_found`: no such job, or the caller neither submitted it nor is an admin."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/jobs/{id}/cancel",
+            path_item(vec![(
+                "post",
+                Op::new("cancelBulkJob", "jobs", "Cancel a bulk job")
+                    .describe("No body. Removes the job's items that have not started and marks it `cancelled`; items already running finish (and count as done or dead), and no final step runs. A job already finished is answered unchanged. Only the caller who submitted it, or an admin, may cancel it.")
+                    .secured()
+                    .param(param_ref("BulkJobId"))
+                    .success(200, success("The job after the cancellation.", schema_ref("BulkJob"), &[]))
+                    .errors(&[
+                        (404, "`job_not_found`: no such job, or the caller neither submitted it nor is an admin."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // Components
 
@@ -984,6 +1048,13 @@ fn parameters() -> Value {
             "required": true,
             "description": "Queue name: 1-128 bytes. Else 400 `invalid_queue`.",
             "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+        "BulkJobId": {
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "description": "Bulk job id, as answered by `POST /v1/jobs`.",
+            "schema": {"type": "string", "minLength": 1},
         },
         "JobItemId": {
             "name": "id",
@@ -1446,6 +1517,45 @@ fn queue_schemas() -> Value {
             "required": ["purged"],
             "properties": {"purged": {"type": "integer", "minimum": 0}},
         },
+        "SubmitBulkJob": {
+            "type": "object",
+            "required": ["kind"],
+            "additionalProperties": false,
+            "properties": {
+                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers"], "description": "Anything else → 400 `invalid_job`."},
+                "params": {
+                    "type": "object",
+                    "default": {},
+                    "description": "By kind; missing or bad → 400 `invalid_job`. `reprice_category`: `category` (a non-empty string) and `percent` (a non-zero integer in -100..=1000). `export_orders`: `from` and `to` (YYYY-MM-DD, `to` not before `from`, at most 366 days). `notify_buyers`: `product_id` and `message` (a non-empty string of at most 500 characters).",
+                    "examples": [{"category": "books", "percent": 10}, {"from": "2024-01-01", "to": "2024-01-31"}, {"product_id": "0190a5c2-6f1e-7b3a-9d2e-4c5b6a7d8e9f", "message": "Back in stock"}],
+                },
+            },
+        },
+        "BulkJob": {
+            "type": "object",
+            "required": ["id", "kind", "params", "state", "total", "done", "dead", "cancelled", "progress", "created_at", "finished_at", "result"],
+            "properties": {
+                "id": {"type": "string"},
+                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers"]},
+                "params": {"type": "object", "description": "The params submitted, plus `submitted_by` (the caller's user id)."},
+                "state": {
+                    "type": "string",
+                    "enum": ["running", "completed", "completed_with_failures", "cancelled"],
+                    "description": "`running` while items are ready or running; `completed` once every item is done; `completed_with_failures` once every item is done or dead, some dead (in the `shop` dead-letter queue); `cancelled` after a cancellation.",
+                },
+                "total": {"type": "integer", "minimum": 0, "description": "Items in all."},
+                "done": {"type": "integer", "minimum": 0, "description": "Items completed."},
+                "dead": {"type": "integer", "minimum": 0, "description": "Items in the dead-letter queue."},
+                "cancelled": {"type": "integer", "minimum": 0, "description": "Items removed by a cancellation before they ran."},
+                "progress": {"type": "number", "minimum": 0, "maximum": 1, "description": "(done + dead + cancelled) / total; 1 for a job without items."},
+                "created_at": {"type": "string", "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time", "description": "When the job left `running`."},
+                "result": {
+                    "description": "Null until the job's final step ran (shortly after it finished; never for a cancelled job). `reprice_category` and `notify_buyers`: `{done, dead}`. `export_orders`: `{path, rows, days_missing}`: the CSV file (header `order_id,customer_id,total,currency,placed_at`, one row per placed order), its row count, and how many days' items died.",
+                    "type": ["object", "null"],
+                },
+            },
+        },
     })
 }
 
@@ -1483,6 +1593,9 @@ mod tests {
         ("/v1/queues/{name}/dead", &[("get", 200), ("delete", 200)]),
         ("/v1/queues/{name}/dead/redrive", &[("post", 200)]),
         ("/v1/jobs/items/{id}", &[("get", 200)]),
+        ("/v1/jobs", &[("post", 202)]),
+        ("/v1/jobs/{id}", &[("get", 200)]),
+        ("/v1/jobs/{id}/cancel", &[("post", 200)]),
     ];
 
     /// Operations that need no token.
@@ -1638,6 +1751,7 @@ mod tests {
             "Item",
             "Cancel",
             "DeadFilter",
+            "SubmitBulkJob",
         ] {
             assert_eq!(
                 schemas[name]["additionalProperties"], false,

@@ -272,6 +272,39 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (pid, _) = &product_ids[0];
     let (cust, cust_token) = &customers[0];
     let (_, seller_token) = &sellers[0];
+
+    // Fan-out: a bulk job reprices every kitchen product of one seller, item by item, through
+    // the same aggregate rules as a single price change.
+    println!();
+    println!("Bulk job: seller sam raises every kitchen price by 5 %...");
+    let (status, job) = client
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some(seller_token),
+            Some(json!({"kind": "reprice_category", "params": {"category": "kitchen", "percent": 5}})),
+        )
+        .await?;
+    anyhow::ensure!(status == 202, "bulk job refused: {status} {job}");
+    let job_id = job["id"].as_str().context("job id")?.to_owned();
+    let job = loop {
+        let (_, j) = client
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{job_id}"),
+                Some(seller_token),
+                None,
+            )
+            .await?;
+        if j["state"] != "running" {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "  job {job_id}: {} — {} items, {} done, {} dead",
+        job["state"], job["total"], job["done"], job["dead"]
+    );
     println!();
     println!("Done: {} commands, {} queries, {} refused by a business rule (as they should be), {} transport errors.",
         stats.commands.load(Ordering::Relaxed), stats.queries.load(Ordering::Relaxed),
@@ -293,6 +326,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     println!("  curl -N -H \"Authorization: Bearer $ADMIN\" '{base}/v1/subscribe?from_position=1'   # live, Ctrl-C to end");
     println!("  curl -s -H \"Authorization: Bearer $ADMIN\" {base}/v1/projections");
+    println!("  curl -s -H \"Authorization: Bearer $SELLER\" {base}/v1/jobs/{job_id}");
+    println!("  curl -s -H \"Authorization: Bearer $ADMIN\" {base}/v1/queues");
+    println!("  FICUS_URL={base} FICUS_TOKEN=$SELLER cargo run --release -- jobs submit reprice_category '{{\"category\":\"garden\",\"percent\":-10}}'");
     println!("  curl -s {base}/v1/openapi.json");
     if opts.exit_after_traffic {
         running.stop().await?;

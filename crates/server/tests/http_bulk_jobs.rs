@@ -915,5 +915,30 @@ async fn callers_and_input_the_api_refuses() {
     let done = s.wait_job(&job, &s.seller).await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(s.price(&lamp).await, "42.00");
+
+    // `submitted_by` is the caller's, whatever the params say: no one borrows another's job.
+    let r = s
+        .submit(
+            &s.seller2,
+            "reprice_category",
+            json!({"category": "none-of-theirs", "percent": 5, "submitted_by": SELLER}),
+        )
+        .await
+        .ok(202);
+    assert_eq!(r.body["params"]["submitted_by"], SELLER2, "{}", r.text);
+    // A job without items is finished at once, and its final step still runs.
+    assert_eq!(
+        (r.u64("total"), r.body["state"].as_str()),
+        (0, Some("completed")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["progress"], 1.0);
+    let empty = r.string("id");
+    s.get(&format!("/v1/jobs/{empty}"), &s.seller)
+        .await
+        .err(404, "job_not_found");
+    let done = s.wait_job(&empty, &s.seller2).await;
+    assert_eq!(done["result"], json!({"done": 0, "dead": 0}));
     s.stop().await;
 }
