@@ -220,6 +220,8 @@ enum BenchCommand {
         concurrency: usize,
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -332,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
                     slow_jobs,
                     concurrency,
                     latency_samples,
+                    runs,
                     dir,
                     json_out,
                 },
@@ -347,7 +350,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 latency_samples,
             };
-            let out = bench::jobs::run(&dir, &opts).await;
+            let out = bench::jobs::run(&dir, &opts, runs).await;
             if remove {
                 let _ = std::fs::remove_dir_all(&dir);
             }
