@@ -44,8 +44,16 @@ pub trait JobHandler: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub queue: String,
-    /// Jobs running at once.
+    /// Jobs running at once: the pool's starting and smallest size.
     pub concurrency: usize,
+    /// The most jobs running at once. Above `concurrency`, the pool is elastic: it grows
+    /// toward this while every worker is busy and work is waiting, and shrinks back when
+    /// workers sit idle.
+    pub max_concurrency: usize,
+    /// How often the pool reconsiders its size.
+    pub scale_interval: Duration,
+    /// Most job starts per second for this pool (`None`: no limit).
+    pub rate_per_sec: Option<u32>,
     /// Jobs leased ahead into the local buffer (also the lease batch size).
     pub prefetch: usize,
     /// Lease length; running jobs renew it every third of it.
@@ -64,6 +72,9 @@ impl PoolConfig {
         Self {
             queue: queue.into(),
             concurrency: 16,
+            max_concurrency: 16,
+            scale_interval: Duration::from_millis(250),
+            rate_per_sec: None,
             prefetch: 256,
             visibility: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
@@ -82,6 +93,8 @@ pub struct PoolStats {
     pub dead: AtomicU64,
     /// Completions or failures refused because the lease was lost (job ran too long).
     pub lost_leases: AtomicU64,
+    /// The pool's current size (jobs it may run at once).
+    pub workers: AtomicU64,
 }
 
 /// A running pool.
@@ -147,10 +160,33 @@ async fn run(
         shutdown.clone(),
     ));
 
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let min = config.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(min));
+    stats.workers.store(min as u64, Ordering::Relaxed);
+    let scaler = (config.max_concurrency > min).then(|| {
+        tokio::spawn(scale_loop(
+            slots.clone(),
+            waiting.clone(),
+            config.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let mut ticker = config.rate_per_sec.filter(|r| *r > 0).map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r as f64));
+        // After an idle spell, one start at once, not a burst making up for lost ticks.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut running = JoinSet::new();
     let mut seed = 0u64;
     loop {
+        if let Some(t) = ticker.as_mut() {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = t.tick() => {}
+            }
+        }
         let permit = tokio::select! {
             _ = shutdown.wait() => break,
             p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
@@ -188,6 +224,9 @@ async fn run(
     // finish, flush completions.
     let _ = fetcher.await;
     let _ = renewer.await;
+    if let Some(s) = scaler {
+        let _ = s.await;
+    }
     job_rx.close();
     let mut unstarted = Vec::new();
     while let Some(j) = job_rx.recv().await {
@@ -241,6 +280,48 @@ async fn renew_loop(
             }
             Err(e) => tracing::warn!(error = %e, "renewing buffered leases failed"),
         }
+    }
+}
+
+/// Grows the pool (by half its size, up to the maximum) while every worker is busy and jobs
+/// wait in the local buffer; shrinks it (by half its idle workers, down to the minimum) after
+/// two intervals in a row with idle workers and nothing waiting.
+async fn scale_loop(
+    slots: Arc<Semaphore>,
+    waiting: Buffered,
+    config: PoolConfig,
+    stats: Arc<PoolStats>,
+    shutdown: Shutdown,
+) {
+    let (min, max) = (config.concurrency.max(1), config.max_concurrency);
+    let mut size = min;
+    let mut idle_rounds = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(config.scale_interval) => {}
+        }
+        let free = slots.available_permits();
+        let backlog = buffered(&waiting).len();
+        if free == 0 && backlog > 0 && size < max {
+            let add = (size / 2).max(1).min(max - size);
+            slots.add_permits(add);
+            size += add;
+            idle_rounds = 0;
+        } else if free > 0 && backlog == 0 && size > min {
+            idle_rounds += 1;
+            if idle_rounds >= 2 {
+                let remove = (free / 2).max(1).min(size - min);
+                if let Ok(p) = slots.try_acquire_many(remove as u32) {
+                    p.forget();
+                    size -= remove;
+                }
+                idle_rounds = 0;
+            }
+        } else {
+            idle_rounds = 0;
+        }
+        stats.workers.store(size as u64, Ordering::Relaxed);
     }
 }
 

@@ -40,7 +40,11 @@ impl ServerConfig {
             auth_secret: None,
             api: ApiConfig::default(),
             store: SqliteConfig::default(),
-            shop_pool: PoolConfig::new(SHOP_QUEUE),
+            shop_pool: PoolConfig {
+                concurrency: 8,
+                max_concurrency: 64,
+                ..PoolConfig::new(SHOP_QUEUE)
+            },
         }
     }
 }

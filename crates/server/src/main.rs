@@ -57,9 +57,12 @@ enum Command {
         /// Lease length of a job item; a worker that dies is replaced after this long.
         #[arg(long, env = "FICUS_JOB_VISIBILITY_MS", default_value_t = 30_000)]
         job_visibility_ms: u64,
-        /// Job items of the shop queue running at once.
-        #[arg(long, env = "FICUS_JOB_CONCURRENCY", default_value_t = 16)]
+        /// Job items of the shop queue running at once: the pool's smallest size.
+        #[arg(long, env = "FICUS_JOB_CONCURRENCY", default_value_t = 8)]
         job_concurrency: usize,
+        /// The most job items running at once; the pool grows toward it under a backlog.
+        #[arg(long, env = "FICUS_JOB_MAX_CONCURRENCY", default_value_t = 64)]
+        job_max_concurrency: usize,
     },
     /// Start a server, seed the reference domain, drive traffic and show what to look at.
     Demo {
@@ -285,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             read_your_writes_timeout_ms,
             job_visibility_ms,
             job_concurrency,
+            job_max_concurrency,
         } => {
             init_logs(cli.log_format, "info");
             let mut cfg = ServerConfig::new(data_dir, listen);
@@ -293,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
             cfg.shop_pool.visibility = Duration::from_millis(job_visibility_ms.max(100));
             cfg.shop_pool.concurrency = job_concurrency.max(1);
+            cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");

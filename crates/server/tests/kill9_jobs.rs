@@ -31,6 +31,7 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
         .env("FICUS_JOB_VISIBILITY_MS", "1500")
         // Few workers, so the job is still running when the kill comes.
         .env("FICUS_JOB_CONCURRENCY", "2")
+        .env("FICUS_JOB_MAX_CONCURRENCY", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
