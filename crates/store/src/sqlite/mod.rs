@@ -189,9 +189,11 @@ impl SqliteEventStore {
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         // Checkpoints run on their own thread (see checkpointer.rs), not inside commits.
         // The writer's COMMIT only writes WAL frames; the syncer thread makes them durable
-        // before anyone is answered (see writer.rs).
+        // before anyone is answered (see writer.rs). Write ops run in savepoints, whose
+        // sub-journal stays in memory rather than in a temporary file.
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{}; PRAGMA synchronous = OFF;",
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{}; PRAGMA synchronous = OFF;
+             PRAGMA temp_store = MEMORY;",
             config.writer_cache_kib
         ))
         .map_err(unavailable)?;
