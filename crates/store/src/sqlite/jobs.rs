@@ -39,6 +39,37 @@ impl SqliteJobQueue {
         }
     }
 
+    /// Appends `events` to `stream` and enqueues `jobs` in ONE transaction: the jobs exist
+    /// exactly when the events that caused them do.
+    pub async fn append_and_enqueue(
+        &self,
+        stream: &ficus_core::StreamId,
+        expected: ficus_core::ExpectedVersion,
+        events: Vec<ficus_core::NewEvent>,
+        jobs: Vec<NewJob>,
+        now_ms: i64,
+    ) -> Result<(crate::AppendResult, Vec<Enqueued>), StoreError> {
+        validate_jobs(&jobs)?;
+        let encoded: Vec<(NewJob, String)> = jobs
+            .into_iter()
+            .map(|j| {
+                let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
+                (j, p)
+            })
+            .collect();
+        let out = self
+            .store
+            .append_with(stream, expected, events, move |c| {
+                encoded
+                    .iter()
+                    .map(|(j, payload)| insert_job(c, j, payload, now_ms, None))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        self.ready.notify_waiters();
+        Ok(out)
+    }
+
     /// Notified after jobs were enqueued, retried, released or redriven.
     pub fn ready_signal(&self) -> Arc<Notify> {
         self.ready.clone()

@@ -268,6 +268,43 @@ impl SqliteEventStore {
             .expect("a write op answers with its own type"))
     }
 
+    /// Appends `events` and runs `op` in the same transaction: both commit, or neither does
+    /// (a refused expectation skips `op`; an `Err` from `op` undoes the events). This is how a
+    /// command's events and the jobs they cause are written together.
+    pub async fn append_with<T: Send + 'static>(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<(AppendResult, T), StoreError> {
+        validate_batch(&events, self.config.max_append_events)?;
+        let (reply, answer) = oneshot::channel();
+        let op: writer::WriteOp =
+            Box::new(move |c| op(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
+        let msg = WriterMsg::Append {
+            stream: stream.clone(),
+            expected,
+            events: events.into_iter().map(EncodedEvent::new).collect(),
+            also: Some(op),
+            reply,
+        };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| StoreError::Unavailable("event store is shut down".into()))?;
+        let (result, extra) = answer.await.map_err(|_| {
+            StoreError::Unavailable("event store writer stopped before answering".into())
+        })??;
+        let extra = extra.expect("an append with an op answers with the op's result");
+        Ok((
+            result,
+            *extra
+                .downcast::<T>()
+                .expect("a write op answers with its own type"),
+        ))
+    }
+
     /// Runs a read on one of the store's read connections. Sees only committed data, which may
     /// include rows of a batch whose fdatasync is still running.
     pub async fn read<T: Send + 'static>(
@@ -309,15 +346,19 @@ impl EventStore for SqliteEventStore {
             stream: stream.clone(),
             expected,
             events: events.into_iter().map(EncodedEvent::new).collect(),
+            also: None,
             reply,
         };
         self.tx
             .send(msg)
             .await
             .map_err(|_| StoreError::Unavailable("event store is shut down".into()))?;
-        answer.await.map_err(|_| {
-            StoreError::Unavailable("event store writer stopped before answering".into())
-        })?
+        answer
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("event store writer stopped before answering".into())
+            })?
+            .map(|(r, _)| r)
     }
 
     async fn read_stream(

@@ -59,12 +59,19 @@ pub(crate) type WriteOp =
     Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, StoreError> + Send>;
 pub(crate) type OpReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
 
+/// What an append answers: its result, and the result of the write op that shared its
+/// transaction, if one did.
+pub(crate) type Appended = (AppendResult, Option<Box<dyn Any + Send>>);
+
 pub(crate) enum WriterMsg {
     Append {
         stream: StreamId,
         expected: ExpectedVersion,
         events: Vec<EncodedEvent>,
-        reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+        /// Runs right after the events are inserted, in the same savepoint: both commit or
+        /// neither does (e.g. jobs enqueued with the events that caused them).
+        also: Option<WriteOp>,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
     },
     Exec {
         op: WriteOp,
@@ -73,11 +80,11 @@ pub(crate) enum WriterMsg {
     Shutdown(oneshot::Sender<()>),
 }
 
-type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 
 /// A caller waiting for its batch to become durable, with what it will be told.
 enum Answer {
-    Append(Reply, Result<AppendResult, StoreError>),
+    Append(Reply, Result<Appended, StoreError>),
     Exec(OpReply, Result<Box<dyn Any + Send>, StoreError>),
 }
 
@@ -267,7 +274,7 @@ impl Writer {
                 }
             };
             for msg in msgs {
-                let (stream, expected, events, reply) = match msg {
+                let (stream, expected, events, also, reply) = match msg {
                     WriterMsg::Shutdown(s) => {
                         shutdown.push(s);
                         continue;
@@ -290,8 +297,9 @@ impl Writer {
                         stream,
                         expected,
                         events,
+                        also,
                         reply,
-                    } => (stream, expected, events, reply),
+                    } => (stream, expected, events, also, reply),
                 };
                 if failure.is_some() {
                     answers.push(Answer::Append(reply, Ok(dummy())));
@@ -321,6 +329,14 @@ impl Writer {
                     continue;
                 }
                 let first_position = next_position;
+                let committed_before = committed.len();
+                if also.is_some() {
+                    if let Err(err) = tx.execute_batch("SAVEPOINT ficus_append") {
+                        failure = Some(unavailable(err));
+                        answers.push(Answer::Append(reply, Ok(dummy())));
+                        continue;
+                    }
+                }
                 let n = events.len() as u64;
                 for (i, e) in events.into_iter().enumerate() {
                     let version = current + 1 + i as u64;
@@ -352,15 +368,49 @@ impl Writer {
                     });
                     next_position += 1;
                 }
+                if failure.is_some() {
+                    answers.push(Answer::Append(reply, Ok(dummy())));
+                    continue;
+                }
+                let mut extra = None;
+                if let Some(op) = also {
+                    match op(&tx) {
+                        Ok(v) => {
+                            if let Err(err) = tx.execute_batch("RELEASE ficus_append") {
+                                failure = Some(unavailable(err));
+                                answers.push(Answer::Append(reply, Ok(dummy())));
+                                continue;
+                            }
+                            extra = Some(v);
+                        }
+                        Err(refused) => {
+                            // Neither the events nor the op's writes: undo this request only.
+                            if let Err(err) =
+                                tx.execute_batch("ROLLBACK TO ficus_append; RELEASE ficus_append")
+                            {
+                                failure = Some(unavailable(err));
+                                answers.push(Answer::Append(reply, Ok(dummy())));
+                                continue;
+                            }
+                            committed.truncate(committed_before);
+                            next_position = first_position;
+                            answers.push(Answer::Append(reply, Err(refused)));
+                            continue;
+                        }
+                    }
+                }
                 self.versions.insert(stream, current + n);
                 answers.push(Answer::Append(
                     reply,
-                    Ok(AppendResult {
-                        first_version: current + 1,
-                        last_version: current + n,
-                        first_position,
-                        last_position: first_position + n - 1,
-                    }),
+                    Ok((
+                        AppendResult {
+                            first_version: current + 1,
+                            last_version: current + n,
+                            first_position,
+                            last_position: first_position + n - 1,
+                        },
+                        extra,
+                    )),
                 ));
             }
         }
@@ -390,13 +440,14 @@ fn route_unwritten(
 }
 
 /// A placeholder result for a caller that is about to be failed.
-fn dummy() -> AppendResult {
-    AppendResult {
+fn dummy() -> Appended {
+    let nothing = AppendResult {
         first_version: 0,
         last_version: 0,
         first_position: 0,
         last_position: 0,
-    }
+    };
+    (nothing, None)
 }
 
 fn fail_all(answers: Vec<Answer>, e: &StoreError) {
