@@ -8,6 +8,7 @@ mod bulk;
 mod error;
 mod extract;
 mod openapi;
+pub mod proxy;
 mod queues;
 mod shop;
 mod streams;

@@ -101,6 +101,57 @@ impl Remote {
         }
     }
 
+    pub async fn routes_list(&self) -> anyhow::Result<()> {
+        let body = self
+            .call(reqwest::Method::GET, "/v1/admin/routes", None)
+            .await?;
+        for r in body["routes"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "{:<24} {:<28} new {:>3} %  legacy {} req  new {} req",
+                r["name"].as_str().unwrap_or(""),
+                r["path_prefix"].as_str().unwrap_or(""),
+                r["weight_new"],
+                r["stats"]["legacy"]["requests"],
+                r["stats"]["new"]["requests"]
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads a route, changes what was asked, writes it back.
+    pub async fn route_set(
+        &self,
+        name: &str,
+        weight_new: Option<u8>,
+        sticky: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut route = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/admin/routes/{name}"),
+                None,
+            )
+            .await?;
+        if let Some(obj) = route.as_object_mut() {
+            obj.remove("stats");
+            if let Some(w) = weight_new {
+                obj.insert("weight_new".into(), json!(w));
+            }
+            if let Some(s) = sticky {
+                obj.insert("sticky".into(), json!(s));
+            }
+        }
+        let after = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/admin/routes/{name}"),
+                Some(route),
+            )
+            .await?;
+        println!("route {name}: {} % to the new side", after["weight_new"]);
+        Ok(())
+    }
+
     pub async fn dlq_list(&self, queue: &str, limit: u32) -> anyhow::Result<()> {
         let body = self
             .call(

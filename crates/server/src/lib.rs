@@ -5,3 +5,4 @@ pub mod app;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod gateway;

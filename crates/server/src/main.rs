@@ -98,6 +98,24 @@ enum Command {
         #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
         data_dir: PathBuf,
     },
+    /// Run the strangler-fig gateway: a reverse proxy with routes from a TOML file.
+    Gateway {
+        /// The route table; reloaded when it changes.
+        #[arg(long, env = "FICUS_GATEWAY_ROUTES", default_value = "routes.toml")]
+        routes: PathBuf,
+        #[arg(long, env = "FICUS_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the token secret lives when FICUS_AUTH_HS256_SECRET is not set.
+        #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
+        data_dir: PathBuf,
+    },
+    /// Change a route of a running gateway.
+    Routes {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        which: RoutesCommand,
+    },
     /// Bulk jobs on a running server.
     Jobs {
         #[command(flatten)]
@@ -142,6 +160,22 @@ impl RemoteArgs {
             token: self.token,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// List routes with their weights and counters.
+    List,
+    /// Change a route: e.g. `ficus routes set products --weight-new 10` (0 rolls back).
+    Set {
+        name: String,
+        /// Percent of traffic on the new side.
+        #[arg(long)]
+        weight_new: Option<u8>,
+        /// `header:NAME`, `cookie:NAME` or `user`.
+        #[arg(long)]
+        sticky: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -410,6 +444,29 @@ async fn main() -> anyhow::Result<()> {
             let auth = ficus_gateway::Auth::new(secret);
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             println!("{}", app::mint(&auth, &sub, &roles, ttl_secs));
+        }
+        Command::Gateway {
+            routes,
+            listen,
+            data_dir,
+        } => {
+            init_logs(cli.log_format, "info");
+            let secret = app::resolve_secret(&data_dir, std::env::var(SECRET_ENV).ok().as_deref())?;
+            let auth = std::sync::Arc::new(ficus_gateway::Auth::new(secret));
+            let running = ficus_server::gateway::start(routes, listen, auth).await?;
+            shutdown_signal().await;
+            running.stop().await?;
+        }
+        Command::Routes { remote, which } => {
+            let remote = remote.remote();
+            match which {
+                RoutesCommand::List => remote.routes_list().await?,
+                RoutesCommand::Set {
+                    name,
+                    weight_new,
+                    sticky,
+                } => remote.route_set(&name, weight_new, sticky).await?,
+            }
         }
         Command::Jobs { remote, which } => {
             let remote = remote.remote();

@@ -1,0 +1,272 @@
+//! The gateway's route table: upstreams and routes, read from a TOML file (or set through the
+//! admin API), validated as a whole before it replaces the running table.
+//!
+//! ```toml
+//! [upstreams]
+//! legacy = "http://127.0.0.1:8081"
+//! query = "http://127.0.0.1:7070"
+//! command = "http://127.0.0.1:7070"
+//!
+//! [[routes]]
+//! name = "products"
+//! path_prefix = "/api/products"     # matched on whole segments
+//! methods = ["GET", "POST"]         # optional; all methods when absent
+//! legacy = "legacy"
+//! new_reads = "query"               # GET/HEAD go here when routed to the new side
+//! new_writes = "command"            # POST/PUT/PATCH/DELETE go here
+//! new_prefix = "/v1/products"       # path rewrite on the new side (old URLs keep working)
+//! weight_new = 10                   # percent of traffic on the new side (0 = rollback)
+//! sticky = "header:x-user-id"       # or "cookie:uid", "user" (the bearer token's sub)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Most routes a table may hold.
+pub const MAX_ROUTES: usize = 1000;
+/// Most upstreams a table may hold.
+pub const MAX_UPSTREAMS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Taken from the URL when set through the admin API.
+    #[serde(default)]
+    pub name: String,
+    pub path_prefix: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Upstream serving the legacy side.
+    pub legacy: String,
+    /// Upstream for reads (GET/HEAD) on the new side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_reads: Option<String>,
+    /// Upstream for writes on the new side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_writes: Option<String>,
+    /// Replaces `path_prefix` in paths sent to the new side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_prefix: Option<String>,
+    /// Replaces `path_prefix` in paths sent to the legacy side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_prefix: Option<String>,
+    /// Percent of traffic sent to the new side, 0..=100.
+    #[serde(default)]
+    pub weight_new: u8,
+    /// What keeps one client on one side: `header:NAME`, `cookie:NAME` or `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+    /// Longest an upstream may take to answer, ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Upstream name → base URL (`http://host:port`, optionally with a path prefix).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, String>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// What keeps a client on one side of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+    User,
+}
+
+impl Sticky {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(Sticky::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if !name.is_empty() => Ok(Sticky::Cookie(name.to_owned())),
+            None if s == "user" => Ok(Sticky::User),
+            _ => Err(format!(
+                "sticky must be \"header:NAME\", \"cookie:NAME\" or \"user\", not {s:?}"
+            )),
+        }
+    }
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+impl GatewayConfig {
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: GatewayConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the gateway config serializes")
+    }
+
+    /// Checks the table as a whole: every name is unique and every reference resolves.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.routes.len() > MAX_ROUTES || self.upstreams.len() > MAX_UPSTREAMS {
+            return Err(format!(
+                "at most {MAX_ROUTES} routes and {MAX_UPSTREAMS} upstreams"
+            ));
+        }
+        for (name, url) in &self.upstreams {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| format!("upstream {name}: {url:?} is not a URL: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(format!("upstream {name}: {url:?} must be http://host:port"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.routes {
+            r.validate(&self.upstreams)?;
+            if !seen.insert(&r.name) {
+                return Err(format!("route {} is defined twice", r.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RouteConfig {
+    pub fn validate(&self, upstreams: &BTreeMap<String, String>) -> Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "route name {n:?} must be 1-64 of A-Z a-z 0-9 - _ ."
+            ));
+        }
+        for p in [
+            Some(&self.path_prefix),
+            self.new_prefix.as_ref(),
+            self.legacy_prefix.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !p.starts_with('/') || p.contains(['?', '#']) {
+                return Err(format!("route {n}: {p:?} must be a path starting with /"));
+            }
+        }
+        for m in &self.methods {
+            if !METHODS.contains(&m.as_str()) {
+                return Err(format!("route {n}: unknown method {m:?}"));
+            }
+        }
+        if self.weight_new > 100 {
+            return Err(format!("route {n}: weight_new is a percent, 0..=100"));
+        }
+        for u in [
+            Some(&self.legacy),
+            self.new_reads.as_ref(),
+            self.new_writes.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !upstreams.contains_key(u) {
+                return Err(format!("route {n}: no upstream named {u:?}"));
+            }
+        }
+        if self.weight_new > 0 && self.new_reads.is_none() && self.new_writes.is_none() {
+            return Err(format!(
+                "route {n}: weight_new > 0 needs new_reads or new_writes"
+            ));
+        }
+        if let Some(s) = &self.sticky {
+            Sticky::parse(s).map_err(|e| format!("route {n}: {e}"))?;
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return Err(format!("route {n}: timeout_ms must be 1..=600000"));
+        }
+        Ok(())
+    }
+
+    /// Whether `path` falls under this route's prefix, on whole segments.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let p = self.path_prefix.trim_end_matches('/');
+        p.is_empty()
+            || path == p
+            || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+
+    pub fn matches_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [upstreams]
+        legacy = "http://127.0.0.1:8081"
+        query = "http://127.0.0.1:7070"
+
+        [[routes]]
+        name = "products"
+        path_prefix = "/api/products"
+        legacy = "legacy"
+        new_reads = "query"
+        new_prefix = "/v1/products"
+        weight_new = 10
+        sticky = "header:X-User"
+    "#;
+
+    #[test]
+    fn parses_validates_and_round_trips() {
+        let cfg = GatewayConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(cfg.routes[0].weight_new, 10);
+        assert_eq!(cfg.routes[0].timeout_ms, 30_000);
+        assert_eq!(GatewayConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
+        assert_eq!(
+            Sticky::parse("header:X-User"),
+            Ok(Sticky::Header("x-user".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_broken_tables() {
+        for (bad, why) in [
+            (EXAMPLE.replace("weight_new = 10", "weight_new = 101"), "percent"),
+            (EXAMPLE.replace("new_reads = \"query\"", "new_reads = \"nope\""), "no upstream"),
+            (EXAMPLE.replace("header:X-User", "ip"), "sticky"),
+            (EXAMPLE.replace("http://127.0.0.1:8081", "ftp://x"), "http://"),
+            (EXAMPLE.replace("/api/products\"", "api\""), "starting with /"),
+            (format!("{EXAMPLE}\nbogus = 1"), "unknown field"),
+            (
+                format!("{EXAMPLE}\n[[routes]]\nname = \"products\"\npath_prefix = \"/x\"\nlegacy = \"legacy\""),
+                "twice",
+            ),
+        ] {
+            let err = GatewayConfig::from_toml(&bad).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let cfg = GatewayConfig::from_toml(EXAMPLE).unwrap();
+        let r = &cfg.routes[0];
+        assert!(r.matches_path("/api/products"));
+        assert!(r.matches_path("/api/products/7"));
+        assert!(!r.matches_path("/api/productsX"));
+        assert!(!r.matches_path("/api"));
+    }
+}

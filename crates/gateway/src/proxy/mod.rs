@@ -1,0 +1,569 @@
+//! The strangler-fig façade: a reverse proxy that sends each request to the legacy system or
+//! to the new (CQRS) side, route by route, by weight, keeping each client on one side.
+//!
+//! The route table is swapped whole (an `Arc` behind a lock), so a reload never drops or
+//! stalls a request in flight: it keeps the table it started with.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::{json, Value};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams};
+use config::{GatewayConfig, RouteConfig, Sticky};
+
+/// Idle keep-alive connections kept per upstream host.
+pub const POOL_IDLE_PER_HOST: usize = 256;
+/// Header naming the side a proxied answer came from.
+pub const TARGET_HEADER: &str = "ficus-target";
+/// Header naming the route that matched.
+pub const ROUTE_HEADER: &str = "ficus-route";
+
+/// Latency histogram bucket bounds, ms (the last bucket is everything above).
+const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+/// Counters of one side of one route.
+#[derive(Default)]
+pub struct SideStats {
+    pub requests: AtomicU64,
+    /// 5xx answers and transport failures.
+    pub errors: AtomicU64,
+    pub latency_us_total: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+}
+
+impl SideStats {
+    fn record(&self, elapsed: Duration, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        self.latency_us_total.fetch_add(us, Ordering::Relaxed);
+        let ms = us / 1000;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms < *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn json(&self) -> Value {
+        let n = self.requests.load(Ordering::Relaxed);
+        let mut buckets = serde_json::Map::new();
+        for (i, b) in self.buckets.iter().enumerate() {
+            let label = LATENCY_BUCKETS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |ms| format!("{ms}"));
+            buckets.insert(format!("le_{label}_ms"), b.load(Ordering::Relaxed).into());
+        }
+        json!({
+            "requests": n,
+            "errors": self.errors.load(Ordering::Relaxed),
+            "latency_ms_mean": if n == 0 { 0.0 } else {
+                self.latency_us_total.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+            },
+            "latency_buckets": buckets,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct RouteStats {
+    pub legacy: SideStats,
+    pub new: SideStats,
+}
+
+/// The running route table: config plus its parsed pieces.
+pub struct RouteTable {
+    pub config: GatewayConfig,
+    upstreams: HashMap<String, Uri>,
+    sticky: Vec<Option<Sticky>>,
+}
+
+impl RouteTable {
+    pub fn new(config: GatewayConfig) -> Result<Self, String> {
+        config.validate()?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(k, v)| (k.clone(), v.parse().expect("validated URL")))
+            .collect();
+        let sticky = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.sticky
+                    .as_deref()
+                    .map(|s| Sticky::parse(s).expect("validated"))
+            })
+            .collect();
+        Ok(Self {
+            config,
+            upstreams,
+            sticky,
+        })
+    }
+}
+
+/// Where the table comes from and goes to.
+pub struct Gateway {
+    table: RwLock<Arc<RouteTable>>,
+    stats: RwLock<HashMap<String, Arc<RouteStats>>>,
+    client: Client<HttpConnector, Body>,
+    /// The TOML file the table is read from and saved to, if any.
+    file: Option<PathBuf>,
+    file_mtime: RwLock<Option<SystemTime>>,
+    auth: Arc<Auth>,
+}
+
+/// Which side served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    New,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::New => "new",
+        }
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1) and are not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        file: Option<PathBuf>,
+        auth: Arc<Auth>,
+    ) -> Result<Self, String> {
+        let table = RouteTable::new(config)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let mtime = file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        Ok(Self {
+            table: RwLock::new(Arc::new(table)),
+            stats: RwLock::new(HashMap::new()),
+            client,
+            file,
+            file_mtime: RwLock::new(mtime),
+            auth,
+        })
+    }
+
+    /// Loads the table from a TOML file.
+    pub fn from_file(file: PathBuf, auth: Arc<Auth>) -> Result<Self, String> {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let cfg = GatewayConfig::from_toml(&text)?;
+        Self::new(cfg, Some(file), auth)
+    }
+
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn route_stats(&self, name: &str) -> Arc<RouteStats> {
+        if let Some(s) = self
+            .stats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.stats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Replaces the whole table (validated first); requests in flight keep the old one.
+    pub fn replace(&self, config: GatewayConfig) -> Result<(), String> {
+        let table = Arc::new(RouteTable::new(config)?);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(())
+    }
+
+    /// Re-reads the file if it changed since the last read. A broken file leaves the running
+    /// table in place (and says why).
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+        if mtime == *self.file_mtime.read().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(false);
+        }
+        *self.file_mtime.write().unwrap_or_else(|p| p.into_inner()) = mtime;
+        let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+        self.replace(GatewayConfig::from_toml(&text)?)?;
+        Ok(true)
+    }
+
+    /// Writes the running table back to its file (atomically), so a restart keeps changes
+    /// made through the admin API.
+    fn save(&self, config: &GatewayConfig) -> Result<(), String> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let tmp = file.with_extension("toml.tmp");
+        std::fs::write(&tmp, config.to_toml()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, file).map_err(|e| e.to_string())?;
+        let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+        *self.file_mtime.write().unwrap_or_else(|p| p.into_inner()) = mtime;
+        Ok(())
+    }
+
+    /// The sticky key of a request, if its route has one and the request carries it.
+    fn sticky_key(&self, sticky: &Sticky, req: &Request) -> Option<String> {
+        match sticky {
+            Sticky::Header(name) => req
+                .headers()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Sticky::Cookie(name) => req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned()),
+            Sticky::User => {
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)?
+                    .to_str()
+                    .ok()?
+                    .split_once(' ')
+                    .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))?
+                    .1;
+                let now = ficus_store::now_ms() / 1000;
+                self.auth.verify(token.trim(), now).ok().map(|c| c.sub)
+            }
+        }
+    }
+
+    /// Picks a side: the new side for `weight_new` percent of clients. With a sticky key the
+    /// choice is a hash of route and key, so a client stays on its side while the weight
+    /// holds, and moves only one way as the weight grows.
+    fn choose(&self, route: &RouteConfig, sticky: Option<&Sticky>, req: &Request) -> Side {
+        match route.weight_new {
+            0 => return Side::Legacy,
+            100 => return Side::New,
+            _ => {}
+        }
+        let point = match sticky.and_then(|s| self.sticky_key(s, req)) {
+            Some(key) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                route.name.hash(&mut h);
+                key.hash(&mut h);
+                h.finish() % 100
+            }
+            None => rand::random::<u64>() % 100,
+        };
+        if point < route.weight_new as u64 {
+            Side::New
+        } else {
+            Side::Legacy
+        }
+    }
+
+    /// Proxies one request.
+    pub async fn handle(&self, req: Request) -> Response {
+        let table = self.table();
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let Some((i, route)) = table
+            .config
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches_path(&path) && r.matches_method(method.as_str()))
+        else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no route for {method} {path}"),
+            );
+        };
+        let mut side = self.choose(route, table.sticky[i].as_ref(), &req);
+        // CQRS routing: reads to the query side, writes to the command side.
+        let new_upstream = if is_read(&method) {
+            route.new_reads.as_ref().or(route.new_writes.as_ref())
+        } else {
+            route.new_writes.as_ref().or(route.new_reads.as_ref())
+        };
+        let (upstream, prefix) = match (side, new_upstream) {
+            (Side::New, Some(u)) => (u, route.new_prefix.as_ref()),
+            _ => {
+                side = Side::Legacy;
+                (&route.legacy, route.legacy_prefix.as_ref())
+            }
+        };
+        let base = &table.upstreams[upstream];
+        let rest = path
+            .strip_prefix(route.path_prefix.trim_end_matches('/'))
+            .unwrap_or(&path);
+        let new_path = match prefix {
+            Some(p) => format!("{}{rest}", p.trim_end_matches('/')),
+            None => path.clone(),
+        };
+        let base_path = base.path().trim_end_matches('/');
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let uri = format!(
+            "http://{}{base_path}{new_path}{query}",
+            base.authority().expect("validated authority")
+        );
+        let uri: Uri = match uri.parse() {
+            Ok(u) => u,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()),
+        };
+        let (mut parts, body) = req.into_parts();
+        let client_addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        parts.uri = uri;
+        parts.version = axum::http::Version::HTTP_11;
+        for h in HOP_BY_HOP {
+            parts.headers.remove(*h);
+        }
+        parts.headers.remove(header::HOST);
+        if let Some(ip) = client_addr {
+            let xff = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+        }
+        let stats = self.route_stats(&route.name);
+        let side_stats = match side {
+            Side::Legacy => &stats.legacy,
+            Side::New => &stats.new,
+        };
+        let started = Instant::now();
+        let timeout = Duration::from_millis(route.timeout_ms);
+        let outcome = tokio::time::timeout(
+            timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let mut resp = match outcome {
+            Ok(Ok(resp)) => {
+                side_stats.record(started.elapsed(), resp.status().is_server_error());
+                let (mut parts, body) = resp.into_parts();
+                for h in HOP_BY_HOP {
+                    parts.headers.remove(*h);
+                }
+                Response::from_parts(parts, Body::new(body))
+            }
+            Ok(Err(e)) => {
+                side_stats.record(started.elapsed(), true);
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    format!("upstream {upstream} failed: {e}"),
+                )
+            }
+            Err(_) => {
+                side_stats.record(started.elapsed(), true);
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!(
+                        "upstream {upstream} did not answer within {} ms",
+                        route.timeout_ms
+                    ),
+                )
+            }
+        };
+        let h = resp.headers_mut();
+        h.insert(
+            HeaderName::from_static(TARGET_HEADER),
+            HeaderValue::from_static(side.as_str()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&route.name) {
+            h.insert(HeaderName::from_static(ROUTE_HEADER), v);
+        }
+        resp
+    }
+
+    /// Routes, weights and counters, for the admin API.
+    pub fn describe(&self) -> Value {
+        let table = self.table();
+        let routes: Vec<Value> = table
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                let stats = self.route_stats(&r.name);
+                let mut v = serde_json::to_value(r).expect("routes serialize");
+                v["stats"] = json!({"legacy": stats.legacy.json(), "new": stats.new.json()});
+                v
+            })
+            .collect();
+        json!({"upstreams": table.config.upstreams, "routes": routes})
+    }
+
+    /// Sets (adds or replaces) one route, validates the whole table, swaps it in and saves it.
+    pub fn set_route(&self, route: RouteConfig) -> Result<(), String> {
+        let mut config = self.table().config.clone();
+        match config.routes.iter_mut().find(|r| r.name == route.name) {
+            Some(r) => *r = route,
+            None => config.routes.push(route),
+        }
+        self.replace(config.clone())?;
+        self.save(&config)
+    }
+}
+
+/// Polls the route file and swaps in a changed, valid table, until `shutdown`.
+pub async fn watch_file(gw: Arc<Gateway>, every: Duration, shutdown: ficus_runtime::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match gw.reload_if_changed() {
+            Ok(true) => tracing::info!("route table reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "route file is invalid; keeping the running table")
+            }
+        }
+    }
+}
+
+/// The gateway's own endpoints plus the proxy as the fallback for everything else.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/admin/routes", get(list_routes))
+        .route("/v1/admin/routes/{name}", get(get_route).put(put_route))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "up"})) }),
+        )
+        .fallback(proxy)
+        .with_state(gw)
+}
+
+async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    gw.handle(req).await
+}
+
+/// The admin caller: a bearer token with the admin role.
+fn require_admin(gw: &Gateway, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+    let claims = gw
+        .auth
+        .verify(token, ficus_store::now_ms() / 1000)
+        .map_err(|e| unauthorized(&e.to_string()))?;
+    if claims.roles.iter().any(|r| r == "admin") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this needs the admin role"))
+    }
+}
+
+async fn list_routes(
+    State(gw): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    Ok(Json(gw.describe()))
+}
+
+async fn get_route(
+    State(gw): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let all = gw.describe();
+    all["routes"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == name.as_str()))
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("route_not_found", format!("no route {name}")))
+}
+
+async fn put_route(
+    State(gw): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
+    PathParams(name): PathParams<String>,
+    JsonBody(mut route): JsonBody<RouteConfig>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    route.name = name.clone();
+    gw.set_route(route)
+        .map_err(|m| ApiError::bad_request("invalid_route", m))?;
+    get_route(State(gw), headers, PathParams(name)).await
+}
