@@ -60,11 +60,37 @@ pub struct RouteConfig {
     /// Longest an upstream may take to answer, ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Shadow mode: requests served by the legacy side are also sent to the new side and the
+    /// two answers compared (the new side's answer is never served).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// JSON fields left out of the comparison: a key name anywhere (`updated_at`) or a dotted
+    /// path from the top (`order.id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_ignore: Vec<String>,
+    /// Response headers compared (lower-case names); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_headers: Vec<String>,
+    /// A second legacy instance: what differs between the two legacy answers is noise and
+    /// is not counted as a mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_twin: Option<String>,
+    /// Largest request or response body copied for a comparison; larger ones are served but
+    /// not shadowed.
+    #[serde(default = "default_shadow_body_limit")]
+    pub shadow_body_limit: usize,
 }
 
 fn default_timeout_ms() -> u64 {
     30_000
 }
+
+fn default_shadow_body_limit() -> usize {
+    1024 * 1024
+}
+
+/// Largest `shadow_body_limit` accepted.
+pub const MAX_SHADOW_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +201,7 @@ impl RouteConfig {
             Some(&self.legacy),
             self.new_reads.as_ref(),
             self.new_writes.as_ref(),
+            self.legacy_twin.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -186,6 +213,14 @@ impl RouteConfig {
         if self.weight_new > 0 && self.new_reads.is_none() && self.new_writes.is_none() {
             return Err(format!(
                 "route {n}: weight_new > 0 needs new_reads or new_writes"
+            ));
+        }
+        if self.shadow && self.new_reads.is_none() && self.new_writes.is_none() {
+            return Err(format!("route {n}: shadow needs new_reads or new_writes"));
+        }
+        if self.shadow_body_limit > MAX_SHADOW_BODY_BYTES {
+            return Err(format!(
+                "route {n}: shadow_body_limit is at most {MAX_SHADOW_BODY_BYTES} bytes"
             ));
         }
         if let Some(s) = &self.sticky {

@@ -5,6 +5,8 @@
 //! stalls a request in flight: it keeps the table it started with.
 
 pub mod config;
+pub mod diff;
+pub mod shadow;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -22,6 +24,7 @@ use axum::{Json, Router};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -88,6 +91,138 @@ impl SideStats {
 pub struct RouteStats {
     pub legacy: SideStats,
     pub new: SideStats,
+    pub shadow: shadow::ShadowStats,
+}
+
+/// The URI of `path` on `upstream`, with the route's prefix swapped for the side's.
+fn target_uri(
+    table: &RouteTable,
+    route: &RouteConfig,
+    upstream: &str,
+    side: Side,
+    path: &str,
+    query: &str,
+) -> Result<Uri, String> {
+    let base = &table.upstreams[upstream];
+    let prefix = match side {
+        Side::New => route.new_prefix.as_ref(),
+        Side::Legacy => route.legacy_prefix.as_ref(),
+    };
+    let rest = path
+        .strip_prefix(route.path_prefix.trim_end_matches('/'))
+        .unwrap_or(path);
+    let new_path = match prefix {
+        Some(p) => format!("{}{rest}", p.trim_end_matches('/')),
+        None => path.to_owned(),
+    };
+    let base_path = base.path().trim_end_matches('/');
+    format!(
+        "http://{}{base_path}{new_path}{query}",
+        base.authority().expect("validated authority")
+    )
+    .parse()
+    .map_err(|e: axum::http::uri::InvalidUri| e.to_string())
+}
+
+/// The response headers a route compares, lower-case, in the route's order.
+fn chosen_headers(headers: &axum::http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let n = n.to_ascii_lowercase();
+            headers
+                .get(n.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (n.clone(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// A prepared comparison: the copies to send and what to compare.
+struct ShadowJob {
+    client: Client<HttpConnector, Body>,
+    shadow: Option<Request>,
+    twin: Option<Request>,
+    ignore: Vec<String>,
+    headers: Vec<String>,
+    limit: usize,
+    timeout: Duration,
+    path: String,
+    /// Holds one of the bounded comparison slots until the job ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Sends one copy and reads its answer, within the route's timeout and body limit.
+async fn fetch_copy(
+    client: &Client<HttpConnector, Body>,
+    req: Option<Request>,
+    timeout: Duration,
+    limit: usize,
+    headers: &[String],
+) -> Option<diff::Answer> {
+    let req = req?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    let limited = http_body_util::Limited::new(body, limit);
+    let bytes = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited))
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    Some(diff::Answer {
+        status: parts.status.as_u16(),
+        headers: chosen_headers(&parts.headers, headers),
+        body: bytes.to_vec(),
+    })
+}
+
+impl ShadowJob {
+    /// Sends the copies, waits for the primary's body, compares, records. Runs off the
+    /// request path: nothing here can delay or fail the primary answer.
+    async fn run(
+        self,
+        mut primary: diff::Answer,
+        primary_body: oneshot::Receiver<Option<Vec<u8>>>,
+        stats: Arc<RouteStats>,
+    ) {
+        let ShadowJob {
+            client,
+            shadow: shadow_req,
+            twin: twin_req,
+            ignore,
+            headers,
+            limit,
+            timeout,
+            path,
+            _permit,
+        } = self;
+        let wants_twin = twin_req.is_some();
+        let (shadow, twin) = tokio::join!(
+            fetch_copy(&client, shadow_req, timeout, limit, &headers),
+            fetch_copy(&client, twin_req, timeout, limit, &headers)
+        );
+        let Some(shadow) = shadow else {
+            stats.shadow.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if wants_twin && twin.is_none() {
+            stats.shadow.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match tokio::time::timeout(timeout, primary_body).await {
+            Ok(Ok(Some(body))) => primary.body = body,
+            // The client went away, or the body was over the limit: nothing to compare.
+            _ => {
+                stats.shadow.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let (diffs, noise) = shadow::compare(&primary, &shadow, twin.as_ref(), &ignore);
+        stats.shadow.record(&path, &diffs, &noise);
+    }
 }
 
 /// The running route table: config plus its parsed pieces.
@@ -127,6 +262,8 @@ pub struct Gateway {
     table: RwLock<Arc<RouteTable>>,
     stats: RwLock<HashMap<String, Arc<RouteStats>>>,
     client: Client<HttpConnector, Body>,
+    /// Comparisons in flight; past the limit, shadows are skipped.
+    shadow_slots: Arc<tokio::sync::Semaphore>,
     /// The TOML file the table is read from and saved to, if any.
     file: Option<PathBuf>,
     file_mtime: RwLock<Option<SystemTime>>,
@@ -189,6 +326,7 @@ impl Gateway {
             table: RwLock::new(Arc::new(table)),
             stats: RwLock::new(HashMap::new()),
             client,
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(shadow::MAX_SHADOWS_IN_FLIGHT)),
             file,
             file_mtime: RwLock::new(mtime),
             auth,
@@ -343,34 +481,21 @@ impl Gateway {
         } else {
             route.new_writes.as_ref().or(route.new_reads.as_ref())
         };
-        let (upstream, prefix) = match (side, new_upstream) {
-            (Side::New, Some(u)) => (u, route.new_prefix.as_ref()),
+        let upstream = match (side, new_upstream) {
+            (Side::New, Some(u)) => u,
             _ => {
                 side = Side::Legacy;
-                (&route.legacy, route.legacy_prefix.as_ref())
+                &route.legacy
             }
         };
-        let base = &table.upstreams[upstream];
-        let rest = path
-            .strip_prefix(route.path_prefix.trim_end_matches('/'))
-            .unwrap_or(&path);
-        let new_path = match prefix {
-            Some(p) => format!("{}{rest}", p.trim_end_matches('/')),
-            None => path.clone(),
-        };
-        let base_path = base.path().trim_end_matches('/');
         let query = req
             .uri()
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let uri = format!(
-            "http://{}{base_path}{new_path}{query}",
-            base.authority().expect("validated authority")
-        );
-        let uri: Uri = match uri.parse() {
+        let uri = match target_uri(&table, route, upstream, side, &path, &query) {
             Ok(u) => u,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_path", e),
         };
         let (mut parts, body) = req.into_parts();
         let client_addr = parts
@@ -397,6 +522,26 @@ impl Gateway {
             }
         }
         let stats = self.route_stats(&route.name);
+
+        // Shadow mode: the legacy answer is served, a copy goes to the new side.
+        let mut body = body;
+        let mut shadow_job = None;
+        if side == Side::Legacy && route.shadow {
+            match self
+                .prepare_shadow(&table, route, new_upstream, &parts, body, &path, &query)
+                .await
+            {
+                Ok((primary_body, job)) => {
+                    body = primary_body;
+                    shadow_job = job;
+                }
+                Err(resp) => return resp,
+            }
+            if shadow_job.is_none() {
+                stats.shadow.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
         let side_stats = match side {
             Side::Legacy => &stats.legacy,
             Side::New => &stats.new,
@@ -415,7 +560,20 @@ impl Gateway {
                 for h in HOP_BY_HOP {
                     parts.headers.remove(*h);
                 }
-                Response::from_parts(parts, Body::new(body))
+                match shadow_job {
+                    Some(job) => {
+                        let head = diff::Answer {
+                            status: parts.status.as_u16(),
+                            headers: chosen_headers(&parts.headers, &route.shadow_headers),
+                            body: Vec::new(),
+                        };
+                        let (tx, rx) = oneshot::channel();
+                        let tee = shadow::Tee::new(body, route.shadow_body_limit, tx);
+                        tokio::spawn(job.run(head, rx, stats.clone()));
+                        Response::from_parts(parts, Body::new(tee))
+                    }
+                    None => Response::from_parts(parts, Body::new(body)),
+                }
             }
             Ok(Err(e)) => {
                 side_stats.record(started.elapsed(), true);
@@ -448,6 +606,85 @@ impl Gateway {
         resp
     }
 
+    /// Buffers the request body (only when its length is known and within the limit) and
+    /// prepares the copies for the new side and the legacy twin. The primary gets the same
+    /// bytes. `Ok((body, None))`: not shadowed, the body is passed on untouched.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_shadow(
+        &self,
+        table: &RouteTable,
+        route: &RouteConfig,
+        new_upstream: Option<&String>,
+        parts: &axum::http::request::Parts,
+        body: Body,
+        path: &str,
+        query: &str,
+    ) -> Result<(Body, Option<ShadowJob>), Response> {
+        let Some(new_upstream) = new_upstream else {
+            return Ok((body, None));
+        };
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let fits = match length {
+            Some(n) => n <= route.shadow_body_limit,
+            // No length: only a bodiless read can be copied without buffering the unknown.
+            None => {
+                is_read(&parts.method) && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            }
+        };
+        if !fits {
+            return Ok((body, None));
+        }
+        let Ok(permit) = self.shadow_slots.clone().try_acquire_owned() else {
+            return Ok((body, None));
+        };
+        let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            body,
+            route.shadow_body_limit,
+        ))
+        .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("reading the request body: {e}"),
+                ))
+            }
+        };
+        let copy = |upstream: &String, side: Side| -> Option<Request> {
+            let uri = target_uri(table, route, upstream, side, path, query).ok()?;
+            let mut req = Request::new(Body::from(bytes.clone()));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri;
+            *req.headers_mut() = parts.headers.clone();
+            req.headers_mut().insert(
+                HeaderName::from_static("ficus-shadow"),
+                HeaderValue::from_static("1"),
+            );
+            Some(req)
+        };
+        let job = ShadowJob {
+            client: self.client.clone(),
+            shadow: copy(new_upstream, Side::New),
+            twin: route
+                .legacy_twin
+                .as_ref()
+                .and_then(|t| copy(t, Side::Legacy)),
+            ignore: route.shadow_ignore.clone(),
+            headers: route.shadow_headers.clone(),
+            limit: route.shadow_body_limit,
+            timeout: Duration::from_millis(route.timeout_ms),
+            path: path.to_owned(),
+            _permit: permit,
+        };
+        Ok((Body::from(bytes), Some(job)))
+    }
+
     /// Routes, weights and counters, for the admin API.
     pub fn describe(&self) -> Value {
         let table = self.table();
@@ -458,7 +695,11 @@ impl Gateway {
             .map(|r| {
                 let stats = self.route_stats(&r.name);
                 let mut v = serde_json::to_value(r).expect("routes serialize");
-                v["stats"] = json!({"legacy": stats.legacy.json(), "new": stats.new.json()});
+                v["stats"] = json!({
+                    "legacy": stats.legacy.json(),
+                    "new": stats.new.json(),
+                    "shadow": stats.shadow.json(),
+                });
                 v
             })
             .collect();
