@@ -23,12 +23,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::resilience::{BreakerConfig, BulkheadConfig, RateLimitConfig};
+
 /// Most routes a table may hold.
 pub const MAX_ROUTES: usize = 1000;
 /// Most upstreams a table may hold.
 pub const MAX_UPSTREAMS: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Taken from the URL when set through the admin API.
@@ -79,6 +81,19 @@ pub struct RouteConfig {
     /// not shadowed.
     #[serde(default = "default_shadow_body_limit")]
     pub shadow_body_limit: usize,
+    /// Fails fast with 503 while the route's upstream keeps failing (per side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerConfig>,
+    /// Bounds the calls in flight to the route's upstream (per side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// Requests per window and client key; 429 past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// A static JSON body served (200, `ficus-fallback: static`) when the upstream is
+    /// open-circuited or its bulkhead is full, instead of a 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -92,7 +107,7 @@ fn default_shadow_body_limit() -> usize {
 /// Largest `shadow_body_limit` accepted.
 pub const MAX_SHADOW_BODY_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Upstream name → base URL (`http://host:port`, optionally with a path prefix).
@@ -225,6 +240,23 @@ impl RouteConfig {
         }
         if let Some(s) = &self.sticky {
             Sticky::parse(s).map_err(|e| format!("route {n}: {e}"))?;
+        }
+        if let Some(b) = &self.breaker {
+            b.validate().map_err(|e| format!("route {n}: {e}"))?;
+        }
+        if let Some(b) = &self.bulkhead {
+            if b.max_concurrent == 0 || b.max_concurrent > 100_000 || b.max_wait_ms > 60_000 {
+                return Err(format!(
+                    "route {n}: bulkhead max_concurrent in 1..=100000, max_wait_ms at most 60000"
+                ));
+            }
+        }
+        if let Some(r) = &self.rate_limit {
+            r.validate().map_err(|e| format!("route {n}: {e}"))?;
+        }
+        if let Some(f) = &self.fallback {
+            serde_json::from_str::<serde_json::Value>(f)
+                .map_err(|e| format!("route {n}: fallback must be JSON: {e}"))?;
         }
         if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
             return Err(format!("route {n}: timeout_ms must be 1..=600000"));

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod diff;
+pub mod resilience;
 pub mod shadow;
 
 use std::collections::HashMap;
@@ -124,6 +125,13 @@ fn target_uri(
     .map_err(|e: axum::http::uri::InvalidUri| e.to_string())
 }
 
+fn insert_rate_headers(h: &mut axum::http::HeaderMap, policy: &str, state: &str) {
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(policy), HeaderValue::from_str(state)) {
+        h.insert(HeaderName::from_static("ratelimit-policy"), p);
+        h.insert(HeaderName::from_static("ratelimit"), s);
+    }
+}
+
 /// The response headers a route compares, lower-case, in the route's order.
 fn chosen_headers(headers: &axum::http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
     names
@@ -225,11 +233,36 @@ impl ShadowJob {
     }
 }
 
+/// The protections of one route (breakers and bulkheads per side). They belong to a table:
+/// a reload starts them afresh.
+pub struct Guards {
+    pub breakers: [Option<resilience::Breaker>; 2],
+    bulkheads: [Option<Arc<tokio::sync::Semaphore>>; 2],
+    pub limiter: Option<resilience::RateLimiter>,
+}
+
+impl Guards {
+    fn new(r: &RouteConfig) -> Self {
+        let breaker = || r.breaker.clone().map(resilience::Breaker::new);
+        let bulkhead = || {
+            r.bulkhead
+                .as_ref()
+                .map(|b| Arc::new(tokio::sync::Semaphore::new(b.max_concurrent)))
+        };
+        Self {
+            breakers: [breaker(), breaker()],
+            bulkheads: [bulkhead(), bulkhead()],
+            limiter: r.rate_limit.clone().map(resilience::RateLimiter::new),
+        }
+    }
+}
+
 /// The running route table: config plus its parsed pieces.
 pub struct RouteTable {
     pub config: GatewayConfig,
     upstreams: HashMap<String, Uri>,
     sticky: Vec<Option<Sticky>>,
+    pub guards: Vec<Guards>,
 }
 
 impl RouteTable {
@@ -249,10 +282,12 @@ impl RouteTable {
                     .map(|s| Sticky::parse(s).expect("validated"))
             })
             .collect();
+        let guards = config.routes.iter().map(Guards::new).collect();
         Ok(Self {
             config,
             upstreams,
             sticky,
+            guards,
         })
     }
 }
@@ -278,6 +313,13 @@ pub enum Side {
 }
 
 impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Legacy => 0,
+            Side::New => 1,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Side::Legacy => "legacy",
@@ -488,6 +530,57 @@ impl Gateway {
                 &route.legacy
             }
         };
+        let guards = &table.guards[i];
+        let mut rate_headers = None;
+        if let Some(limiter) = &guards.limiter {
+            let key = self.rate_key(&limiter.config.key, &req);
+            let decision = limiter.check(&key, Instant::now());
+            let (policy, state) = limiter.headers(&decision);
+            if !decision.allowed {
+                let mut resp = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "more than {} requests in {} s",
+                        limiter.config.requests, limiter.config.window_s
+                    ),
+                )
+                .into_response();
+                let h = resp.headers_mut();
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(decision.retry_after_s),
+                );
+                insert_rate_headers(h, &policy, &state);
+                return resp;
+            }
+            rate_headers = Some((policy, state));
+        }
+        let breaker = guards.breakers[side.index()].as_ref();
+        let admission = match breaker.map(|b| b.admit(Instant::now())) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(wait)) => {
+                return self.unavailable(route, "circuit_open", wait, rate_headers.as_ref());
+            }
+        };
+        let _slot = match (&guards.bulkheads[side.index()], &route.bulkhead) {
+            (Some(sem), Some(cfg)) => {
+                let wait = Duration::from_millis(cfg.max_wait_ms);
+                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        return self.unavailable(
+                            route,
+                            "bulkhead_full",
+                            Duration::from_secs(1),
+                            rate_headers.as_ref(),
+                        )
+                    }
+                }
+            }
+            _ => None,
+        };
         let query = req
             .uri()
             .query()
@@ -553,6 +646,10 @@ impl Gateway {
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
+        let failed = !matches!(&outcome, Ok(Ok(r)) if !r.status().is_server_error());
+        if let (Some(b), Some(a)) = (breaker, admission) {
+            b.record(a, failed, started.elapsed(), Instant::now());
+        }
         let mut resp = match outcome {
             Ok(Ok(resp)) => {
                 side_stats.record(started.elapsed(), resp.status().is_server_error());
@@ -596,12 +693,75 @@ impl Gateway {
             }
         };
         let h = resp.headers_mut();
+        if let Some((policy, state)) = &rate_headers {
+            insert_rate_headers(h, policy, state);
+        }
         h.insert(
             HeaderName::from_static(TARGET_HEADER),
             HeaderValue::from_static(side.as_str()),
         );
         if let Ok(v) = HeaderValue::from_str(&route.name) {
             h.insert(HeaderName::from_static(ROUTE_HEADER), v);
+        }
+        resp
+    }
+
+    /// The rate-limit key of a request: its client IP, a header, or the bearer token's user.
+    fn rate_key(&self, key: &str, req: &Request) -> String {
+        let found = match key {
+            "user" => self.sticky_key(&Sticky::User, req),
+            k => match k.strip_prefix("header:") {
+                Some(name) => self.sticky_key(&Sticky::Header(name.to_ascii_lowercase()), req),
+                None => None,
+            },
+        };
+        found.unwrap_or_else(|| {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_default()
+        })
+    }
+
+    /// A 503 (or the route's static fallback) when the upstream may not be called now.
+    fn unavailable(
+        &self,
+        route: &RouteConfig,
+        code: &'static str,
+        retry_after: Duration,
+        rate_headers: Option<&(String, String)>,
+    ) -> Response {
+        let mut resp = match &route.fallback {
+            Some(body) => {
+                let mut r = (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.clone(),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert("ficus-fallback", HeaderValue::from_static("static"));
+                r
+            }
+            None => {
+                let mut r = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    format!("route {} is protecting its upstream ({code})", route.name),
+                )
+                .into_response();
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            }
+        };
+        if let Some((policy, state)) = rate_headers {
+            insert_rate_headers(resp.headers_mut(), policy, state);
+        }
+        if let Ok(v) = HeaderValue::from_str(&route.name) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(ROUTE_HEADER), v);
         }
         resp
     }
@@ -695,10 +855,22 @@ impl Gateway {
             .map(|r| {
                 let stats = self.route_stats(&r.name);
                 let mut v = serde_json::to_value(r).expect("routes serialize");
+                let guards = table
+                    .config
+                    .routes
+                    .iter()
+                    .position(|x| x.name == r.name)
+                    .map(|i| &table.guards[i]);
+                let breaker = |side: Side| {
+                    guards.and_then(|g| g.breakers[side.index()].as_ref()).map(
+                        |b| json!({"state": b.mode().name(), "times_opened": b.times_opened()}),
+                    )
+                };
                 v["stats"] = json!({
                     "legacy": stats.legacy.json(),
                     "new": stats.new.json(),
                     "shadow": stats.shadow.json(),
+                    "breakers": {"legacy": breaker(Side::Legacy), "new": breaker(Side::New)},
                 });
                 v
             })

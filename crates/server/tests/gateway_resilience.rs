@@ -1,0 +1,277 @@
+//! The gateway's protections with real loopback upstreams: a failing upstream opens the
+//! breaker (fail fast with 503 and Retry-After, or the route's static fallback) and it
+//! recovers through half-open; a bulkhead refuses quickly when full and keeps a healthy
+//! route fast; the rate limit answers 429 with exact RateLimit headers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use ficus_gateway::{Auth, Claims};
+use serde_json::Value;
+
+struct Upstream {
+    url: String,
+    calls: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn upstream(delay: Duration) -> Upstream {
+    let calls = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let (c, f) = (calls.clone(), failing.clone());
+    let app = Router::new().fallback(get(move || {
+        let (c, f) = (c.clone(), f.clone());
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            if f.load(Ordering::SeqCst) {
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom")
+            } else {
+                (axum::http::StatusCode::OK, "ok")
+            }
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Upstream {
+        url,
+        calls,
+        failing,
+    }
+}
+
+async fn gateway(
+    toml: String,
+) -> (
+    tempfile::TempDir,
+    ficus_server::gateway::RunningGateway,
+    String,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, toml).unwrap();
+    let auth = Arc::new(Auth::new("resilience-secret"));
+    let admin = auth.mint(&Claims {
+        sub: "ada".into(),
+        roles: vec!["admin".into()],
+        exp: None,
+        nbf: None,
+    });
+    let gw = ficus_server::gateway::start(routes, "127.0.0.1:0".parse().unwrap(), auth)
+        .await
+        .unwrap();
+    (dir, gw, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_fails_fast_and_recovers() {
+    let up = upstream(Duration::ZERO).await;
+    let (_dir, gw, admin) = gateway(format!(
+        r#"
+[upstreams]
+legacy = "{}"
+
+[[routes]]
+name = "r"
+path_prefix = "/"
+legacy = "legacy"
+breaker = {{ window = 10, min_calls = 4, failure_rate = 0.5, open_ms = 400, half_open_probes = 2 }}
+"#,
+        up.url
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    up.failing.store(true, Ordering::SeqCst);
+    for _ in 0..4 {
+        let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+        assert_eq!(r.status(), 500);
+    }
+    let calls = up.calls.load(Ordering::SeqCst);
+    let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "circuit_open");
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        calls,
+        "open: the upstream is not called"
+    );
+
+    // Healthy again; after open_ms the probes pass and the breaker closes.
+    up.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    for _ in 0..3 {
+        let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let v: Value = http
+        .get(format!("{}/v1/admin/routes/r", gw.url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stats"]["breakers"]["legacy"]["state"], "closed", "{v}");
+    assert_eq!(v["stats"]["breakers"]["legacy"]["times_opened"], 1);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_serves_the_fallback() {
+    let up = upstream(Duration::ZERO).await;
+    let (_dir, gw, _admin) = gateway(format!(
+        r#"
+[upstreams]
+legacy = "{}"
+
+[[routes]]
+name = "r"
+path_prefix = "/"
+legacy = "legacy"
+fallback = '{{"products": [], "degraded": true}}'
+breaker = {{ window = 4, min_calls = 2, failure_rate = 1.0, open_ms = 60000 }}
+"#,
+        up.url
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    up.failing.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(format!("{}/x", gw.url()))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            500
+        );
+    }
+    let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ficus-fallback"], "static");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["degraded"], true);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bulkhead_refuses_fast_and_spares_other_routes() {
+    let slow = upstream(Duration::from_millis(400)).await;
+    let fast = upstream(Duration::ZERO).await;
+    let (_dir, gw, _admin) = gateway(format!(
+        r#"
+[upstreams]
+slow = "{}"
+fast = "{}"
+
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+legacy = "slow"
+bulkhead = {{ max_concurrent = 2, max_wait_ms = 50 }}
+
+[[routes]]
+name = "fast"
+path_prefix = "/fast"
+legacy = "fast"
+"#,
+        slow.url, fast.url
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (http, url) = (http.clone(), format!("{}/slow", gw.url()));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), t.elapsed())
+        }));
+    }
+    // While the slow route is saturated, the fast one answers at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    let r = http.get(format!("{}/fast", gw.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "fast route took {:?}",
+        t.elapsed()
+    );
+    let mut ok = 0;
+    for task in tasks {
+        let (status, took) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => assert!(took < Duration::from_millis(300), "refusal took {took:?}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 2, "exactly the bulkhead's size got through");
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 2);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_answers_429_with_exact_headers() {
+    let up = upstream(Duration::ZERO).await;
+    let (_dir, gw, _admin) = gateway(format!(
+        r#"
+[upstreams]
+legacy = "{}"
+
+[[routes]]
+name = "r"
+path_prefix = "/"
+legacy = "legacy"
+rate_limit = {{ requests = 3, window_s = 60, key = "header:x-client" }}
+"#,
+        up.url
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let get = |client: &'static str| {
+        http.get(format!("{}/x", gw.url()))
+            .header("x-client", client)
+            .send()
+    };
+    for left in [2, 1, 0] {
+        let r = get("a").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"default\";q=3;w=60");
+        let state = r.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!("\"default\";r={left};t=")),
+            "{state}"
+        );
+    }
+    let r = get("a").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["retry-after"],
+        "20",
+        "one request refills in 60/3 s"
+    );
+    assert_eq!(r.headers()["ratelimit-policy"], "\"default\";q=3;w=60");
+    assert_eq!(r.headers()["ratelimit"], "\"default\";r=0;t=60");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(
+        get("b").await.unwrap().status(),
+        200,
+        "another key has its own quota"
+    );
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        4,
+        "refused requests never reach the upstream"
+    );
+    gw.stop().await.unwrap();
+}
