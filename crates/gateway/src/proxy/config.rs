@@ -18,12 +18,15 @@
 //! weight_new = 10                   # percent of traffic on the new side (0 = rollback)
 //! sticky = "header:x-user-id"       # or "cookie:uid", "user" (the bearer token's sub)
 //! ```
+//!
+//! Routes are tried in file order and the first match wins (as in Envoy), so put narrower
+//! prefixes first.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::resilience::{BreakerConfig, BulkheadConfig, RateLimitConfig};
+use super::resilience::{BreakerConfig, BulkheadConfig, RateLimitConfig, RetryConfig};
 
 /// Most routes a table may hold.
 pub const MAX_ROUTES: usize = 1000;
@@ -90,6 +93,10 @@ pub struct RouteConfig {
     /// Requests per window and client key; 429 past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Retries of idempotent requests (or ones with an `Idempotency-Key`) on transport
+    /// errors and 502/503/504, with backoff, full jitter and a retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
     /// A static JSON body served (200, `ficus-fallback: static`) when the upstream is
     /// open-circuited or its bulkhead is full, instead of a 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +261,9 @@ impl RouteConfig {
         if let Some(r) = &self.rate_limit {
             r.validate().map_err(|e| format!("route {n}: {e}"))?;
         }
+        if let Some(r) = &self.retry {
+            r.validate().map_err(|e| format!("route {n}: {e}"))?;
+        }
         if let Some(f) = &self.fallback {
             serde_json::from_str::<serde_json::Value>(f)
                 .map_err(|e| format!("route {n}: fallback must be JSON: {e}"))?;
@@ -272,8 +282,13 @@ impl RouteConfig {
             || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
     }
 
+    /// Whether the route takes `method`. HEAD goes wherever GET does.
     pub fn matches_method(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m == method || (method == "HEAD" && m == "GET"))
     }
 }
 

@@ -10,7 +10,6 @@ pub mod resilience;
 pub mod shadow;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -301,6 +300,9 @@ pub struct Gateway {
     shadow_slots: Arc<tokio::sync::Semaphore>,
     /// The TOML file the table is read from and saved to, if any.
     file: Option<PathBuf>,
+    /// Serializes changes to the table (admin writes and file reloads), so two admin
+    /// changes cannot lose one another.
+    change: std::sync::Mutex<()>,
     file_mtime: RwLock<Option<SystemTime>>,
     auth: Arc<Auth>,
 }
@@ -344,6 +346,37 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// FNV-1a: a hash that never changes between builds, so a sticky client keeps its side
+/// across upgrades of the gateway.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Removes hop-by-hop headers: the fixed list and any header the `Connection` field names.
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
 fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     ApiError::new(status, code, message).into_response()
 }
@@ -370,6 +403,7 @@ impl Gateway {
             client,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(shadow::MAX_SHADOWS_IN_FLIGHT)),
             file,
+            change: std::sync::Mutex::new(()),
             file_mtime: RwLock::new(mtime),
             auth,
         })
@@ -417,6 +451,7 @@ impl Gateway {
         let Some(file) = &self.file else {
             return Ok(false);
         };
+        let _change = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
         if mtime == *self.file_mtime.read().unwrap_or_else(|p| p.into_inner()) {
             return Ok(false);
@@ -433,7 +468,7 @@ impl Gateway {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let tmp = file.with_extension("toml.tmp");
+        let tmp = file.with_extension(format!("{}.tmp", uuid::Uuid::now_v7()));
         std::fs::write(&tmp, config.to_toml()).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, file).map_err(|e| e.to_string())?;
         let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
@@ -483,12 +518,7 @@ impl Gateway {
             _ => {}
         }
         let point = match sticky.and_then(|s| self.sticky_key(s, req)) {
-            Some(key) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                route.name.hash(&mut h);
-                key.hash(&mut h);
-                h.finish() % 100
-            }
+            Some(key) => stable_hash(&[route.name.as_bytes(), b"\0", key.as_bytes()]) % 100,
             None => rand::random::<u64>() % 100,
         };
         if point < route.weight_new as u64 {
@@ -597,19 +627,19 @@ impl Gateway {
             .map(|c| c.0.ip().to_string());
         parts.uri = uri;
         parts.version = axum::http::Version::HTTP_11;
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
-        }
+        strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         if let Some(ip) = client_addr {
-            let xff = match parts
+            // Every incoming line is kept, in order, then this hop's client.
+            let mut hops: Vec<String> = parts
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect();
+            hops.push(ip);
+            let xff = hops.join(", ");
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 parts.headers.insert("x-forwarded-for", v);
             }
@@ -654,9 +684,7 @@ impl Gateway {
             Ok(Ok(resp)) => {
                 side_stats.record(started.elapsed(), resp.status().is_server_error());
                 let (mut parts, body) = resp.into_parts();
-                for h in HOP_BY_HOP {
-                    parts.headers.remove(*h);
-                }
+                strip_hop_by_hop(&mut parts.headers);
                 match shadow_job {
                     Some(job) => {
                         let head = diff::Answer {
@@ -878,16 +906,32 @@ impl Gateway {
         json!({"upstreams": table.config.upstreams, "routes": routes})
     }
 
-    /// Sets (adds or replaces) one route, validates the whole table, swaps it in and saves it.
-    pub fn set_route(&self, route: RouteConfig) -> Result<(), String> {
+    /// Sets (adds or replaces) one route: validates the whole new table, saves it, then swaps
+    /// it in. A table that does not validate is `Invalid`; one that cannot be saved is
+    /// `Unsaved` and is not applied either.
+    pub fn set_route(&self, route: RouteConfig) -> Result<(), SetRouteError> {
+        let _change = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = self.table().config.clone();
         match config.routes.iter_mut().find(|r| r.name == route.name) {
             Some(r) => *r = route,
             None => config.routes.push(route),
         }
-        self.replace(config.clone())?;
-        self.save(&config)
+        let table = Arc::new(RouteTable::new(config.clone()).map_err(SetRouteError::Invalid)?);
+        self.save(&config).map_err(SetRouteError::Unsaved)?;
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(())
     }
+}
+
+/// Why a route change was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetRouteError {
+    /// The table would not validate. (400 `invalid_route`)
+    #[error("{0}")]
+    Invalid(String),
+    /// The route file could not be written. (500 `route_not_saved`)
+    #[error("saving the route file: {0}")]
+    Unsaved(String),
 }
 
 /// Polls the route file and swaps in a changed, valid table, until `shutdown`.
@@ -976,7 +1020,11 @@ async fn put_route(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&gw, &headers)?;
     route.name = name.clone();
-    gw.set_route(route)
-        .map_err(|m| ApiError::bad_request("invalid_route", m))?;
+    gw.set_route(route).map_err(|e| match e {
+        SetRouteError::Invalid(m) => ApiError::bad_request("invalid_route", m),
+        SetRouteError::Unsaved(m) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "route_not_saved", m)
+        }
+    })?;
     get_route(State(gw), headers, PathParams(name)).await
 }

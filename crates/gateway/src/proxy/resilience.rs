@@ -117,6 +117,78 @@ impl RateLimitConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts after the first, at most 5.
+    pub attempts: u32,
+    #[serde(default = "d_retry_base")]
+    pub base_ms: u64,
+    #[serde(default = "d_retry_max")]
+    pub max_ms: u64,
+    /// Retries allowed per request sent, over time (e.g. 0.2: at most one retry per five
+    /// requests, plus a small reserve), so retries cannot multiply an outage.
+    #[serde(default = "d_retry_ratio")]
+    pub budget_ratio: f64,
+}
+
+fn d_retry_base() -> u64 {
+    10
+}
+fn d_retry_max() -> u64 {
+    200
+}
+fn d_retry_ratio() -> f64 {
+    0.2
+}
+
+impl RetryConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.attempts > 5 || self.base_ms > self.max_ms || self.max_ms > 10_000 {
+            return Err("retry: attempts at most 5, base_ms <= max_ms <= 10000".into());
+        }
+        if !(self.budget_ratio > 0.0 && self.budget_ratio <= 1.0) {
+            return Err("retry: budget_ratio is a share in (0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+/// Retries a route may still spend: every request deposits `budget_ratio`, every retry takes
+/// one. Starts with (and never holds more than) a small reserve.
+pub struct RetryBudget {
+    ratio: f64,
+    tokens: Mutex<f64>,
+}
+
+/// Retries the budget holds at most (and starts with).
+pub const RETRY_RESERVE: f64 = 10.0;
+
+impl RetryBudget {
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            tokens: Mutex::new(RETRY_RESERVE),
+        }
+    }
+
+    pub fn deposit(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + self.ratio).min(RETRY_RESERVE);
+    }
+
+    /// Takes one retry if the budget has one.
+    pub fn withdraw(&self) -> bool {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerMode {
@@ -390,6 +462,21 @@ mod tests {
             b.record(a, false, Duration::from_millis(ms), t);
         }
         assert_eq!(b.mode().name(), "open");
+    }
+
+    #[test]
+    fn the_retry_budget_caps_retries_at_its_ratio() {
+        let b = RetryBudget::new(0.2);
+        // The reserve first, then one retry per five requests.
+        let mut retries = 0;
+        for _ in 0..100 {
+            b.deposit();
+            if b.withdraw() {
+                retries += 1;
+            }
+        }
+        assert!(retries <= 10 + 20, "{retries} retries for 100 requests");
+        assert!(retries >= 20);
     }
 
     #[test]
