@@ -275,3 +275,188 @@ rate_limit = {{ requests = 3, window_s = 60, key = "header:x-client" }}
     );
     gw.stop().await.unwrap();
 }
+
+/// An upstream that answers 503 to its first `fail_first` calls, then 200 with the deadline
+/// header it received.
+async fn flaky(fail_first: u64, delay: Duration) -> Upstream {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let app = Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let c = c.clone();
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(delay).await;
+            let deadline = headers
+                .get("ficus-deadline-ms")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            if n <= fail_first {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, deadline)
+            } else {
+                (axum::http::StatusCode::OK, deadline)
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Upstream {
+        url,
+        calls,
+        failing: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn retry_route(url: &str, retry: &str, timeout_ms: u64) -> String {
+    format!(
+        r#"
+[upstreams]
+legacy = "{url}"
+
+[[routes]]
+name = "r"
+path_prefix = "/"
+legacy = "legacy"
+timeout_ms = {timeout_ms}
+retry = {retry}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_and_others_are_not() {
+    let up = flaky(2, Duration::ZERO).await;
+    let (_dir, gw, admin) = gateway(retry_route(
+        &up.url,
+        "{ attempts = 3, base_ms = 1, max_ms = 5 }",
+        5000,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200, "two 503s, then success");
+    assert_eq!(up.calls.load(Ordering::SeqCst), 3);
+
+    // A POST is not retried, unless it carries an Idempotency-Key.
+    let up = flaky(1, Duration::ZERO).await;
+    let (_d2, gw2, _) = gateway(retry_route(
+        &up.url,
+        "{ attempts = 3, base_ms = 1, max_ms = 5 }",
+        5000,
+    ))
+    .await;
+    let r = http
+        .post(format!("{}/x", gw2.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    let r = http
+        .post(format!("{}/x", gw2.url()))
+        .header("idempotency-key", "k-1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+
+    let v: Value = http
+        .get(format!("{}/v1/admin/routes/r", gw.url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stats"]["legacy"]["retries"], 2, "{v}");
+    gw.stop().await.unwrap();
+    gw2.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_inside_their_budget() {
+    // Always failing: without a budget 100 requests × 5 retries would be 600 calls.
+    let up = flaky(u64::MAX, Duration::ZERO).await;
+    let (_dir, gw, _) = gateway(retry_route(
+        &up.url,
+        "{ attempts = 5, base_ms = 0, max_ms = 1, budget_ratio = 0.1 }",
+        5000,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        let r = http.get(format!("{}/x", gw.url())).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let calls = up.calls.load(Ordering::SeqCst);
+    // 100 first attempts + the reserve (10) + 10 % of 100.
+    assert!(calls <= 100 + 10 + 10, "{calls} upstream calls");
+    assert!(calls > 100, "some retries were spent");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_budget_shrinks_downstream_and_is_enforced() {
+    let up = flaky(0, Duration::ZERO).await;
+    let (_dir, gw, _) = gateway(retry_route(&up.url, "{ attempts = 1 }", 200)).await;
+    let http = reqwest::Client::new();
+    // Without a caller budget, the route's timeout is the budget.
+    let seen: u64 = http
+        .get(format!("{}/x", gw.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seen > 0 && seen <= 200, "upstream saw {seen} ms");
+    // A smaller caller budget wins, and arrives smaller than it was sent.
+    let seen: u64 = http
+        .get(format!("{}/x", gw.url()))
+        .header("ficus-deadline-ms", "80")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seen > 0 && seen <= 80, "upstream saw {seen} ms");
+    // A spent budget is refused at once.
+    let r = http
+        .get(format!("{}/x", gw.url()))
+        .header("ficus-deadline-ms", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "deadline_exceeded");
+    gw.stop().await.unwrap();
+
+    // A slow upstream is cut off at the caller's budget, not the route's 5 s.
+    let slow = flaky(0, Duration::from_secs(2)).await;
+    let (_d2, gw2, _) = gateway(retry_route(&slow.url, "{ attempts = 1 }", 5000)).await;
+    let t = Instant::now();
+    let r = http
+        .get(format!("{}/x", gw2.url()))
+        .header("ficus-deadline-ms", "150")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "took {:?}",
+        t.elapsed()
+    );
+    gw2.stop().await.unwrap();
+}

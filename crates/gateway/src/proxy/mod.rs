@@ -37,6 +37,11 @@ pub const POOL_IDLE_PER_HOST: usize = 256;
 pub const TARGET_HEADER: &str = "ficus-target";
 /// Header naming the route that matched.
 pub const ROUTE_HEADER: &str = "ficus-route";
+/// Header carrying the time left to answer, ms. The gateway honors a smaller incoming budget
+/// and passes on what is left of it, so the budget shrinks at every hop.
+pub const DEADLINE_HEADER: &str = "ficus-deadline-ms";
+/// Largest request body kept so a request can be retried.
+pub const RETRY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Latency histogram bucket bounds, ms (the last bucket is everything above).
 const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
@@ -45,6 +50,9 @@ const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000
 #[derive(Default)]
 pub struct SideStats {
     pub requests: AtomicU64,
+    /// Retries sent, and retries the budget refused.
+    pub retries: AtomicU64,
+    pub retries_refused: AtomicU64,
     /// 5xx answers and transport failures.
     pub errors: AtomicU64,
     pub latency_us_total: AtomicU64,
@@ -79,6 +87,8 @@ impl SideStats {
         json!({
             "requests": n,
             "errors": self.errors.load(Ordering::Relaxed),
+            "retries": self.retries.load(Ordering::Relaxed),
+            "retries_refused": self.retries_refused.load(Ordering::Relaxed),
             "latency_ms_mean": if n == 0 { 0.0 } else {
                 self.latency_us_total.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
             },
@@ -238,6 +248,7 @@ pub struct Guards {
     pub breakers: [Option<resilience::Breaker>; 2],
     bulkheads: [Option<Arc<tokio::sync::Semaphore>>; 2],
     pub limiter: Option<resilience::RateLimiter>,
+    pub retry_budget: Option<resilience::RetryBudget>,
 }
 
 impl Guards {
@@ -252,6 +263,10 @@ impl Guards {
             breakers: [breaker(), breaker()],
             bulkheads: [bulkhead(), bulkhead()],
             limiter: r.rate_limit.clone().map(resilience::RateLimiter::new),
+            retry_budget: r
+                .retry
+                .as_ref()
+                .map(|c| resilience::RetryBudget::new(c.budget_ratio)),
         }
     }
 }
@@ -332,6 +347,14 @@ impl Side {
 
 fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
+}
+
+/// Methods whose repetition has no extra effect (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
 }
 
 /// Hop-by-hop headers are for one connection only (RFC 9110 §7.6.1) and are not forwarded.
@@ -530,6 +553,19 @@ impl Gateway {
 
     /// Proxies one request.
     pub async fn handle(&self, req: Request) -> Response {
+        let arrived = Instant::now();
+        let incoming_deadline_ms = req
+            .headers()
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if incoming_deadline_ms == Some(0) {
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                "the caller's deadline budget is already spent",
+            );
+        }
         let table = self.table();
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -670,12 +706,104 @@ impl Gateway {
             Side::New => &stats.new,
         };
         let started = Instant::now();
-        let timeout = Duration::from_millis(route.timeout_ms);
-        let outcome = tokio::time::timeout(
-            timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
+        // The deadline budget: the route's timeout, or less if the caller's budget is
+        // smaller; what is left is passed on, so it shrinks at every hop.
+        let budget_ms = incoming_deadline_ms.map_or(route.timeout_ms, |d| d.min(route.timeout_ms));
+        let deadline = arrived + Duration::from_millis(budget_ms);
+        // Retries: only for requests safe to repeat, whose body could be kept (small).
+        let retry = route.retry.as_ref().filter(|_| {
+            shadow_job.is_none()
+                && (is_idempotent(&parts.method) || parts.headers.contains_key("idempotency-key"))
+        });
+        let mut replay = None;
+        if retry.is_some() {
+            let small = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(
+                    is_read(&parts.method)
+                        && !parts.headers.contains_key(header::TRANSFER_ENCODING),
+                    |n| n <= RETRY_BODY_LIMIT,
+                );
+            if small {
+                match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    body,
+                    RETRY_BODY_LIMIT,
+                ))
+                .await
+                {
+                    Ok(c) => {
+                        let bytes = c.to_bytes();
+                        body = Body::from(bytes.clone());
+                        replay = Some(bytes);
+                    }
+                    Err(e) => {
+                        return json_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_body",
+                            format!("reading the request body: {e}"),
+                        )
+                    }
+                }
+            }
+        }
+        if let Some(b) = &guards.retry_budget {
+            b.deposit();
+        }
+        let (method, uri, headers) = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let mut first = Some(Request::from_parts(parts, body));
+        let mut attempt = 0u32;
+        let outcome = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut req = match first.take() {
+                Some(r) => r,
+                None => {
+                    let mut r = Request::new(Body::from(replay.clone().unwrap_or_default()));
+                    *r.method_mut() = method.clone();
+                    *r.uri_mut() = uri.clone();
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+            };
+            req.headers_mut().insert(
+                HeaderName::from_static(DEADLINE_HEADER),
+                HeaderValue::from(remaining.as_millis() as u64),
+            );
+            let outcome = tokio::time::timeout(remaining, self.client.request(req)).await;
+            let retryable = match &outcome {
+                Ok(Ok(r)) => matches!(r.status().as_u16(), 502..=504),
+                Ok(Err(_)) => true,
+                // The budget is spent: nothing left to retry with.
+                Err(_) => false,
+            };
+            let Some(cfg) = retry.filter(|_| retryable && replay.is_some()) else {
+                break outcome;
+            };
+            if attempt >= cfg.attempts {
+                break outcome;
+            }
+            if !guards.retry_budget.as_ref().is_some_and(|b| b.withdraw()) {
+                side_stats.retries_refused.fetch_add(1, Ordering::Relaxed);
+                break outcome;
+            }
+            attempt += 1;
+            side_stats.retries.fetch_add(1, Ordering::Relaxed);
+            let backoff = ficus_runtime::backoff::Backoff {
+                base_ms: cfg.base_ms,
+                max_ms: cfg.max_ms,
+            };
+            let pause = Duration::from_millis(backoff.delay_ms(attempt, &mut rand::thread_rng()));
+            if Instant::now() + pause >= deadline {
+                break outcome;
+            }
+            tokio::time::sleep(pause).await;
+        };
         let failed = !matches!(&outcome, Ok(Ok(r)) if !r.status().is_server_error());
         if let (Some(b), Some(a)) = (breaker, admission) {
             b.record(a, failed, started.elapsed(), Instant::now());
