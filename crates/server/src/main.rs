@@ -268,6 +268,11 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum DebugCommand {
+    /// Serve the same small JSON answer on every path: the upstream of gateway benchmarks.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        listen: SocketAddr,
+    },
     /// Append batches forever from many tasks, printing each acknowledged batch as a line.
     AppendLoop {
         #[arg(long)]
@@ -497,6 +502,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Debug { which } => match which {
             DebugCommand::AppendLoop { data_dir, tasks } => append_loop(data_dir, tasks).await?,
+            DebugCommand::Upstream { listen } => {
+                const BODY: &str = r#"{"id":"p-1","name":"Espresso grinder","category":"kitchen","price":189.00,"currency":"EUR","in_stock":true}"#;
+                let app = axum::Router::new().fallback(|| async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        BODY,
+                    )
+                });
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await?;
+            }
         },
     }
     Ok(())

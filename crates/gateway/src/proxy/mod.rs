@@ -752,24 +752,28 @@ impl Gateway {
         if let Some(b) = &guards.retry_budget {
             b.deposit();
         }
-        let (method, uri, headers) = (
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.headers.clone(),
-        );
+        // What a retry needs to rebuild the request; nothing is copied when it cannot retry.
+        let again = replay.as_ref().map(|_| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
         let mut first = Some(Request::from_parts(parts, body));
         let mut attempt = 0u32;
         let outcome = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut req = match first.take() {
-                Some(r) => r,
-                None => {
+            let mut req = match (first.take(), &again) {
+                (Some(r), _) => r,
+                (None, Some((method, uri, headers))) => {
                     let mut r = Request::new(Body::from(replay.clone().unwrap_or_default()));
                     *r.method_mut() = method.clone();
                     *r.uri_mut() = uri.clone();
                     *r.headers_mut() = headers.clone();
                     r
                 }
+                (None, None) => unreachable!("a retry always has what it needs to rebuild"),
             };
             req.headers_mut().insert(
                 HeaderName::from_static(DEADLINE_HEADER),
