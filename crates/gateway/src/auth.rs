@@ -119,6 +119,18 @@ impl Auth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme name is
+/// case-insensitive (RFC 9110 §11.1).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// The authenticated caller. Extracting it answers 401 when the token is missing or bad.
 pub struct Caller(pub Actor);
 
@@ -137,22 +149,15 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>".into()))?;
-        // The scheme name is case-insensitive (RFC 9110 §11.1).
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(unauthorized("missing Authorization: Bearer <token>".into()));
+        }
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| unauthorized("Authorization must be: Bearer <token>".into()))?;
         let now = ficus_store::now_ms() / 1000;
         let claims = state
             .auth
-            .verify(token.trim(), now)
+            .verify(token, now)
             .map_err(|e| unauthorized(e.to_string()))?;
         Ok(Caller(Actor {
             user_id: claims.sub,

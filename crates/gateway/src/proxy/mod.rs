@@ -517,16 +517,9 @@ impl Gateway {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.to_owned()),
             Sticky::User => {
-                let token = req
-                    .headers()
-                    .get(header::AUTHORIZATION)?
-                    .to_str()
-                    .ok()?
-                    .split_once(' ')
-                    .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))?
-                    .1;
+                let token = crate::auth::bearer_token(req.headers())?;
                 let now = ficus_store::now_ms() / 1000;
-                self.auth.verify(token.trim(), now).ok().map(|c| c.sub)
+                self.auth.verify(token, now).ok().map(|c| c.sub)
             }
         }
     }
@@ -1103,12 +1096,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 /// The admin caller: a bearer token with the admin role.
 fn require_admin(gw: &Gateway, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
+    let token = crate::auth::bearer_token(headers)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
     let claims = gw
         .auth
