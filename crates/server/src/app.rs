@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub store: SqliteConfig,
     /// The worker pool running the shop's bulk jobs.
     pub shop_pool: PoolConfig,
+    /// Also run the strangler-fig gateway in this process: its route file and address.
+    pub gateway: Option<(PathBuf, SocketAddr)>,
 }
 
 impl ServerConfig {
@@ -45,6 +47,7 @@ impl ServerConfig {
                 max_concurrency: 64,
                 ..PoolConfig::new(SHOP_QUEUE)
             },
+            gateway: None,
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
     pool: WorkerPool,
+    /// The embedded gateway, when configured.
+    pub gateway: Option<crate::gateway::RunningGateway>,
 }
 
 /// Opens the data directory and starts serving.
@@ -151,6 +156,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ficus is serving");
+    let gateway = match &cfg.gateway {
+        Some((routes, listen)) => {
+            Some(crate::gateway::start(routes.clone(), *listen, state.auth.clone()).await?)
+        }
+        None => None,
+    };
     Ok(Running {
         addr,
         state,
@@ -159,6 +170,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         server,
         projections: vec![catalog_task, orders_task],
         pool,
+        gateway,
     })
 }
 
@@ -177,6 +189,9 @@ impl Running {
     /// batch.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
+        if let Some(g) = self.gateway {
+            g.stop().await?;
+        }
         self.server.await??;
         // Running jobs finish, unstarted ones are released, completions flushed.
         self.pool.join().await;

@@ -57,6 +57,12 @@ enum Command {
         /// Lease length of a job item; a worker that dies is replaced after this long.
         #[arg(long, env = "FICUS_JOB_VISIBILITY_MS", default_value_t = 30_000)]
         job_visibility_ms: u64,
+        /// Also run the strangler-fig gateway in this process, with this route file.
+        #[arg(long)]
+        gateway_routes: Option<PathBuf>,
+        /// Where the embedded gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_listen: SocketAddr,
         /// Job items of the shop queue running at once: the pool's smallest size.
         #[arg(long, env = "FICUS_JOB_CONCURRENCY", default_value_t = 8)]
         job_concurrency: usize,
@@ -328,6 +334,8 @@ async fn main() -> anyhow::Result<()> {
             job_visibility_ms,
             job_concurrency,
             job_max_concurrency,
+            gateway_routes,
+            gateway_listen,
         } => {
             init_logs(cli.log_format, "info");
             let mut cfg = ServerConfig::new(data_dir, listen);
@@ -337,6 +345,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.shop_pool.visibility = Duration::from_millis(job_visibility_ms.max(100));
             cfg.shop_pool.concurrency = job_concurrency.max(1);
             cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
+            cfg.gateway = gateway_routes.map(|r| (r, gateway_listen));
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
