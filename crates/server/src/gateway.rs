@@ -1,4 +1,8 @@
 //! `ficus gateway`: the strangler-fig façade as its own process.
+//!
+//! Like nginx's worker processes, it runs one single-threaded runtime per core, each with its
+//! own listening socket on the same address (`SO_REUSEPORT`, the kernel spreads connections)
+//! and its own upstream connection pool: a request never hops between threads.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +13,6 @@ use anyhow::Context;
 use ficus_gateway::proxy::{self, Gateway};
 use ficus_gateway::Auth;
 use ficus_runtime::Shutdown;
-use tokio::task::JoinHandle;
 
 /// How often the route file is checked for changes.
 pub const ROUTES_POLL: Duration = Duration::from_millis(500);
@@ -19,11 +22,25 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub shutdown: Shutdown,
-    server: JoinHandle<std::io::Result<()>>,
-    watcher: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
-/// Loads the routes and starts proxying on `listen`.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    listener.into_std()
+}
+
+/// Loads the routes and starts proxying on `listen`, one worker per core.
 pub async fn start(
     routes: PathBuf,
     listen: SocketAddr,
@@ -40,26 +57,43 @@ pub async fn start(
         ROUTES_POLL,
         shutdown.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    let app = proxy::router(gateway.clone());
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.wait().await })
-        .await
-    });
-    tracing::info!(%addr, routes = %routes.display(), "ficus gateway is proxying");
+    // The first socket fixes the port (when asked for port 0); the others share it.
+    let first = bind(listen).with_context(|| format!("binding {listen}"))?;
+    let addr = first.local_addr()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(bind(addr).with_context(|| format!("binding {addr}"))?);
+    }
+    let mut workers = Vec::with_capacity(cores);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (gateway, stop) = (gateway.clone(), shutdown.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("ficus-gateway-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        let app = proxy::router(gateway);
+                        axum::serve(
+                            listener,
+                            app.into_make_service_with_connect_info::<SocketAddr>(),
+                        )
+                        .with_graceful_shutdown(async move { stop.wait().await })
+                        .await
+                    })
+                })?,
+        );
+    }
+    tracing::info!(%addr, routes = %routes.display(), workers = cores, "ficus gateway is proxying");
     Ok(RunningGateway {
         addr,
         gateway,
         shutdown,
-        server,
+        workers,
         watcher,
     })
 }
@@ -72,7 +106,15 @@ impl RunningGateway {
     /// Stops accepting, lets requests in flight finish, stops watching the file.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
-        self.server.await??;
+        let workers = self.workers;
+        tokio::task::spawn_blocking(move || {
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a gateway worker panicked"))??;
+            }
+            anyhow::Ok(())
+        })
+        .await??;
         let _ = self.watcher.await;
         Ok(())
     }

@@ -310,7 +310,6 @@ impl RouteTable {
 pub struct Gateway {
     table: RwLock<Arc<RouteTable>>,
     stats: RwLock<HashMap<String, Arc<RouteStats>>>,
-    client: Client<HttpConnector, Body>,
     /// Comparisons in flight; past the limit, shadows are skipped.
     shadow_slots: Arc<tokio::sync::Semaphore>,
     /// The TOML file the table is read from and saved to, if any.
@@ -369,6 +368,23 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+thread_local! {
+    /// One upstream connection pool per thread: a request is sent on a connection owned by
+    /// the thread (and runtime) that serves it, with no cross-thread hand-off.
+    static CLIENT: Client<HttpConnector, Body> = {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector)
+    };
+}
+
+fn local_client() -> Client<HttpConnector, Body> {
+    CLIENT.with(Client::clone)
+}
+
 /// FNV-1a: a hash that never changes between builds, so a sticky client keeps its side
 /// across upgrades of the gateway.
 fn stable_hash(parts: &[&[u8]]) -> u64 {
@@ -411,19 +427,13 @@ impl Gateway {
         auth: Arc<Auth>,
     ) -> Result<Self, String> {
         let table = RouteTable::new(config)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+
         let mtime = file
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
         Ok(Self {
             table: RwLock::new(Arc::new(table)),
             stats: RwLock::new(HashMap::new()),
-            client,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(shadow::MAX_SHADOWS_IN_FLIGHT)),
             file,
             change: std::sync::Mutex::new(()),
@@ -772,7 +782,7 @@ impl Gateway {
                 HeaderName::from_static(DEADLINE_HEADER),
                 HeaderValue::from(remaining.as_millis() as u64),
             );
-            let outcome = tokio::time::timeout(remaining, self.client.request(req)).await;
+            let outcome = tokio::time::timeout(remaining, local_client().request(req)).await;
             let retryable = match &outcome {
                 Ok(Ok(r)) => matches!(r.status().as_u16(), 502..=504),
                 Ok(Err(_)) => true,
@@ -982,7 +992,7 @@ impl Gateway {
             Some(req)
         };
         let job = ShadowJob {
-            client: self.client.clone(),
+            client: local_client(),
             shadow: copy(new_upstream, Side::New),
             twin: route
                 .legacy_twin
