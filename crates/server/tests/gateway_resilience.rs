@@ -460,3 +460,52 @@ async fn the_deadline_budget_shrinks_downstream_and_is_enforced() {
     );
     gw2.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_serves_the_last_good_answer() {
+    let up = upstream(Duration::ZERO).await;
+    let (_dir, gw, _admin) = gateway(format!(
+        r#"
+[upstreams]
+legacy = "{}"
+
+[[routes]]
+name = "r"
+path_prefix = "/"
+legacy = "legacy"
+fallback_last_good = true
+fallback = '{{"degraded": true}}'
+breaker = {{ window = 4, min_calls = 3, failure_rate = 0.6, open_ms = 60000 }}
+"#,
+        up.url
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    // A good answer for /a is remembered.
+    let r = http
+        .get(format!("{}/a?x=1", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    up.failing.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let r = http.get(format!("{}/b", gw.url())).send().await.unwrap();
+        assert_eq!(r.status(), 500);
+    }
+    // Open: /a?x=1 gets its last good answer; /b never had one and gets the static fallback.
+    let r = http
+        .get(format!("{}/a?x=1", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ficus-fallback"], "last-good");
+    assert!(r.headers().contains_key("age"));
+    assert_eq!(r.text().await.unwrap(), "ok");
+    let r = http.get(format!("{}/b", gw.url())).send().await.unwrap();
+    assert_eq!(r.headers()["ficus-fallback"], "static");
+    gw.stop().await.unwrap();
+}

@@ -101,6 +101,11 @@ pub struct RouteConfig {
     /// open-circuited or its bulkhead is full, instead of a 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Keep the last good answer of each GET path (2xx, small) and serve it, marked
+    /// `ficus-fallback: last-good`, when the upstream may not be called; before the static
+    /// fallback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_last_good: bool,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -102,6 +102,44 @@ pub struct RouteStats {
     pub legacy: SideStats,
     pub new: SideStats,
     pub shadow: shadow::ShadowStats,
+    /// Last good answers by path and query, for `fallback_last_good`.
+    last_good: std::sync::Mutex<HashMap<String, LastGood>>,
+}
+
+/// A remembered good answer.
+#[derive(Clone)]
+struct LastGood {
+    content_type: Option<HeaderValue>,
+    body: axum::body::Bytes,
+    at: Instant,
+}
+
+/// Paths whose last good answer a route remembers; past this, the oldest half is dropped.
+pub const LAST_GOOD_ENTRIES: usize = 1000;
+/// Largest answer remembered as a last good one.
+pub const LAST_GOOD_BODY_BYTES: usize = 64 * 1024;
+
+impl RouteStats {
+    fn remember(&self, key: String, entry: LastGood) {
+        let mut m = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= LAST_GOOD_ENTRIES && !m.contains_key(&key) {
+            let mut by_age: Vec<(Instant, String)> =
+                m.iter().map(|(k, v)| (v.at, k.clone())).collect();
+            by_age.sort();
+            for (_, k) in by_age.into_iter().take(LAST_GOOD_ENTRIES / 2) {
+                m.remove(&k);
+            }
+        }
+        m.insert(key, entry);
+    }
+
+    fn last_good(&self, key: &str) -> Option<LastGood> {
+        self.last_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
 }
 
 /// The URI of `path` on `upstream`, with the route's prefix swapped for the side's.
@@ -139,6 +177,10 @@ fn insert_rate_headers(h: &mut axum::http::HeaderMap, policy: &str, state: &str)
         h.insert(HeaderName::from_static("ratelimit-policy"), p);
         h.insert(HeaderName::from_static("ratelimit"), s);
     }
+}
+
+fn last_good_key(path: &str, query: &str) -> String {
+    format!("{path}{query}")
 }
 
 /// The response headers a route compares, lower-case, in the route's order.
@@ -599,6 +641,11 @@ impl Gateway {
                 &route.legacy
             }
         };
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         let guards = &table.guards[i];
         let mut rate_headers = None;
         if let Some(limiter) = &guards.limiter {
@@ -630,7 +677,13 @@ impl Gateway {
             None => None,
             Some(Ok(a)) => Some(a),
             Some(Err(wait)) => {
-                return self.unavailable(route, "circuit_open", wait, rate_headers.as_ref());
+                return self.unavailable(
+                    route,
+                    "circuit_open",
+                    wait,
+                    rate_headers.as_ref(),
+                    self.last_good_for(route, &method, &path, &query),
+                );
             }
         };
         let _slot = match (&guards.bulkheads[side.index()], &route.bulkhead) {
@@ -644,17 +697,13 @@ impl Gateway {
                             "bulkhead_full",
                             Duration::from_secs(1),
                             rate_headers.as_ref(),
+                            self.last_good_for(route, &method, &path, &query),
                         )
                     }
                 }
             }
             _ => None,
         };
-        let query = req
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
         let uri = match target_uri(&table, route, upstream, side, &path, &query) {
             Ok(u) => u,
             Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_path", e),
@@ -832,6 +881,29 @@ impl Gateway {
                         tokio::spawn(job.run(head, rx, stats.clone()));
                         Response::from_parts(parts, Body::new(tee))
                     }
+                    None if route.fallback_last_good
+                        && method == Method::GET
+                        && parts.status.is_success() =>
+                    {
+                        // Keep a copy of this good answer for a rainy day.
+                        let (tx, rx) = oneshot::channel();
+                        let tee = shadow::Tee::new(body, LAST_GOOD_BODY_BYTES, tx);
+                        let (stats, key) = (stats.clone(), last_good_key(&path, &query));
+                        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+                        tokio::spawn(async move {
+                            if let Ok(Some(bytes)) = rx.await {
+                                stats.remember(
+                                    key,
+                                    LastGood {
+                                        content_type,
+                                        body: bytes.into(),
+                                        at: Instant::now(),
+                                    },
+                                );
+                            }
+                        });
+                        Response::from_parts(parts, Body::new(tee))
+                    }
                     None => Response::from_parts(parts, Body::new(body)),
                 }
             }
@@ -886,6 +958,21 @@ impl Gateway {
         })
     }
 
+    fn last_good_for(
+        &self,
+        route: &RouteConfig,
+        method: &Method,
+        path: &str,
+        query: &str,
+    ) -> Option<LastGood> {
+        (route.fallback_last_good && method == Method::GET)
+            .then(|| {
+                self.route_stats(&route.name)
+                    .last_good(&last_good_key(path, query))
+            })
+            .flatten()
+    }
+
     /// A 503 (or the route's static fallback) when the upstream may not be called now.
     fn unavailable(
         &self,
@@ -893,7 +980,21 @@ impl Gateway {
         code: &'static str,
         retry_after: Duration,
         rate_headers: Option<&(String, String)>,
+        last_good: Option<LastGood>,
     ) -> Response {
+        if let Some(good) = last_good {
+            let mut r = Response::new(Body::from(good.body));
+            let h = r.headers_mut();
+            if let Some(ct) = good.content_type {
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+            h.insert("ficus-fallback", HeaderValue::from_static("last-good"));
+            h.insert(header::AGE, HeaderValue::from(good.at.elapsed().as_secs()));
+            if let Ok(v) = HeaderValue::from_str(&route.name) {
+                h.insert(HeaderName::from_static(ROUTE_HEADER), v);
+            }
+            return r;
+        }
         let mut resp = match &route.fallback {
             Some(body) => {
                 let mut r = (
