@@ -7,6 +7,7 @@ pub mod auth;
 mod bulk;
 mod error;
 mod extract;
+pub mod metrics;
 mod openapi;
 pub mod proxy;
 mod queues;
@@ -76,6 +77,7 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub sse_permits: Arc<Semaphore>,
     pub shutdown: Shutdown,
+    pub http_metrics: Arc<metrics::HttpMetrics>,
 }
 
 impl AppState {
@@ -159,6 +161,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics::render))
         .route("/v1/openapi.json", get(openapi::document))
         .merge(streams::routes())
         .merge(bulk::routes())
@@ -172,6 +175,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
 }

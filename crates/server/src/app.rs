@@ -143,6 +143,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
         config: Arc::new(cfg.api.clone()),
         shutdown: shutdown.clone(),
+        http_metrics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -1,0 +1,226 @@
+//! `GET /metrics` in the Prometheus text format: the golden signals of every API route
+//! (traffic, errors, latency histogram), and the state of the event store, projections and
+//! job queues, read fresh at each scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+
+/// Latency histogram bucket bounds, seconds.
+const BUCKETS_S: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+/// Distinct (route, method, status) series kept; past this, new ones share one overflow series.
+pub const MAX_SERIES: usize = 2000;
+
+#[derive(Default)]
+struct Series {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_S.len()],
+}
+
+/// HTTP request counters by route pattern, method and status.
+#[derive(Default)]
+pub struct HttpMetrics {
+    series: Mutex<BTreeMap<(String, String, u16), Arc<Series>>>,
+}
+
+impl HttpMetrics {
+    fn series(&self, route: &str, method: &str, status: u16) -> Arc<Series> {
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if m.len() >= MAX_SERIES {
+            ("other".to_owned(), "other".to_owned(), 0)
+        } else {
+            (route.to_owned(), method.to_owned(), status)
+        };
+        m.entry(key).or_default().clone()
+    }
+
+    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let s = self.series(route, method, status);
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            if seconds <= *b {
+                s.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP ficus_http_requests_total API requests by route, method and status.\n",
+        );
+        out.push_str("# TYPE ficus_http_requests_total counter\n");
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, method, status), s) in m.iter() {
+            let _ = writeln!(
+                out,
+                "ficus_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
+                s.count.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP ficus_http_request_duration_seconds API latency by route and method.\n",
+        );
+        out.push_str("# TYPE ficus_http_request_duration_seconds histogram\n");
+        // Histograms are per route and method (all statuses together).
+        let mut merged: BTreeMap<(&str, &str), (u64, u64, [u64; BUCKETS_S.len()])> =
+            BTreeMap::new();
+        for ((route, method, _), s) in m.iter() {
+            let e = merged
+                .entry((route, method))
+                .or_insert((0, 0, [0; BUCKETS_S.len()]));
+            e.0 += s.count.load(Ordering::Relaxed);
+            e.1 += s.sum_us.load(Ordering::Relaxed);
+            for (i, b) in s.buckets.iter().enumerate() {
+                e.2[i] += b.load(Ordering::Relaxed);
+            }
+        }
+        for ((route, method), (count, sum_us, buckets)) in merged {
+            let labels = format!("route=\"{route}\",method=\"{method}\"");
+            for (i, b) in BUCKETS_S.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ficus_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                    buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "ficus_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "ficus_http_request_duration_seconds_sum{{{labels}}} {}",
+                sum_us as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "ficus_http_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+    }
+}
+
+/// Counts every request by its route pattern (never the raw path, so ids do not explode the
+/// series).
+pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    st.http_metrics.observe(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+pub async fn render(State(st): State<AppState>) -> Response {
+    let mut out = String::new();
+    st.http_metrics.render(&mut out);
+    gauge(
+        &mut out,
+        "ficus_event_store_head_position",
+        "Position of the last durable event.",
+        &[(String::new(), st.store.head_position() as f64)],
+    );
+    let p = st.projections();
+    let by = |f: &dyn Fn(&ficus_runtime::ProjectionHandle) -> f64| -> Vec<(String, f64)> {
+        p.iter()
+            .map(|h| (format!("projection=\"{}\"", h.name()), f(h)))
+            .collect()
+    };
+    gauge(
+        &mut out,
+        "ficus_projection_checkpoint",
+        "Position a read model has applied.",
+        &by(&|h| h.status().checkpoint as f64),
+    );
+    gauge(
+        &mut out,
+        "ficus_projection_lag_events",
+        "Events committed but not yet applied.",
+        &by(&|h| h.lag_events() as f64),
+    );
+    gauge(
+        &mut out,
+        "ficus_projection_lag_ms",
+        "Milliseconds from commit to application of the last applied event.",
+        &by(&|h| h.status().last_lag_ms as f64),
+    );
+    if let Ok(stats) = st.jobs.stats(ficus_store::now_ms()).await {
+        let q = |f: &dyn Fn(&ficus_store::QueueStats) -> u64| -> Vec<(String, f64)> {
+            stats
+                .iter()
+                .map(|s| (format!("queue=\"{}\"", s.queue), f(s) as f64))
+                .collect()
+        };
+        gauge(
+            &mut out,
+            "ficus_queue_ready",
+            "Jobs ready to run now.",
+            &q(&|s| s.ready),
+        );
+        gauge(
+            &mut out,
+            "ficus_queue_delayed",
+            "Jobs waiting for their run time.",
+            &q(&|s| s.delayed),
+        );
+        gauge(
+            &mut out,
+            "ficus_queue_in_flight",
+            "Jobs leased by a worker.",
+            &q(&|s| s.in_flight),
+        );
+        gauge(
+            &mut out,
+            "ficus_queue_dead",
+            "Jobs in the dead-letter queue.",
+            &q(&|s| s.dead),
+        );
+        gauge(
+            &mut out,
+            "ficus_queue_oldest_ready_wait_ms",
+            "How long the oldest ready job has waited.",
+            &q(&|s| s.oldest_ready_wait_ms),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
