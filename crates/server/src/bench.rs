@@ -120,7 +120,7 @@ pub fn fsync_rate(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The whole append benchmark: `runs` rounds over `writer_counts`, medians printed as a table
@@ -287,11 +287,8 @@ pub mod jobs {
             eprintln!("run {}/{}: {one}", r + 1, runs.max(1));
             all.push(one);
         }
-        let median = |key: &str| {
-            let mut xs: Vec<f64> = all.iter().filter_map(|v| v[key].as_f64()).collect();
-            xs.sort_by(|a, b| a.total_cmp(b));
-            xs.get(xs.len() / 2).copied().unwrap_or(0.0)
-        };
+        let median =
+            |key: &str| super::median(all.iter().filter_map(|v| v[key].as_f64()).collect());
         let slow_concurrency = opts.concurrency * 4;
         println!();
         println!(

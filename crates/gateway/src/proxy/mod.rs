@@ -122,14 +122,7 @@ pub const LAST_GOOD_BODY_BYTES: usize = 64 * 1024;
 impl RouteStats {
     fn remember(&self, key: String, entry: LastGood) {
         let mut m = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= LAST_GOOD_ENTRIES && !m.contains_key(&key) {
-            let mut by_age: Vec<(Instant, String)> =
-                m.iter().map(|(k, v)| (v.at, k.clone())).collect();
-            by_age.sort();
-            for (_, k) in by_age.into_iter().take(LAST_GOOD_ENTRIES / 2) {
-                m.remove(&k);
-            }
-        }
+        resilience::make_room(&mut m, &key, LAST_GOOD_ENTRIES, |v| v.at);
         m.insert(key, entry);
     }
 
@@ -177,6 +170,34 @@ fn insert_rate_headers(h: &mut axum::http::HeaderMap, policy: &str, state: &str)
         h.insert(HeaderName::from_static("ratelimit-policy"), p);
         h.insert(HeaderName::from_static("ratelimit"), s);
     }
+}
+
+/// Whether a request body can be kept in memory within `limit`: its length is declared and
+/// within it, or it is a read with no body. A body of unknown length is never buffered.
+fn body_fits(parts: &axum::http::request::Parts, limit: usize) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(
+            is_read(&parts.method) && !parts.headers.contains_key(header::TRANSFER_ENCODING),
+            |n| n <= limit,
+        )
+}
+
+/// Reads a whole request body of at most `limit` bytes; a failure is the client's 400.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("reading the request body: {e}"),
+            )
+        })
 }
 
 fn last_good_key(path: &str, query: &str) -> String {
@@ -768,38 +789,13 @@ impl Gateway {
                 && (is_idempotent(&parts.method) || parts.headers.contains_key("idempotency-key"))
         });
         let mut replay = None;
-        if retry.is_some() {
-            let small = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                .map_or(
-                    is_read(&parts.method)
-                        && !parts.headers.contains_key(header::TRANSFER_ENCODING),
-                    |n| n <= RETRY_BODY_LIMIT,
-                );
-            if small {
-                match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-                    body,
-                    RETRY_BODY_LIMIT,
-                ))
-                .await
-                {
-                    Ok(c) => {
-                        let bytes = c.to_bytes();
-                        body = Body::from(bytes.clone());
-                        replay = Some(bytes);
-                    }
-                    Err(e) => {
-                        return json_error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_body",
-                            format!("reading the request body: {e}"),
-                        )
-                    }
-                }
-            }
+        if retry.is_some() && body_fits(&parts, RETRY_BODY_LIMIT) {
+            let bytes = match read_body(body, RETRY_BODY_LIMIT).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            body = Body::from(bytes.clone());
+            replay = Some(bytes);
         }
         if let Some(b) = &guards.retry_budget {
             b.deposit();
@@ -1047,39 +1043,13 @@ impl Gateway {
         let Some(new_upstream) = new_upstream else {
             return Ok((body, None));
         };
-        let length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let fits = match length {
-            Some(n) => n <= route.shadow_body_limit,
-            // No length: only a bodiless read can be copied without buffering the unknown.
-            None => {
-                is_read(&parts.method) && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            }
-        };
-        if !fits {
+        if !body_fits(parts, route.shadow_body_limit) {
             return Ok((body, None));
         }
         let Ok(permit) = self.shadow_slots.clone().try_acquire_owned() else {
             return Ok((body, None));
         };
-        let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            body,
-            route.shadow_body_limit,
-        ))
-        .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return Err(json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    format!("reading the request body: {e}"),
-                ))
-            }
-        };
+        let bytes = read_body(body, route.shadow_body_limit).await?;
         let copy = |upstream: &String, side: Side| -> Option<Request> {
             let uri = target_uri(table, route, upstream, side, path, query).ok()?;
             let mut req = Request::new(Body::from(bytes.clone()));

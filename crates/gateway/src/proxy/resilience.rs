@@ -330,6 +330,25 @@ impl Breaker {
     }
 }
 
+/// Keeps a map bounded: when it holds `max` entries and `key` is new, the older half (by
+/// `last_used`) is dropped.
+pub fn make_room<V>(
+    map: &mut HashMap<String, V>,
+    key: &str,
+    max: usize,
+    last_used: impl Fn(&V) -> Instant,
+) {
+    if map.len() < max || map.contains_key(key) {
+        return;
+    }
+    let mut by_age: Vec<(Instant, String)> =
+        map.iter().map(|(k, v)| (last_used(v), k.clone())).collect();
+    by_age.sort();
+    for (_, k) in by_age.into_iter().take(max / 2) {
+        map.remove(&k);
+    }
+}
+
 /// A token bucket per client key.
 pub struct RateLimiter {
     pub config: RateLimitConfig,
@@ -360,15 +379,8 @@ impl RateLimiter {
         let capacity = self.config.requests as f64;
         let per_sec = capacity / self.config.window_s as f64;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_RATE_KEYS && !buckets.contains_key(key) {
-            // Forget the keys that have been quiet longest (their buckets are full anyway).
-            let mut by_age: Vec<(Instant, String)> =
-                buckets.iter().map(|(k, (_, t))| (*t, k.clone())).collect();
-            by_age.sort();
-            for (_, k) in by_age.into_iter().take(MAX_RATE_KEYS / 2) {
-                buckets.remove(&k);
-            }
-        }
+        // The keys quiet longest have full buckets anyway: forgetting them changes nothing.
+        make_room(&mut buckets, key, MAX_RATE_KEYS, |(_, t)| *t);
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((capacity, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(capacity);
         *at = now;

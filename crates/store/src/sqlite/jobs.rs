@@ -50,13 +50,7 @@ impl SqliteJobQueue {
         now_ms: i64,
     ) -> Result<(crate::AppendResult, Vec<Enqueued>), StoreError> {
         validate_jobs(&jobs)?;
-        let encoded: Vec<(NewJob, String)> = jobs
-            .into_iter()
-            .map(|j| {
-                let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
-                (j, p)
-            })
-            .collect();
+        let encoded = encode_jobs(jobs);
         let out = self
             .store
             .append_with(stream, expected, events, move |c| {
@@ -151,6 +145,16 @@ fn dead_filter_sql(filter: &DeadFilter, args: &mut Vec<rusqlite::types::Value>) 
         sql.push_str(&format!(" AND kind = ?{}", args.len()));
     }
     sql
+}
+
+/// Jobs with their payloads encoded, done in the caller's task rather than on the writer.
+fn encode_jobs(jobs: Vec<NewJob>) -> Vec<(NewJob, String)> {
+    jobs.into_iter()
+        .map(|j| {
+            let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
+            (j, p)
+        })
+        .collect()
 }
 
 /// Inserts one job, or finds the live job holding its unique key.
@@ -340,13 +344,7 @@ impl JobQueue for SqliteJobQueue {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let encoded: Vec<(NewJob, String)> = jobs
-            .into_iter()
-            .map(|j| {
-                let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
-                (j, p)
-            })
-            .collect();
+        let encoded = encode_jobs(jobs);
         let out = self
             .store
             .write(move |c| {
@@ -724,13 +722,7 @@ impl JobQueue for SqliteJobQueue {
         validate_batch(&batch, &items)?;
         let params_json = serde_json::to_string(&batch.params).expect("JSON values serialize");
         let fan_in = batch.fan_in.as_ref().map(encode_new_job);
-        let items: Vec<(NewJob, String)> = items
-            .into_iter()
-            .map(|j| {
-                let p = serde_json::to_string(&j.payload).expect("JSON values serialize");
-                (j, p)
-            })
-            .collect();
+        let items = encode_jobs(items);
         let created = self
             .store
             .write(move |c| {
