@@ -1,7 +1,8 @@
 //! Ficus ports and their adapters.
 //!
 //! The [`EventStore`] port is implemented by [`mem::MemEventStore`] (tests, in-process) and
-//! [`sqlite::SqliteEventStore`] (the embedded default). Both run the shared
+//! [`sqlite::SqliteEventStore`] (the embedded default) and [`postgres::PgEventStore`] (the
+//! scale-out backend). All run the shared
 //! [`conformance`] suite. [`Subscription`] gives catch-up-then-live delivery on top of any
 //! adapter.
 
@@ -10,6 +11,7 @@ mod error;
 pub mod jobs;
 pub mod mem;
 mod port;
+pub mod postgres;
 pub mod sqlite;
 mod subscription;
 

@@ -32,8 +32,11 @@ const VIS: i64 = 1_000;
 /// from `$make`.
 #[macro_export]
 macro_rules! job_queue_conformance {
-    ($make:path) => {
-        $crate::job_queue_conformance!(@tests $make;
+    (optional $make:path) => {
+        $crate::job_queue_conformance!(@list $make, optional);
+    };
+    (@list $make:path, $mode:ident) => {
+        $crate::job_queue_conformance!(@tests $make, $mode;
             enqueue_assigns_ids_and_get_returns_the_job, invalid_enqueues_are_refused,
             lease_order_and_max, delayed_jobs_wait_for_run_at,
             expired_lease_is_leased_again_and_old_lease_is_void, heartbeat_extends_the_lease,
@@ -46,11 +49,16 @@ macro_rules! job_queue_conformance {
             batch_with_failures_still_fans_in, empty_batch_finishes_at_once,
             cancel_removes_unstarted_items, invalid_batches_are_refused);
     };
-    (@tests $make:path; $($name:ident),* $(,)?) => {
+    ($make:path) => {
+        $crate::job_queue_conformance!(@list $make, required);
+    };
+    (@tests $make:path, $mode:ident; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (queue, _guard) = $make().await;
+                let Some((queue, _guard)) = $crate::conformance_factory!($mode, $make) else {
+                    return;
+                };
                 $crate::conformance::jobs::$name(queue).await;
             }
         )*

@@ -7,6 +7,8 @@
 //! ficus_store::event_store_conformance!(make_store);
 //! // where `async fn make_store() -> (Arc<dyn EventStore>, Box<dyn Any + Send>)`
 //! // returns the store and a guard (e.g. its temp dir) kept alive for the test.
+//! ficus_store::event_store_conformance!(optional make_pg_store);
+//! // where the factory returns an `Option` of the same: `None` skips (no service configured).
 //! ```
 
 pub mod jobs;
@@ -32,22 +34,43 @@ fn evs(range: std::ops::Range<u64>) -> Vec<NewEvent> {
     range.map(ev).collect()
 }
 
+/// Calls a conformance factory: `required` ones return the adapter, `optional` ones an
+/// `Option` (`None` when the adapter's service is not configured, and the check is skipped).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_factory {
+    (required, $make:path) => {
+        Some($make().await)
+    };
+    (optional, $make:path) => {
+        $make().await
+    };
+}
+
 /// Generates one `#[tokio::test]` per conformance check, each with a fresh store from `$make`.
 #[macro_export]
 macro_rules! event_store_conformance {
-    ($make:path) => {
-        $crate::event_store_conformance!(@tests $make;
+    (optional $make:path) => {
+        $crate::event_store_conformance!(@list $make, optional);
+    };
+    (@list $make:path, $mode:ident) => {
+        $crate::event_store_conformance!(@tests $make, $mode;
             append_and_read_stream, expected_version_rules, conflict_writes_nothing,
             global_log_is_gapless, envelope_round_trips, invalid_batches_are_refused,
             concurrent_writers_one_winner_per_version, subscription_catch_up_then_live,
             subscription_switch_over_under_load, slow_subscriber_gets_clear_error,
             live_batches_in_commit_order);
     };
-    (@tests $make:path; $($name:ident),* $(,)?) => {
+    ($make:path) => {
+        $crate::event_store_conformance!(@list $make, required);
+    };
+    (@tests $make:path, $mode:ident; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = $make().await;
+                let Some((store, _guard)) = $crate::conformance_factory!($mode, $make) else {
+                    return;
+                };
                 $crate::conformance::$name(store).await;
             }
         )*

@@ -1,0 +1,197 @@
+//! Versioned schema migrations, applied in order, each in its own transaction, recorded in
+//! `ficus_migrations`. Several processes may call [`migrate`] at once: a session advisory lock
+//! keyed by the schema name makes them take turns, and each applies only what is missing.
+
+use deadpool_postgres::Pool;
+
+use super::{conn, unavailable};
+use crate::StoreError;
+
+/// One schema change. `sql` may contain `__SCHEMA__`, replaced with the schema's name.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one: add a new version.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event log",
+        sql: EVENT_LOG,
+    },
+    Migration {
+        version: 2,
+        name: "job queue",
+        sql: super::jobs::SCHEMA,
+    },
+    Migration {
+        version: 3,
+        name: "outbox",
+        sql: super::outbox::SCHEMA,
+    },
+];
+
+/// The event log. Positions are gap-free because they are handed out under the row lock on
+/// `ficus_head`, taken inside `ficus_append` and released at commit, after the transaction is
+/// visible: a reader can never see position n+1 without n. The lock is held only inside the
+/// server, never across a network round trip.
+const EVENT_LOG: &str = r#"
+CREATE TABLE ficus_events (
+    position       bigint  PRIMARY KEY,
+    event_id       uuid    NOT NULL,
+    stream_id      text    NOT NULL,
+    version        bigint  NOT NULL,
+    event_type     text    NOT NULL,
+    schema_version integer NOT NULL,
+    recorded_at_ms bigint  NOT NULL,
+    metadata       json    NOT NULL,
+    payload        json    NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE ficus_streams (
+    stream_id text   PRIMARY KEY,
+    version   bigint NOT NULL
+);
+CREATE TABLE ficus_head (
+    id       integer PRIMARY KEY CHECK (id = 1),
+    position bigint  NOT NULL
+);
+INSERT INTO ficus_head VALUES (1, 0);
+
+-- One group commit: many appends, each with its own expectation. An expectation that fails
+-- rejects that append alone. a_expected: -1 any, -2 no stream, -3 exists, n >= 0 exactly n.
+-- e_append[i] is the (1-based) append event i belongs to; an append's events are contiguous.
+CREATE FUNCTION ficus_append(
+    a_stream text[], a_expected bigint[], a_count integer[],
+    e_append integer[], e_id uuid[], e_type text[], e_schema integer[],
+    e_metadata text[], e_payload text[], at_ms bigint)
+RETURNS TABLE (ok boolean, actual bigint, first_version bigint, first_position bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    head_pos  bigint;
+    next_pos  bigint;
+    s_names   text[];
+    s_orig    bigint[];
+    s_vers    bigint[];
+    acc_pos   bigint[] := array_fill(0::bigint, ARRAY[cardinality(a_stream)]);
+    acc_ver   bigint[] := array_fill(0::bigint, ARRAY[cardinality(a_stream)]);
+    acc_first integer[] := array_fill(0, ARRAY[cardinality(a_stream)]);
+    k   integer;
+    cur bigint;
+    exp bigint;
+    e   integer := 1;
+BEGIN
+    SELECT h.position INTO head_pos FROM ficus_head h WHERE h.id = 1 FOR UPDATE;
+    next_pos := head_pos + 1;
+    SELECT coalesce(array_agg(s.stream_id), '{}'), coalesce(array_agg(s.version), '{}')
+      INTO s_names, s_orig
+      FROM ficus_streams s WHERE s.stream_id = ANY (a_stream);
+    s_vers := s_orig;
+    FOR i IN 1 .. cardinality(a_stream) LOOP
+        k := array_position(s_names, a_stream[i]);
+        cur := CASE WHEN k IS NULL THEN 0 ELSE s_vers[k] END;
+        exp := a_expected[i];
+        IF exp = -1 OR (exp = -2 AND cur = 0) OR (exp = -3 AND cur > 0) OR exp = cur THEN
+            acc_pos[i] := next_pos;
+            acc_ver[i] := cur + 1;
+            acc_first[i] := e;
+            next_pos := next_pos + a_count[i];
+            IF k IS NULL THEN
+                s_names := s_names || a_stream[i];
+                s_orig := s_orig || 0::bigint;
+                s_vers := s_vers || (cur + a_count[i]);
+            ELSE
+                s_vers[k] := cur + a_count[i];
+            END IF;
+            ok := true; actual := cur; first_version := cur + 1; first_position := acc_pos[i];
+        ELSE
+            ok := false; actual := cur; first_version := 0; first_position := 0;
+        END IF;
+        e := e + a_count[i];
+        RETURN NEXT;
+    END LOOP;
+    IF next_pos > head_pos + 1 THEN
+        INSERT INTO ficus_events (position, event_id, stream_id, version, event_type,
+                                  schema_version, recorded_at_ms, metadata, payload)
+        SELECT acc_pos[t.a] + (t.ix - acc_first[t.a]), t.id, a_stream[t.a],
+               acc_ver[t.a] + (t.ix - acc_first[t.a]), t.ty, t.sv, at_ms,
+               t.md::json, t.pl::json
+          FROM unnest(e_append, e_id, e_type, e_schema, e_metadata, e_payload)
+               WITH ORDINALITY AS t(a, id, ty, sv, md, pl, ix)
+         WHERE acc_pos[t.a] > 0;
+        INSERT INTO ficus_streams AS s (stream_id, version)
+        SELECT n, v FROM unnest(s_names, s_orig, s_vers) AS u(n, o, v) WHERE v <> o
+        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version;
+        UPDATE ficus_head SET position = next_pos - 1 WHERE id = 1;
+        PERFORM pg_notify('ficus_events.__SCHEMA__', (next_pos - 1)::text);
+    END IF;
+END
+$fn$;
+"#;
+
+/// Creates the schema if needed and applies every migration it lacks. Returns how many ran.
+pub async fn migrate(pool: &Pool, schema: &str) -> Result<usize, StoreError> {
+    let mut client = conn(pool).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .map_err(unavailable)?;
+    let lock_key = format!("ficus-migrate:{schema}");
+    client
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key])
+        .await
+        .map_err(unavailable)?;
+    let result = apply(&mut client, schema).await;
+    // Unlock even after a failed migration; if this fails too, closing the session unlocks.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key])
+        .await;
+    result
+}
+
+async fn apply(client: &mut deadpool_postgres::Object, schema: &str) -> Result<usize, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS ficus_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(unavailable)?;
+    let done: Vec<i32> = client
+        .query("SELECT version FROM ficus_migrations", &[])
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newer) = done
+        .iter()
+        .find(|v| !MIGRATIONS.iter().any(|m| m.version == **v))
+    {
+        return Err(StoreError::Invalid(format!(
+            "schema {schema} has migration {newer}, which this binary does not know: it was \
+             migrated by a newer Ficus"
+        )));
+    }
+    let mut applied = 0;
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.batch_execute(&m.sql.replace("__SCHEMA__", schema))
+            .await
+            .map_err(|e| unavailable(format!("migration {} ({}): {e}", m.version, m.name)))?;
+        tx.execute(
+            "INSERT INTO ficus_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        tracing::info!(schema, version = m.version, name = m.name, "applied migration");
+        applied += 1;
+    }
+    Ok(applied)
+}

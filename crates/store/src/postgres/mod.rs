@@ -1,0 +1,136 @@
+//! The scale-out backend: PostgreSQL holds the event log, the job queue and their schema;
+//! several `ficus` processes share one database.
+//!
+//! Every object lives in one schema ([`PgConfig::schema`], `ficus` by default), created and
+//! migrated on start ([`migrate`]); several processes may start at once, an advisory lock
+//! makes them take turns. Each connection sets its `search_path` to that schema and
+//! `synchronous_commit = on`, so a commit that returned is on disk whatever the server's
+//! default is.
+
+mod events;
+mod jobs;
+mod migrations;
+mod outbox;
+pub mod testing;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+pub use events::PgEventStore;
+pub use migrations::{migrate, MIGRATIONS};
+
+/// Where the database is and the limits of this process's use of it. Every queue, batch and
+/// pool here is bounded.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// A libpq-style URL or key=value string, e.g. `postgres://postgres@127.0.0.1:5432/test`.
+    pub url: String,
+    /// The schema holding Ficus's tables (letters, digits and `_`).
+    pub schema: String,
+    /// Connections this process keeps open (readers, writers and job calls share them).
+    pub pool_size: usize,
+    /// Append requests that may wait for a writer; further callers wait for room.
+    pub append_queue_requests: usize,
+    /// Most events committed in one transaction (one group commit).
+    pub max_batch_events: usize,
+    /// Most events one append request may carry.
+    pub max_append_events: usize,
+    /// Group commits in flight at once from this process. They take turns on the log's head
+    /// row inside the server, so a second one hides the network round trip of the first.
+    pub writers: usize,
+    /// Committed batches kept for slow live subscribers.
+    pub live_buffer_batches: usize,
+    /// How often the log is polled for other processes' commits when no notification came.
+    pub poll_interval: Duration,
+    /// How long to wait for a connection or a TCP connect before reporting unavailable.
+    pub connect_timeout: Duration,
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "ficus".into(),
+            pool_size: 16,
+            append_queue_requests: 8192,
+            max_batch_events: 4096,
+            max_append_events: 1000,
+            writers: 2,
+            live_buffer_batches: 1024,
+            poll_interval: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The connection settings, with this schema first on the search path.
+    pub(crate) fn client_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        if !valid_schema(&self.schema) {
+            return Err(StoreError::Invalid(format!(
+                "schema name must be 1-48 characters of a-z 0-9 _ and start with a letter: {:?}",
+                self.schema
+            )));
+        }
+        let mut cfg: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("PostgreSQL URL: {e}")))?;
+        cfg.options(format!(
+            "-c search_path={} -c synchronous_commit=on",
+            self.schema
+        ));
+        cfg.connect_timeout(self.connect_timeout);
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("ficus");
+        }
+        Ok(cfg)
+    }
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A bounded pool of connections to the configured schema.
+pub fn pool(config: &PgConfig) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config.client_config()?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Invalid(format!("PostgreSQL pool: {e}")))
+}
+
+/// Maps a driver or pool error to [`StoreError::Unavailable`]: nothing was committed.
+pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+/// A connection from the pool, or why there is none.
+pub(crate) async fn conn(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(unavailable)
+}
+
+/// `u64` positions and versions as PostgreSQL `bigint`.
+pub(crate) fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
