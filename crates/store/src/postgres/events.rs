@@ -53,6 +53,9 @@ struct Shared {
     /// Batches committed by this process, by first position, not yet broadcast.
     local: Mutex<BTreeMap<Position, LiveBatch>>,
     wake: Notify,
+    /// Notified after each local commit that wrote an outbox row.
+    outbox_wake: Arc<Notify>,
+    with_outbox: bool,
 }
 
 impl Shared {
@@ -97,6 +100,8 @@ impl PgEventStore {
             live: broadcast::channel(config.live_buffer_batches.max(1)).0,
             local: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            outbox_wake: Arc::new(Notify::new()),
+            with_outbox: config.outbox,
         });
         let (tx, rx) = mpsc::channel(config.append_queue_requests.max(1));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -115,7 +120,9 @@ impl PgEventStore {
             config.poll_interval,
             head,
         )));
-        tasks.push(tokio::spawn(listener(config.clone(), shared.clone())));
+        if config.listen_notify {
+            tasks.push(tokio::spawn(listener(config.clone(), shared.clone())));
+        }
         Ok(Self {
             pool,
             config,
@@ -132,6 +139,12 @@ impl PgEventStore {
 
     pub fn config(&self) -> &PgConfig {
         &self.config
+    }
+
+    /// Notified after every local group commit that wrote an outbox row (with
+    /// [`PgConfig::outbox`] on): the relay's cue to publish.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.shared.outbox_wake.clone()
     }
 
     /// Tells the tailer that positions up to `position` are committed (by any process), so it
@@ -248,7 +261,8 @@ async fn read_all(
 
 fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0);
-    let corrupt = |what: String| StoreError::Corrupt(format!("event at position {position}: {what}"));
+    let corrupt =
+        |what: String| StoreError::Corrupt(format!("event at position {position}: {what}"));
     let stream: String = row.get(2);
     let event_type: String = row.get(4);
     let schema_version: i32 = row.get(5);
@@ -307,7 +321,7 @@ async fn writer(
 async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
     let at = now_ms();
     let outcome = match encode(&batch) {
-        Ok(args) => call_append(pool, &args, at).await,
+        Ok(args) => call_append(pool, &args, at, shared.with_outbox).await,
         Err(e) => Err(e),
     };
     let rows = match outcome {
@@ -378,6 +392,9 @@ async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
         }
         drop(local);
         shared.wake.notify_one();
+        if shared.with_outbox {
+            shared.outbox_wake.notify_one();
+        }
     }
     for (reply, result) in replies {
         let _ = reply.send(result);
@@ -424,9 +441,10 @@ fn encode(batch: &[AppendRequest]) -> Result<AppendArgs<'_>, StoreError> {
             a.e_append.push(i as i32 + 1);
             a.e_id.push(e.id);
             a.e_type.push(e.event_type.as_str());
-            a.e_schema.push(i32::try_from(e.schema_version).map_err(|_| {
-                StoreError::Invalid(format!("schema version {} is too large", e.schema_version))
-            })?);
+            a.e_schema
+                .push(i32::try_from(e.schema_version).map_err(|_| {
+                    StoreError::Invalid(format!("schema version {} is too large", e.schema_version))
+                })?);
             a.e_metadata.push(to_json(&e.metadata)?);
             a.e_payload.push(to_json(&e.payload)?);
         }
@@ -442,12 +460,13 @@ async fn call_append(
     pool: &Pool,
     a: &AppendArgs<'_>,
     at: i64,
+    with_outbox: bool,
 ) -> Result<Vec<Row>, StoreError> {
     let client = conn(pool).await?;
     let stmt = client
         .prepare_cached(
             "SELECT ok, actual, first_version, first_position \
-             FROM ficus_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             FROM ficus_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await
         .map_err(unavailable)?;
@@ -465,6 +484,7 @@ async fn call_append(
                 &a.e_metadata,
                 &a.e_payload,
                 &at,
+                &with_outbox,
             ],
         )
         .await

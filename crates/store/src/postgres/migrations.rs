@@ -26,11 +26,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "job queue",
         sql: super::jobs::SCHEMA,
     },
-    Migration {
-        version: 3,
-        name: "outbox",
-        sql: super::outbox::SCHEMA,
-    },
 ];
 
 /// The event log. Positions are gap-free because they are handed out under the row lock on
@@ -59,6 +54,12 @@ CREATE TABLE ficus_head (
     position bigint  NOT NULL
 );
 INSERT INTO ficus_head VALUES (1, 0);
+-- The transactional outbox: one row per group commit that asked for it, naming the positions
+-- the relay must still publish to the bus. Written in the append's own transaction.
+CREATE TABLE ficus_outbox (
+    first_position bigint PRIMARY KEY,
+    last_position  bigint NOT NULL
+);
 
 -- One group commit: many appends, each with its own expectation. An expectation that fails
 -- rejects that append alone. a_expected: -1 any, -2 no stream, -3 exists, n >= 0 exactly n.
@@ -66,7 +67,7 @@ INSERT INTO ficus_head VALUES (1, 0);
 CREATE FUNCTION ficus_append(
     a_stream text[], a_expected bigint[], a_count integer[],
     e_append integer[], e_id uuid[], e_type text[], e_schema integer[],
-    e_metadata text[], e_payload text[], at_ms bigint)
+    e_metadata text[], e_payload text[], at_ms bigint, with_outbox boolean)
 RETURNS TABLE (ok boolean, actual bigint, first_version bigint, first_position bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -125,6 +126,9 @@ BEGIN
         SELECT n, v FROM unnest(s_names, s_orig, s_vers) AS u(n, o, v) WHERE v <> o
         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version;
         UPDATE ficus_head SET position = next_pos - 1 WHERE id = 1;
+        IF with_outbox THEN
+            INSERT INTO ficus_outbox VALUES (head_pos + 1, next_pos - 1);
+        END IF;
         PERFORM pg_notify('ficus_events.__SCHEMA__', (next_pos - 1)::text);
     END IF;
 END
@@ -190,7 +194,12 @@ async fn apply(client: &mut deadpool_postgres::Object, schema: &str) -> Result<u
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        tracing::info!(schema, version = m.version, name = m.name, "applied migration");
+        tracing::info!(
+            schema,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
         applied += 1;
     }
     Ok(applied)

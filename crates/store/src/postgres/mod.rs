@@ -45,6 +45,12 @@ pub struct PgConfig {
     pub live_buffer_batches: usize,
     /// How often the log is polled for other processes' commits when no notification came.
     pub poll_interval: Duration,
+    /// Write an outbox row with every group commit, for a relay to publish to the bus. Turn
+    /// on when a bus is configured: without a relay the rows would only pile up.
+    pub outbox: bool,
+    /// Listen for other processes' commits with PostgreSQL `NOTIFY`. Off when the bus
+    /// announces them instead; the poll still runs either way.
+    pub listen_notify: bool,
     /// How long to wait for a connection or a TCP connect before reporting unavailable.
     pub connect_timeout: Duration,
 }
@@ -61,6 +67,8 @@ impl PgConfig {
             writers: 2,
             live_buffer_batches: 1024,
             poll_interval: Duration::from_millis(250),
+            outbox: false,
+            listen_notify: true,
             connect_timeout: Duration::from_secs(5),
         }
     }

@@ -8,7 +8,9 @@ pub const TEST_PG_URL_ENV: &str = "FICUS_TEST_PG_URL";
 
 /// The test database URL, or `None` (tests then skip; CI always sets it).
 pub fn test_url() -> Option<String> {
-    std::env::var(TEST_PG_URL_ENV).ok().filter(|s| !s.is_empty())
+    std::env::var(TEST_PG_URL_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// A config for a fresh schema `t_<tag>_<unique>`, and a guard that drops the schema.
