@@ -78,7 +78,12 @@ pub struct AppState {
     pub sse_permits: Arc<Semaphore>,
     pub shutdown: Shutdown,
     pub http_metrics: Arc<metrics::HttpMetrics>,
+    /// Which backend holds the event log and the job queue ("sqlite" or "postgres").
+    pub backend: &'static str,
 }
+
+/// Longest a readiness probe waits for a backend before calling it down.
+pub const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl AppState {
     pub fn projections(&self) -> [&ProjectionHandle; 2] {
@@ -134,6 +139,28 @@ async fn ready(State(st): State<AppState>) -> Response {
         "shutting_down".into(),
         json!({"ok": !st.shutdown.is_triggered()}),
     );
+    let probe = ficus_core::StreamId::new("ficus-ready-probe").expect("valid stream id");
+    let started = std::time::Instant::now();
+    let store = tokio::time::timeout(READY_PROBE_TIMEOUT, st.store.stream_version(&probe)).await;
+    let store_ok = matches!(store, Ok(Ok(_)));
+    ok &= store_ok;
+    let mut check = json!({"ok": store_ok, "backend": st.backend,
+                           "probe_ms": started.elapsed().as_millis() as u64});
+    if let Ok(Err(e)) = &store {
+        check["error"] = json!(e.to_string());
+    }
+    checks.insert("event_store".into(), check);
+    let started = std::time::Instant::now();
+    let jobs =
+        tokio::time::timeout(READY_PROBE_TIMEOUT, st.jobs.get(ficus_store::JobId::MAX)).await;
+    let jobs_ok = matches!(jobs, Ok(Ok(_)));
+    ok &= jobs_ok;
+    let mut check = json!({"ok": jobs_ok, "backend": st.backend,
+                           "probe_ms": started.elapsed().as_millis() as u64});
+    if let Ok(Err(e)) = &jobs {
+        check["error"] = json!(e.to_string());
+    }
+    checks.insert("job_queue".into(), check);
     for p in st.projections() {
         let status = p.status();
         let healthy = !matches!(
@@ -153,6 +180,24 @@ async fn ready(State(st): State<AppState>) -> Response {
     };
     let body = json!({"status": if ok {"ready"} else {"not_ready"}, "checks": checks});
     (code, Json(body)).into_response()
+}
+
+/// What a process without the public API serves (a worker): health, readiness, metrics and
+/// the projection list, as JSON errors elsewhere.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/v1/projections", get(streams::list_projections))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(axum::middleware::from_fn(correlation))
+        .with_state(state)
 }
 
 /// The whole HTTP API.

@@ -11,8 +11,9 @@ use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
 use ficus_runtime::{PoolConfig, ProjectionRunner, Repository, Shutdown, WorkerPool};
+use ficus_store::postgres::{PgConfig, PgEventStore, PgJobQueue};
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
-use ficus_store::EventStore;
+use ficus_store::{EventStore, JobQueue};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -27,9 +28,12 @@ pub struct ServerConfig {
     /// HS256 secret; when `None`, one is created once and kept in `<data_dir>/auth.secret`.
     pub auth_secret: Option<String>,
     pub api: ApiConfig,
-    pub store: SqliteConfig,
+    /// Where events and jobs live: the embedded SQLite file or a shared PostgreSQL.
+    pub store: StoreConfig,
     /// The worker pool running the shop's bulk jobs.
     pub shop_pool: PoolConfig,
+    /// What this process runs.
+    pub role: Role,
     /// Also run the strangler-fig gateway in this process: its route file and address.
     pub gateway: Option<(PathBuf, SocketAddr)>,
 }
@@ -41,13 +45,81 @@ impl ServerConfig {
             listen,
             auth_secret: None,
             api: ApiConfig::default(),
-            store: SqliteConfig::default(),
+            store: StoreConfig::Embedded(SqliteConfig::default()),
             shop_pool: PoolConfig {
                 concurrency: 8,
                 max_concurrency: 64,
                 ..PoolConfig::new(SHOP_QUEUE)
             },
             gateway: None,
+            role: Role::All,
+        }
+    }
+}
+
+/// What one `ficus serve` process runs. With PostgreSQL, run as many of each as needed: API
+/// processes take HTTP traffic, worker processes compete for the job queue's items. Every
+/// process keeps its own copy of the read models, built from the shared log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP API and the worker pool.
+    All,
+    /// The HTTP API (commands and queries); no worker pool.
+    Api,
+    /// The worker pool, with only health, readiness and metrics over HTTP.
+    Worker,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> anyhow::Result<Role> {
+        match s {
+            "all" => Ok(Role::All),
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            other => anyhow::bail!("--role takes all, api or worker, got {other:?}"),
+        }
+    }
+
+    fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// The backend of the event log and the job queue.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// `<data_dir>/events.db`: one process, no services needed.
+    Embedded(SqliteConfig),
+    /// A PostgreSQL database shared by any number of `ficus` processes.
+    Postgres(PgConfig),
+}
+
+impl StoreConfig {
+    /// `postgres://...` (or `postgresql://...`) selects PostgreSQL; `sqlite` or an empty
+    /// value the embedded store.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let s = s.trim();
+        if s.is_empty() || s == "sqlite" || s == "embedded" {
+            Ok(StoreConfig::Embedded(SqliteConfig::default()))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreConfig::Postgres(PgConfig::new(s)))
+        } else {
+            anyhow::bail!("--store takes `sqlite` or a postgres:// URL, got {s:?}")
+        }
+    }
+}
+
+/// The opened backend, kept to shut it down in order.
+enum OpenStore {
+    Sqlite(Arc<SqliteEventStore>),
+    Postgres(Arc<PgEventStore>),
+}
+
+impl OpenStore {
+    async fn shutdown(&self) {
+        match self {
+            OpenStore::Sqlite(s) => s.shutdown().await,
+            OpenStore::Postgres(s) => s.shutdown().await,
         }
     }
 }
@@ -82,10 +154,10 @@ pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
     pub shutdown: Shutdown,
-    store: Arc<SqliteEventStore>,
+    store: OpenStore,
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
-    pool: WorkerPool,
+    pool: Option<WorkerPool>,
     /// The embedded gateway, when configured.
     pub gateway: Option<crate::gateway::RunningGateway>,
 }
@@ -95,11 +167,37 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let secret = resolve_secret(&cfg.data_dir, cfg.auth_secret.as_deref())?;
-    let store = Arc::new(
-        SqliteEventStore::open(cfg.data_dir.join("events.db"), cfg.store.clone())
-            .context("opening the event store")?,
-    );
-    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let (store, dyn_store, jobs, ready, backend) = match &cfg.store {
+        StoreConfig::Embedded(sqlite) => {
+            let store = Arc::new(
+                SqliteEventStore::open(cfg.data_dir.join("events.db"), sqlite.clone())
+                    .context("opening the event store")?,
+            );
+            let jobs = SqliteJobQueue::new(store.clone());
+            let ready = jobs.ready_signal();
+            let jobs: Arc<dyn JobQueue> = Arc::new(jobs);
+            let dyn_store: Arc<dyn EventStore> = store.clone();
+            (OpenStore::Sqlite(store), dyn_store, jobs, ready, "sqlite")
+        }
+        StoreConfig::Postgres(pg) => {
+            let store = Arc::new(
+                PgEventStore::open(pg.clone())
+                    .await
+                    .context("opening the PostgreSQL event store")?,
+            );
+            let jobs = PgJobQueue::for_store(&store);
+            let ready = jobs.ready_signal();
+            let jobs: Arc<dyn JobQueue> = Arc::new(jobs);
+            let dyn_store: Arc<dyn EventStore> = store.clone();
+            (
+                OpenStore::Postgres(store),
+                dyn_store,
+                jobs,
+                ready,
+                "postgres",
+            )
+        }
+    };
     let shutdown = Shutdown::new();
     let read_dir = cfg.data_dir.join("read-models");
     let (catalog, catalog_task) = ProjectionRunner::spawn(
@@ -114,9 +212,6 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         dyn_store.clone(),
         shutdown.clone(),
     )?;
-    let sqlite_jobs = SqliteJobQueue::new(store.clone());
-    let ready = sqlite_jobs.ready_signal();
-    let jobs: Arc<dyn ficus_store::JobQueue> = Arc::new(sqlite_jobs);
     let shop = Shop::new(Repository::new(dyn_store.clone()));
     let handler = Arc::new(ShopJobHandler {
         shop: shop.clone(),
@@ -125,13 +220,15 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         orders: orders.clone(),
         export_dir: cfg.data_dir.join("exports"),
     });
-    let pool = WorkerPool::spawn(
-        jobs.clone(),
-        handler,
-        cfg.shop_pool.clone(),
-        Some(ready),
-        shutdown.clone(),
-    );
+    let pool = cfg.role.runs_workers().then(|| {
+        WorkerPool::spawn(
+            jobs.clone(),
+            handler,
+            cfg.shop_pool.clone(),
+            Some(ready),
+            shutdown.clone(),
+        )
+    });
     let state = AppState {
         store: dyn_store.clone(),
         bulk: BulkJobs::new(jobs.clone(), catalog.clone(), orders.clone()),
@@ -144,19 +241,23 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         config: Arc::new(cfg.api.clone()),
         shutdown: shutdown.clone(),
         http_metrics: Default::default(),
+        backend,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let app = ficus_gateway::router(state.clone());
+    let app = match cfg.role {
+        Role::All | Role::Api => ficus_gateway::router(state.clone()),
+        Role::Worker => ficus_gateway::ops_router(state.clone()),
+    };
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.wait().await })
             .await
     });
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ficus is serving");
+    tracing::info!(%addr, backend, role = ?cfg.role, data_dir = %cfg.data_dir.display(), "ficus is serving");
     let gateway = match &cfg.gateway {
         Some((routes, listen)) => {
             Some(crate::gateway::start(routes.clone(), *listen, state.auth.clone()).await?)
@@ -195,7 +296,9 @@ impl Running {
         }
         self.server.await??;
         // Running jobs finish, unstarted ones are released, completions flushed.
-        self.pool.join().await;
+        if let Some(pool) = self.pool {
+            pool.join().await;
+        }
         for t in self.projections {
             let _ = t.await;
         }

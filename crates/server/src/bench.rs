@@ -1,13 +1,16 @@
 //! `ficus bench append`: durable single-event appends per second and acknowledgement latency
-//! at several writer counts, on the SQLite backend, beside the disk's raw fsync rate (the
-//! limit that group commit works around).
+//! at several writer counts, on the SQLite backend (beside the disk's raw fsync rate, the
+//! limit that group commit works around) or on PostgreSQL (`--store postgres://...`, each run
+//! in a fresh schema dropped afterwards).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ficus_core::{EventType, ExpectedVersion, StreamId};
+use ficus_store::postgres::testing::{fresh_schema, SchemaGuard};
+use ficus_store::postgres::PgEventStore;
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
 use ficus_store::{new_event, EventStore};
 use serde::Serialize;
@@ -33,15 +36,95 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
     sorted[idx] as u64
 }
 
+/// Where a benchmark keeps its data.
+#[derive(Debug, Clone)]
+pub enum BenchStore {
+    /// A fresh SQLite file per run in `dir`.
+    Sqlite { dir: PathBuf, config: SqliteConfig },
+    /// A fresh schema per run in this PostgreSQL database.
+    Postgres { url: String },
+}
+
+impl BenchStore {
+    pub fn backend(&self) -> &'static str {
+        match self {
+            BenchStore::Sqlite { .. } => "sqlite",
+            BenchStore::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+/// A store opened for one run, and what to remove after it.
+enum Opened {
+    Sqlite(Arc<SqliteEventStore>, PathBuf),
+    Postgres(Arc<PgEventStore>, SchemaGuard),
+}
+
+impl Opened {
+    async fn open(at: &BenchStore, tag: &str) -> anyhow::Result<Opened> {
+        Ok(match at {
+            BenchStore::Sqlite { dir, config } => {
+                let path = dir.join(format!("bench-{tag}-{}.db", uuid::Uuid::now_v7()));
+                let store = Arc::new(SqliteEventStore::open(&path, config.clone())?);
+                Opened::Sqlite(store, path)
+            }
+            BenchStore::Postgres { url } => {
+                let (mut config, guard) = fresh_schema(url, &format!("bench{tag}"));
+                config.pool_size = 8;
+                Opened::Postgres(Arc::new(PgEventStore::open(config).await?), guard)
+            }
+        })
+    }
+
+    /// The job queue beside the event log, and its ready signal.
+    fn jobs(&self) -> (Arc<dyn ficus_store::JobQueue>, Arc<tokio::sync::Notify>) {
+        match self {
+            Opened::Sqlite(s, _) => {
+                let q = ficus_store::sqlite::SqliteJobQueue::new(s.clone());
+                let ready = q.ready_signal();
+                (Arc::new(q), ready)
+            }
+            Opened::Postgres(s, _) => {
+                let q = ficus_store::postgres::PgJobQueue::for_store(s);
+                let ready = q.ready_signal();
+                (Arc::new(q), ready)
+            }
+        }
+    }
+
+    fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Opened::Sqlite(s, _) => s.clone(),
+            Opened::Postgres(s, _) => s.clone(),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Opened::Sqlite(store, path) => {
+                store.shutdown().await;
+                drop(store);
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                let _ = std::fs::remove_file(path.with_extension("lock"));
+            }
+            Opened::Postgres(store, guard) => {
+                drop(store);
+                drop(guard);
+            }
+        }
+    }
+}
+
 /// Runs `writers` tasks, each appending one event at a time to its own stream, for `duration`.
 pub async fn append_run(
-    dir: &Path,
+    at: &BenchStore,
     writers: usize,
     duration: Duration,
-    config: &SqliteConfig,
 ) -> anyhow::Result<AppendRun> {
-    let path = dir.join(format!("bench-{writers}-{}.db", uuid::Uuid::now_v7()));
-    let store = Arc::new(SqliteEventStore::open(&path, config.clone())?);
+    let opened = Opened::open(at, &writers.to_string()).await?;
+    let store = opened.store();
     let ty = EventType::new("BenchEvent")?;
     // Warm-up: create the streams so every measured append is a steady-state one.
     for w in 0..writers {
@@ -81,12 +164,8 @@ pub async fn append_run(
         all.extend(t.await??);
     }
     let seconds = start.elapsed().as_secs_f64();
-    store.shutdown().await;
     drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let _ = std::fs::remove_file(path.with_extension("lock"));
+    opened.close().await;
     all.sort_unstable();
     Ok(AppendRun {
         writers,
@@ -126,22 +205,23 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// The whole append benchmark: `runs` rounds over `writer_counts`, medians printed as a table
 /// and returned as JSON.
 pub async fn append_bench(
-    dir: &Path,
+    at: &BenchStore,
     writer_counts: &[usize],
     duration: Duration,
     runs: usize,
-    config: &SqliteConfig,
 ) -> anyhow::Result<serde_json::Value> {
-    std::fs::create_dir_all(dir)?;
     let runs = runs.max(1);
     let mut fsyncs = Vec::new();
     let mut results: Vec<Vec<AppendRun>> = vec![Vec::new(); writer_counts.len()];
     for run in 0..runs {
-        fsyncs.push(tokio::task::block_in_place(|| {
-            fsync_rate(dir, Duration::from_secs(1))
-        })?);
+        if let BenchStore::Sqlite { dir, .. } = at {
+            std::fs::create_dir_all(dir)?;
+            fsyncs.push(tokio::task::block_in_place(|| {
+                fsync_rate(dir, Duration::from_secs(1))
+            })?);
+        }
         for (i, &w) in writer_counts.iter().enumerate() {
-            let r = append_run(dir, w, duration, config).await?;
+            let r = append_run(at, w, duration).await?;
             eprintln!(
                 "run {}/{runs}: {w:>3} writers  {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us",
                 run + 1,
@@ -153,12 +233,21 @@ pub async fn append_bench(
         }
     }
     let fsync = median(fsyncs);
+    let sqlite = matches!(at, BenchStore::Sqlite { .. });
     println!();
-    println!("ficus bench append — SQLite backend, single-event appends, each acknowledged only after the WAL fdatasync that covers it");
-    println!(
-        "median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s",
-        duration.as_secs_f64()
-    );
+    if sqlite {
+        println!("ficus bench append — SQLite backend, single-event appends, each acknowledged only after the WAL fdatasync that covers it");
+        println!(
+            "median of {runs} run(s) of {:.0} s each; disk limit: {fsync:.0} write+fdatasync/s",
+            duration.as_secs_f64()
+        );
+    } else {
+        println!("ficus bench append — PostgreSQL backend, single-event appends, each acknowledged after its transaction committed with synchronous_commit=on");
+        println!(
+            "median of {runs} run(s) of {:.0} s each, a fresh schema per run",
+            duration.as_secs_f64()
+        );
+    }
     println!();
     println!("| writers | appends/s | ack p50 | ack p99 | vs raw fsync/s |");
     println!("|--------:|----------:|--------:|--------:|---------------:|");
@@ -171,18 +260,21 @@ pub async fn append_bench(
             "| {w:>7} | {rate:>9.0} | {:>4.2} ms | {:>4.2} ms | {:>13.1}x |",
             p50 / 1000.0,
             p99 / 1000.0,
-            rate / fsync
+            if sqlite { rate / fsync } else { f64::NAN }
         );
         rows.push(
             json!({"writers": w, "appends_per_sec": rate, "p50_us": p50, "p99_us": p99,
                          "runs": results[i]}),
         );
     }
-    Ok(json!({"scenario": "append", "backend": "sqlite", "fsync_per_sec": fsync, "results": rows}))
+    Ok(
+        json!({"scenario": "append", "backend": at.backend(), "fsync_per_sec": fsync, "results": rows}),
+    )
 }
 
 /// `ficus bench jobs`: durable no-op jobs through enqueue → lease → complete on the SQLite
-/// backend, 1 ms jobs, and enqueue-to-start latency of single jobs on an idle pool.
+/// or PostgreSQL backend, 1 ms jobs, and enqueue-to-start latency of single jobs on an idle
+/// pool.
 pub mod jobs {
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
@@ -190,11 +282,10 @@ pub mod jobs {
 
     use async_trait::async_trait;
     use ficus_runtime::{JobError, JobHandler, PoolConfig, Shutdown, WorkerPool};
-    use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
     use ficus_store::{Job, JobQueue, NewJob};
     use serde_json::json;
 
-    use super::percentile;
+    use super::{percentile, BenchStore, Opened};
 
     /// Options of `ficus bench jobs`.
     #[derive(Debug, Clone)]
@@ -237,7 +328,7 @@ pub mod jobs {
         }
     }
 
-    async fn enqueue_all(q: &Arc<SqliteJobQueue>, queue: &str, n: usize) -> anyhow::Result<f64> {
+    async fn enqueue_all(q: &Arc<dyn JobQueue>, queue: &str, n: usize) -> anyhow::Result<f64> {
         const BATCH: usize = 1000;
         const ENQUEUERS: usize = 4;
         let start = Instant::now();
@@ -277,13 +368,13 @@ pub mod jobs {
 
     /// Runs the whole scenario `runs` times and prints the median of each figure.
     pub async fn run(
-        dir: &std::path::Path,
+        at: &BenchStore,
         opts: &JobsBench,
         runs: usize,
     ) -> anyhow::Result<serde_json::Value> {
         let mut all = Vec::new();
         for r in 0..runs.max(1) {
-            let one = run_once(dir, opts).await?;
+            let one = run_once(at, opts).await?;
             eprintln!("run {}/{}: {one}", r + 1, runs.max(1));
             all.push(one);
         }
@@ -291,9 +382,14 @@ pub mod jobs {
             |key: &str| super::median(all.iter().filter_map(|v| v[key].as_f64()).collect());
         let slow_concurrency = opts.concurrency * 4;
         println!();
-        println!(
-            "ficus bench jobs — SQLite backend, durable (every step acknowledged after fdatasync)"
-        );
+        match at {
+            BenchStore::Sqlite { .. } => println!(
+                "ficus bench jobs — SQLite backend, durable (every step acknowledged after fdatasync)"
+            ),
+            BenchStore::Postgres { .. } => println!(
+                "ficus bench jobs — PostgreSQL backend, durable (every step acknowledged after its commit, synchronous_commit=on)"
+            ),
+        }
         println!(
             "median of {} run(s): {} no-op jobs, {} workers; {} jobs of 1 ms, {slow_concurrency} workers",
             all.len(),
@@ -322,20 +418,16 @@ pub mod jobs {
             median("pickup_p50_us") / 1000.0,
             median("pickup_p99_us") / 1000.0
         );
-        Ok(json!({"scenario": "jobs", "backend": "sqlite", "runs": all}))
+        Ok(json!({"scenario": "jobs", "backend": at.backend(), "runs": all}))
     }
 
-    async fn run_once(
-        dir: &std::path::Path,
-        opts: &JobsBench,
-    ) -> anyhow::Result<serde_json::Value> {
-        std::fs::create_dir_all(dir)?;
-        let store = Arc::new(SqliteEventStore::open(
-            dir.join(format!("jobs-{}.db", uuid::Uuid::now_v7())),
-            SqliteConfig::default(),
-        )?);
-        let q = Arc::new(SqliteJobQueue::new(store.clone()));
-        let dyn_q: Arc<dyn JobQueue> = q.clone();
+    async fn run_once(at: &BenchStore, opts: &JobsBench) -> anyhow::Result<serde_json::Value> {
+        if let BenchStore::Sqlite { dir, .. } = at {
+            std::fs::create_dir_all(dir)?;
+        }
+        let opened = Opened::open(at, "jobs").await?;
+        let (q, ready) = opened.jobs();
+        let dyn_q = q.clone();
         let epoch = Instant::now();
         let limit = Duration::from_secs(300);
 
@@ -351,7 +443,7 @@ pub mod jobs {
             dyn_q.clone(),
             noop,
             pool_config("bench-noop", opts.concurrency),
-            Some(q.ready_signal()),
+            Some(ready.clone()),
             shutdown.clone(),
         );
         let processed_per_sec = drain(&pool, opts.jobs as u64, limit).await?;
@@ -369,7 +461,7 @@ pub mod jobs {
             dyn_q.clone(),
             noop,
             pool_config("bench-mixed", opts.concurrency),
-            Some(q.ready_signal()),
+            Some(ready.clone()),
             shutdown.clone(),
         );
         let start = Instant::now();
@@ -392,7 +484,7 @@ pub mod jobs {
             dyn_q.clone(),
             slow,
             pool_config("bench-1ms", slow_concurrency),
-            Some(q.ready_signal()),
+            Some(ready.clone()),
             shutdown.clone(),
         );
         let slow_per_sec = drain(&pool, opts.slow_jobs as u64, limit).await?;
@@ -410,7 +502,7 @@ pub mod jobs {
             dyn_q.clone(),
             probe.clone(),
             pool_config("bench-latency", opts.concurrency),
-            Some(q.ready_signal()),
+            Some(ready.clone()),
             shutdown.clone(),
         );
         for _ in 0..opts.latency_samples {
@@ -437,9 +529,10 @@ pub mod jobs {
         lat.sort_unstable();
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
 
-        store.shutdown().await;
+        drop((q, dyn_q));
+        opened.close().await;
         Ok(json!({
-            "scenario": "jobs", "backend": "sqlite", "jobs": opts.jobs,
+            "scenario": "jobs", "backend": at.backend(), "jobs": opts.jobs,
             "enqueue_per_sec": enqueue_per_sec, "processed_per_sec": processed_per_sec,
             "end_to_end_per_sec": end_to_end_per_sec, "slow_1ms_per_sec": slow_per_sec,
             "pickup_p50_us": p50, "pickup_p99_us": p99,

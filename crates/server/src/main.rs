@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ficus_core::{EventType, ExpectedVersion, StreamId};
-use ficus_server::app::{self, ServerConfig, SECRET_ENV};
+use ficus_server::app::{self, ServerConfig, StoreConfig, SECRET_ENV};
 use ficus_server::{bench, demo};
+use ficus_store::postgres::PgConfig;
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore};
 use ficus_store::{new_event, EventStore};
 
@@ -36,8 +37,22 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API on the embedded backend.
+    /// Serve the HTTP API (embedded SQLite by default, or a shared PostgreSQL).
     Serve {
+        /// Where events and jobs live: `sqlite` (the embedded file in --data-dir) or a
+        /// `postgres://user@host:port/db` URL shared by several ficus processes.
+        #[arg(long, env = "FICUS_STORE", default_value = "sqlite")]
+        store: String,
+        /// The PostgreSQL schema holding Ficus's tables.
+        #[arg(long, env = "FICUS_PG_SCHEMA", default_value = "ficus")]
+        pg_schema: String,
+        /// What this process runs: `all`, `api` (HTTP API, no workers) or `worker` (the
+        /// worker pool, with health and metrics only over HTTP).
+        #[arg(long, env = "FICUS_ROLE", default_value = "all")]
+        role: String,
+        /// PostgreSQL connections this process keeps open.
+        #[arg(long, env = "FICUS_PG_POOL_SIZE", default_value_t = 16)]
+        pg_pool_size: usize,
         /// Where the event log and read models live.
         #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
         data_dir: PathBuf,
@@ -69,6 +84,14 @@ enum Command {
         /// The most job items running at once; the pool grows toward it under a backlog.
         #[arg(long, env = "FICUS_JOB_MAX_CONCURRENCY", default_value_t = 64)]
         job_max_concurrency: usize,
+    },
+    /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
+    Migrate {
+        /// The `postgres://` URL.
+        #[arg(long, env = "FICUS_STORE")]
+        store: String,
+        #[arg(long, env = "FICUS_PG_SCHEMA", default_value = "ficus")]
+        pg_schema: String,
     },
     /// Start a server, seed the reference domain, drive traffic and show what to look at.
     Demo {
@@ -252,6 +275,10 @@ enum BenchCommand {
         /// Page size of the benchmark's event log files.
         #[arg(long, default_value_t = SqliteConfig::default().page_bytes)]
         page_bytes: u32,
+        /// Benchmark PostgreSQL instead of the embedded store: a `postgres://` URL (each run
+        /// uses a fresh schema, dropped afterwards).
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Durable jobs/s through enqueue → lease → complete, 1 ms jobs, and pickup latency.
     Jobs {
@@ -269,6 +296,10 @@ enum BenchCommand {
         dir: Option<PathBuf>,
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Benchmark PostgreSQL instead of the embedded store: a `postgres://` URL (each run
+        /// uses a fresh schema, dropped afterwards).
+        #[arg(long)]
+        store: Option<String>,
     },
 }
 
@@ -326,7 +357,25 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Migrate { store, pg_schema } => {
+            init_logs(LogFormat::Text, "info");
+            let StoreConfig::Postgres(pg) = StoreConfig::parse(&store)? else {
+                anyhow::bail!("migrate needs a postgres:// URL in --store");
+            };
+            let pg = pg.with_schema(pg_schema);
+            let pool = ficus_store::postgres::pool(&pg)?;
+            let n = ficus_store::postgres::migrate(&pool, &pg.schema).await?;
+            println!(
+                "schema {}: {n} migration(s) applied, {} known",
+                pg.schema,
+                ficus_store::postgres::MIGRATIONS.len()
+            );
+        }
         Command::Serve {
+            store,
+            pg_schema,
+            role,
+            pg_pool_size,
             data_dir,
             listen,
             max_body_bytes,
@@ -339,6 +388,14 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_logs(cli.log_format, "info");
             let mut cfg = ServerConfig::new(data_dir, listen);
+            cfg.store = match StoreConfig::parse(&store)? {
+                StoreConfig::Postgres(pg) => StoreConfig::Postgres(PgConfig {
+                    pool_size: pg_pool_size.max(2),
+                    ..pg.with_schema(pg_schema)
+                }),
+                embedded => embedded,
+            };
+            cfg.role = app::Role::parse(&role)?;
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
@@ -390,6 +447,7 @@ async fn main() -> anyhow::Result<()> {
                     runs,
                     dir,
                     json_out,
+                    store,
                 },
         } => {
             init_logs(LogFormat::Text, "warn");
@@ -397,13 +455,20 @@ async fn main() -> anyhow::Result<()> {
                 Some(d) => (d, false),
                 None => (temp_dir("ficus-bench"), true),
             };
+            let at = match store {
+                Some(url) => bench::BenchStore::Postgres { url },
+                None => bench::BenchStore::Sqlite {
+                    dir: dir.clone(),
+                    config: SqliteConfig::default(),
+                },
+            };
             let opts = bench::jobs::JobsBench {
                 jobs,
                 slow_jobs,
                 concurrency: concurrency.max(1),
                 latency_samples,
             };
-            let out = bench::jobs::run(&dir, &opts, runs).await;
+            let out = bench::jobs::run(&at, &opts, runs).await;
             if remove {
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -421,6 +486,7 @@ async fn main() -> anyhow::Result<()> {
                     dir,
                     json_out,
                     page_bytes,
+                    store,
                 },
         } => {
             init_logs(LogFormat::Text, "warn");
@@ -428,17 +494,18 @@ async fn main() -> anyhow::Result<()> {
                 Some(d) => (d, false),
                 None => (temp_dir("ficus-bench"), true),
             };
-            let out = bench::append_bench(
-                &dir,
-                &writers,
-                Duration::from_secs(duration_secs),
-                runs,
-                &SqliteConfig {
-                    page_bytes,
-                    ..SqliteConfig::default()
+            let at = match store {
+                Some(url) => bench::BenchStore::Postgres { url },
+                None => bench::BenchStore::Sqlite {
+                    dir: dir.clone(),
+                    config: SqliteConfig {
+                        page_bytes,
+                        ..SqliteConfig::default()
+                    },
                 },
-            )
-            .await;
+            };
+            let out =
+                bench::append_bench(&at, &writers, Duration::from_secs(duration_secs), runs).await;
             if remove {
                 let _ = std::fs::remove_dir_all(&dir);
             }

@@ -13,7 +13,9 @@ use futures::stream::{BoxStream, StreamExt};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
-use tempfile::TempDir;
+
+mod common;
+use common::{Backend, TestData};
 
 const SECRET: &str = "test-secret";
 const HOUR: i64 = 3600;
@@ -107,7 +109,7 @@ impl Resp {
 /// A server of its own on 127.0.0.1:0 in a temporary data directory, with a client and tokens.
 struct Srv {
     running: Running,
-    dir: TempDir,
+    data: TestData,
     http: reqwest::Client,
     admin: String,
     seller: String,
@@ -117,17 +119,17 @@ struct Srv {
 }
 
 impl Srv {
-    async fn start() -> Srv {
-        Self::start_with(|_| {}).await
+    async fn start(b: Backend) -> Srv {
+        Self::start_with(b, |_| {}).await
     }
 
-    async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Srv {
-        Self::open(tempfile::tempdir().expect("tempdir"), configure).await
+    async fn start_with(b: Backend, configure: impl FnOnce(&mut ServerConfig)) -> Srv {
+        Self::open(TestData::new(b), configure).await
     }
 
-    /// Starts a server on `dir` (which may hold the data of an earlier one).
-    async fn open(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Srv {
-        let mut cfg = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    /// Starts a server on `data` (which may hold the data of an earlier one).
+    async fn open(data: TestData, configure: impl FnOnce(&mut ServerConfig)) -> Srv {
+        let mut cfg = data.config("127.0.0.1:0".parse().unwrap());
         cfg.auth_secret = Some(SECRET.into());
         configure(&mut cfg);
         let running = app::start(cfg).await.expect("server starts");
@@ -143,18 +145,18 @@ impl Srv {
             customer: token(CUSTOMER, "customer"),
             customer2: token(CUSTOMER2, "customer"),
             running,
-            dir,
+            data,
             http,
         }
     }
 
-    /// Graceful stop; hands back the data directory.
-    async fn stop(self) -> TempDir {
+    /// Graceful stop; hands back the storage.
+    async fn stop(self) -> TestData {
         tokio::time::timeout(Duration::from_secs(10), self.running.stop())
             .await
             .expect("stop finishes within 10 s")
             .expect("clean stop");
-        self.dir
+        self.data
     }
 
     fn url(&self, path: &str) -> String {
@@ -417,9 +419,8 @@ impl Sse {
 // ---------------------------------------------------------------------------------------------
 // Raw event store
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_append_read_and_expected_versions() {
-    let s = Srv::start().await;
+async fn raw_append_read_and_expected_versions(b: Backend) {
+    let s = Srv::start(b).await;
     let admin = s.admin.as_str();
 
     // The first append to a fresh store: versions and positions start at 1.
@@ -644,9 +645,8 @@ async fn raw_append_read_and_expected_versions() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_endpoints_need_an_admin_token() {
-    let s = Srv::start().await;
+async fn raw_endpoints_need_an_admin_token(b: Backend) {
+    let s = Srv::start(b).await;
     s.post(
         "/v1/streams/acct-1",
         &s.admin,
@@ -743,9 +743,8 @@ async fn raw_endpoints_need_an_admin_token() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_streams_live_events_and_resumes_from_last_event_id() {
-    let s = Srv::start().await;
+async fn subscribe_streams_live_events_and_resumes_from_last_event_id(b: Backend) {
+    let s = Srv::start(b).await;
     let admin = s.admin.as_str();
     s.post(
         "/v1/streams/feed-1",
@@ -820,9 +819,8 @@ async fn subscribe_streams_live_events_and_resumes_from_last_event_id() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriber_limit_answers_503_and_frees_the_slot() {
-    let s = Srv::start_with(|c| c.api.max_sse_subscribers = 1).await;
+async fn subscriber_limit_answers_503_and_frees_the_slot(b: Backend) {
+    let s = Srv::start_with(b, |c| c.api.max_sse_subscribers = 1).await;
     let first = Sse::open(&s, "/v1/subscribe", None).await;
     let r = s
         .get("/v1/subscribe", &s.admin)
@@ -853,9 +851,8 @@ async fn subscriber_limit_answers_503_and_frees_the_slot() {
 // ---------------------------------------------------------------------------------------------
 // Products
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn product_commands_answer_id_version_position_and_details_follow() {
-    let s = Srv::start().await;
+async fn product_commands_answer_id_version_position_and_details_follow(b: Backend) {
+    let s = Srv::start(b).await;
     let r = s
         .call_raw(
             Method::POST,
@@ -985,9 +982,8 @@ async fn product_commands_answer_id_version_position_and_details_follow() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn product_rules_and_permissions() {
-    let s = Srv::start().await;
+async fn product_rules_and_permissions(b: Backend) {
+    let s = Srv::start(b).await;
     let (id, _) = s.product("Kettle", "kitchen", "100.00", Some(3)).await;
     let head = s.head();
 
@@ -1091,9 +1087,8 @@ async fn product_rules_and_permissions() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_by_text_category_and_price() {
-    let s = Srv::start().await;
+async fn search_by_text_category_and_price(b: Backend) {
+    let s = Srv::start(b).await;
     s.product("Red running shoe", "shoes", "50.00", Some(1))
         .await;
     s.product("Blue running jacket", "apparel", "120.00", None)
@@ -1202,9 +1197,8 @@ async fn search_by_text_category_and_price() {
 // ---------------------------------------------------------------------------------------------
 // Orders
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_lifecycle_prices_and_rules() {
-    let s = Srv::start().await;
+async fn order_lifecycle_prices_and_rules(b: Backend) {
+    let s = Srv::start(b).await;
     let (teapot, _) = s.product("Teapot", "kitchen", "12.50", Some(10)).await;
 
     // Created at the product's current price.
@@ -1461,9 +1455,8 @@ async fn order_lifecycle_prices_and_rules() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_holds_at_most_50_lines() {
-    let s = Srv::start().await;
+async fn an_order_holds_at_most_50_lines(b: Backend) {
+    let s = Srv::start(b).await;
     let names: Vec<String> = (0..51).map(|i| format!("Item {i}")).collect();
     let created = futures::future::join_all(
         names
@@ -1552,9 +1545,8 @@ async fn an_order_holds_at_most_50_lines() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn analytics_count_placed_orders_per_utc_day() {
-    let s = Srv::start().await;
+async fn analytics_count_placed_orders_per_utc_day(b: Backend) {
+    let s = Srv::start(b).await;
     let (a, _) = s.product("Mug", "kitchen", "12.50", None).await;
     let (b, _) = s.product("Spoon", "kitchen", "7.25", None).await;
     let first_day = today();
@@ -1629,9 +1621,8 @@ async fn analytics_count_placed_orders_per_utc_day() {
 // ---------------------------------------------------------------------------------------------
 // Bad input
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_a_4xx_never_a_500_and_writes_nothing() {
-    let s = Srv::start().await;
+async fn bad_input_is_a_4xx_never_a_500_and_writes_nothing(b: Backend) {
+    let s = Srv::start(b).await;
     let (id, _) = s.product("Bowl", "kitchen", "10.00", Some(2)).await;
     let order = s
         .create_order_as(&s.customer, &[])
@@ -1803,9 +1794,8 @@ async fn bad_input_is_a_4xx_never_a_500_and_writes_nothing() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_the_limit_are_413() {
-    let s = Srv::start_with(|c| c.api.max_body_bytes = 4096).await;
+async fn bodies_over_the_limit_are_413(b: Backend) {
+    let s = Srv::start_with(b, |c| c.api.max_body_bytes = 4096).await;
     let body = |description_len: usize| {
         json!({"name": "Big", "description": "d".repeat(description_len), "category": "k",
                "price": 1, "currency": "EUR"})
@@ -1848,9 +1838,8 @@ async fn bodies_over_the_limit_are_413() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
-    let s = Srv::start().await;
+async fn unknown_routes_are_404_and_wrong_methods_405_as_json(b: Backend) {
+    let s = Srv::start(b).await;
     for path in [
         "/",
         "/v1/nope",
@@ -1881,9 +1870,11 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
 // ---------------------------------------------------------------------------------------------
 // Read your own writes, If-Match, correlation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_read_their_own_writes_and_say_which_position() {
-    let s = Srv::start_with(|c| c.api.read_your_writes_timeout = Duration::from_millis(200)).await;
+async fn queries_read_their_own_writes_and_say_which_position(b: Backend) {
+    let s = Srv::start_with(b, |c| {
+        c.api.read_your_writes_timeout = Duration::from_millis(200)
+    })
+    .await;
     let (id, _) = s.product("Clock", "home", "10.00", None).await;
     for i in 1..=10 {
         let price = format!("{}.{:02}", 10 + i, i);
@@ -1958,9 +1949,8 @@ async fn queries_read_their_own_writes_and_say_which_position() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn if_match_guards_against_stale_versions() {
-    let s = Srv::start().await;
+async fn if_match_guards_against_stale_versions(b: Backend) {
+    let s = Srv::start(b).await;
     let (id, pos) = s.product("Vase", "home", "30.00", None).await;
     let p = s.product_details(&id, pos).await.ok(200);
     assert_eq!(p.header("etag"), Some("\"1\""));
@@ -2030,9 +2020,8 @@ async fn if_match_guards_against_stale_versions() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn correlation_id_is_echoed_and_recorded_in_event_metadata() {
-    let s = Srv::start().await;
+async fn correlation_id_is_echoed_and_recorded_in_event_metadata(b: Backend) {
+    let s = Srv::start(b).await;
     let rb = s
         .request(Method::POST, "/v1/products", &s.seller)
         .header("x-correlation-id", "abc-123")
@@ -2097,9 +2086,8 @@ async fn correlation_id_is_echoed_and_recorded_in_event_metadata() {
 // ---------------------------------------------------------------------------------------------
 // Operations: OpenAPI, health, projections, shutdown
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_health_and_projection_rebuild() {
-    let s = Srv::start().await;
+async fn openapi_health_and_projection_rebuild(b: Backend) {
+    let s = Srv::start(b).await;
     let r = s.get("/v1/openapi.json", ANON).await.ok(200);
     assert_eq!(r.body["openapi"], "3.1.0");
     let paths = r.body["paths"].as_object().expect("paths");
@@ -2214,9 +2202,8 @@ async fn openapi_health_and_projection_rebuild() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_then_reopen_keeps_everything() {
-    let s = Srv::start().await;
+async fn graceful_stop_then_reopen_keeps_everything(b: Backend) {
+    let s = Srv::start(b).await;
     let (id, _) = s.product("Lantern", "outdoor", "19.99", Some(4)).await;
     let order = s
         .create_order_as(&s.customer, &[(&id, 2)])
@@ -2289,9 +2276,8 @@ async fn graceful_stop_then_reopen_keeps_everything() {
 // ---------------------------------------------------------------------------------------------
 // Regressions: bugs this suite found, fixed since
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_event_id_at_the_top_of_u64_neither_panics_nor_replays() {
-    let s = Srv::start().await;
+async fn last_event_id_at_the_top_of_u64_neither_panics_nor_replays(b: Backend) {
+    let s = Srv::start(b).await;
     s.post(
         "/v1/streams/feed-1",
         &s.admin,
@@ -2321,9 +2307,8 @@ async fn last_event_id_at_the_top_of_u64_neither_panics_nor_replays() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_stream_from_a_version_beyond_i64_is_empty() {
-    let s = Srv::start().await;
+async fn read_stream_from_a_version_beyond_i64_is_empty(b: Backend) {
+    let s = Srv::start(b).await;
     s.post(
         "/v1/streams/acct-1",
         &s.admin,
@@ -2345,9 +2330,8 @@ async fn read_stream_from_a_version_beyond_i64_is_empty() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_appends_cannot_poison_a_domain_stream() {
-    let s = Srv::start().await;
+async fn raw_appends_cannot_poison_a_domain_stream(b: Backend) {
+    let s = Srv::start(b).await;
     let (id, _) = s.product("Safe", "misc", "1.00", None).await;
     let head = s.head();
     let r = s
@@ -2371,9 +2355,8 @@ async fn raw_appends_cannot_poison_a_domain_stream() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bearer_scheme_is_case_insensitive() {
-    let s = Srv::start().await;
+async fn the_bearer_scheme_is_case_insensitive(b: Backend) {
+    let s = Srv::start(b).await;
     for scheme in ["bearer", "BEARER"] {
         let rb = s
             .http
@@ -2383,3 +2366,28 @@ async fn the_bearer_scheme_is_case_insensitive() {
     }
     s.stop().await;
 }
+
+on_both_backends!(
+    raw_append_read_and_expected_versions,
+    raw_endpoints_need_an_admin_token,
+    subscribe_streams_live_events_and_resumes_from_last_event_id,
+    subscriber_limit_answers_503_and_frees_the_slot,
+    product_commands_answer_id_version_position_and_details_follow,
+    product_rules_and_permissions,
+    search_by_text_category_and_price,
+    order_lifecycle_prices_and_rules,
+    an_order_holds_at_most_50_lines,
+    analytics_count_placed_orders_per_utc_day,
+    bad_input_is_a_4xx_never_a_500_and_writes_nothing,
+    bodies_over_the_limit_are_413,
+    unknown_routes_are_404_and_wrong_methods_405_as_json,
+    queries_read_their_own_writes_and_say_which_position,
+    if_match_guards_against_stale_versions,
+    correlation_id_is_echoed_and_recorded_in_event_metadata,
+    openapi_health_and_projection_rebuild,
+    graceful_stop_then_reopen_keeps_everything,
+    last_event_id_at_the_top_of_u64_neither_panics_nor_replays,
+    read_stream_from_a_version_beyond_i64_is_empty,
+    raw_appends_cannot_poison_a_domain_stream,
+    the_bearer_scheme_is_case_insensitive,
+);

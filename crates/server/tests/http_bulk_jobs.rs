@@ -14,7 +14,9 @@ use ficus_server::app::{self, Running, ServerConfig};
 use ficus_store::{BatchState, NewBatch, NewJob};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
-use tempfile::TempDir;
+
+mod common;
+use common::{Backend, TestData};
 
 const SECRET: &str = "test-secret";
 const HOUR: i64 = 3600;
@@ -89,7 +91,7 @@ impl Resp {
 /// A server of its own on 127.0.0.1:0 in a temporary data directory, with a client and tokens.
 struct Srv {
     running: Running,
-    dir: TempDir,
+    data: TestData,
     http: reqwest::Client,
     admin: String,
     seller: String,
@@ -97,13 +99,13 @@ struct Srv {
 }
 
 impl Srv {
-    async fn start() -> Srv {
-        Self::start_with(|_| {}).await
+    async fn start(b: Backend) -> Srv {
+        Self::start_with(b, |_| {}).await
     }
 
-    async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Srv {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    async fn start_with(b: Backend, configure: impl FnOnce(&mut ServerConfig)) -> Srv {
+        let data = TestData::new(b);
+        let mut cfg = data.config("127.0.0.1:0".parse().unwrap());
         cfg.auth_secret = Some(SECRET.into());
         configure(&mut cfg);
         let running = app::start(cfg).await.expect("server starts");
@@ -116,7 +118,7 @@ impl Srv {
             seller: running.token(SELLER, &["seller"], HOUR),
             seller2: running.token(SELLER2, &["seller"], HOUR),
             running,
-            dir,
+            data,
             http,
         }
     }
@@ -316,9 +318,8 @@ fn count(job: &Value, field: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // reprice_category
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reprice_category_changes_each_of_the_sellers_products_through_the_aggregate() {
-    let s = Srv::start().await;
+async fn reprice_category_changes_each_of_the_sellers_products_through_the_aggregate(b: Backend) {
+    let s = Srv::start(b).await;
     let books = [
         s.product(&s.seller, "Book A", "books", "10.00").await,
         s.product(&s.seller, "Book B", "books", "20.00").await,
@@ -397,9 +398,8 @@ async fn reprice_category_changes_each_of_the_sellers_products_through_the_aggre
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reprice_refused_by_the_rules_sends_every_item_to_the_dead_letter_queue() {
-    let s = Srv::start().await;
+async fn reprice_refused_by_the_rules_sends_every_item_to_the_dead_letter_queue(b: Backend) {
+    let s = Srv::start(b).await;
     let books = [
         s.product(&s.seller, "Book A", "books", "10.00").await,
         s.product(&s.seller, "Book B", "books", "20.00").await,
@@ -465,9 +465,8 @@ async fn reprice_refused_by_the_rules_sends_every_item_to_the_dead_letter_queue(
 // ---------------------------------------------------------------------------------------------
 // export_orders
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_orders_writes_one_csv_row_per_placed_order() {
-    let s = Srv::start().await;
+async fn export_orders_writes_one_csv_row_per_placed_order(b: Backend) {
+    let s = Srv::start(b).await;
     let (c1, c2, c3) = (
         s.token("cust-1", "customer"),
         s.token("cust-2", "customer"),
@@ -537,9 +536,8 @@ async fn export_orders_writes_one_csv_row_per_placed_order() {
 // ---------------------------------------------------------------------------------------------
 // notify_buyers
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_buyers_sends_one_notification_per_buyer() {
-    let s = Srv::start().await;
+async fn notify_buyers_sends_one_notification_per_buyer(b: Backend) {
+    let s = Srv::start(b).await;
     let customers: Vec<(String, String)> = (1..=4)
         .map(|i| {
             let id = format!("cust-{i}");
@@ -616,16 +614,15 @@ async fn notify_buyers_sends_one_notification_per_buyer() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redelivered_notification_item_notifies_once() {
-    let s = Srv::start().await;
+async fn a_redelivered_notification_item_notifies_once(b: Backend) {
+    let s = Srv::start(b).await;
     let st = &s.running.state;
     let handler = ShopJobHandler {
         shop: st.shop.clone(),
         store: st.store.clone(),
         jobs: st.jobs.clone(),
         orders: st.orders.clone(),
-        export_dir: s.dir.path().join("direct-exports"),
+        export_dir: s.data.dir.path().join("direct-exports"),
     };
     // A queue of its own, so the server's pool leaves the item to this test.
     let queue = "redelivery-test";
@@ -685,11 +682,10 @@ async fn a_redelivered_notification_item_notifies_once() {
 // ---------------------------------------------------------------------------------------------
 // Cancellation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_removes_unstarted_items_and_skips_the_final_step() {
+async fn cancel_removes_unstarted_items_and_skips_the_final_step(b: Backend) {
     // A small local buffer, so most items are still unleased (cancellable) when the cancel
     // arrives, whatever the machine's speed.
-    let s = Srv::start_with(|c| {
+    let s = Srv::start_with(b, |c| {
         c.shop_pool.prefetch = 16;
         c.shop_pool.concurrency = 4;
     })
@@ -740,7 +736,7 @@ async fn cancel_removes_unstarted_items_and_skips_the_final_step() {
     let r = s.get(&format!("/v1/jobs/{job}"), &s.admin).await.ok(200);
     assert_eq!(r.body["state"], "cancelled");
     assert_eq!(r.body["result"], Value::Null, "{}", r.text);
-    let joined = s.dir.path().join("exports").join(format!("{job}.csv"));
+    let joined = s.data.dir.path().join("exports").join(format!("{job}.csv"));
     assert!(!joined.exists(), "no joined export at {}", joined.display());
 
     // Cancelling again answers the job unchanged.
@@ -766,9 +762,8 @@ async fn cancel_removes_unstarted_items_and_skips_the_final_step() {
 // ---------------------------------------------------------------------------------------------
 // Auth and validation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_and_input_the_api_refuses() {
-    let s = Srv::start().await;
+async fn callers_and_input_the_api_refuses(b: Backend) {
+    let s = Srv::start(b).await;
     let customer = s.token("cust-1", "customer");
     let lamp = s.product(&s.seller, "Lamp", "home", "40.00").await;
     s.settle().await;
@@ -942,3 +937,13 @@ async fn callers_and_input_the_api_refuses() {
     assert_eq!(done["result"], json!({"done": 0, "dead": 0}));
     s.stop().await;
 }
+
+on_both_backends!(
+    reprice_category_changes_each_of_the_sellers_products_through_the_aggregate,
+    reprice_refused_by_the_rules_sends_every_item_to_the_dead_letter_queue,
+    export_orders_writes_one_csv_row_per_placed_order,
+    notify_buyers_sends_one_notification_per_buyer,
+    a_redelivered_notification_item_notifies_once,
+    cancel_removes_unstarted_items_and_skips_the_final_step,
+    callers_and_input_the_api_refuses,
+);

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use ficus_server::app::{self, Running, ServerConfig};
+use ficus_server::app::{self, Running};
 use ficus_store::{Failure, JobId, JobQueue, NewJob};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
-use tempfile::TempDir;
+
+mod common;
+use common::{Backend, TestData};
 
 const SECRET: &str = "test-secret";
 const HOUR: i64 = 3600;
@@ -77,16 +79,16 @@ impl Resp {
 
 struct Srv {
     running: Running,
-    _dir: TempDir,
+    _data: TestData,
     http: reqwest::Client,
     admin: String,
     seller: String,
 }
 
 impl Srv {
-    async fn start() -> Srv {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    async fn start(b: Backend) -> Srv {
+        let data = TestData::new(b);
+        let mut cfg = data.config("127.0.0.1:0".parse().unwrap());
         cfg.auth_secret = Some(SECRET.into());
         let running = app::start(cfg).await.expect("server starts");
         let http = reqwest::Client::builder()
@@ -97,7 +99,7 @@ impl Srv {
             admin: running.token("admin-1", &["admin"], HOUR),
             seller: running.token("seller-1", &["seller"], HOUR),
             running,
-            _dir: dir,
+            _data: data,
             http,
         }
     }
@@ -243,9 +245,8 @@ fn ids_of(jobs: &[Value]) -> Vec<JobId> {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_dead_list_items_redrive_and_purge() {
-    let s = Srv::start().await;
+async fn stats_dead_list_items_redrive_and_purge(b: Backend) {
+    let s = Srv::start(b).await;
     const MAIL: &str = "test-mail";
     const OTHER: &str = "test-other";
 
@@ -521,9 +522,8 @@ async fn stats_dead_list_items_redrive_and_purge() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_and_input_are_refused_with_json_errors() {
-    let s = Srv::start().await;
+async fn callers_and_input_are_refused_with_json_errors(b: Backend) {
+    let s = Srv::start(b).await;
     const Q: &str = "test-refusals";
     s.enqueue(vec![job(Q, "welcome", 1), job(Q, "digest", 2)])
         .await;
@@ -697,3 +697,8 @@ async fn callers_and_input_are_refused_with_json_errors() {
 
     s.stop().await;
 }
+
+on_both_backends!(
+    stats_dead_list_items_redrive_and_purge,
+    callers_and_input_are_refused_with_json_errors,
+);

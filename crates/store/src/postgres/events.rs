@@ -30,6 +30,9 @@ use super::{conn, migrate, pool, sql_int, unavailable, PgConfig};
 use crate::port::validate_batch;
 use crate::{now_ms, AppendResult, EventStore, LiveBatch, StoreError, MAX_READ_LIMIT};
 
+/// Longest [`PgEventStore::shutdown`] waits for queued appends to be taken.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Events the tailer reads per page when catching up with other processes' commits.
 const TAIL_PAGE_EVENTS: usize = 1000;
 
@@ -139,6 +142,17 @@ impl PgEventStore {
 
     pub fn config(&self) -> &PgConfig {
         &self.config
+    }
+
+    /// Waits (at most `SHUTDOWN_DRAIN`) until every append queued so far has been taken by a
+    /// writer, so a graceful stop does not strand callers. Appends in a writer's hands are
+    /// answered when their commit returns.
+    pub async fn shutdown(&self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        while self.tx.capacity() < self.tx.max_capacity() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Notified after every local group commit that wrote an outbox row (with
@@ -518,6 +532,11 @@ async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, star
             let next = emitted + 1;
             let (mine, first_local) = {
                 let mut local = shared.local();
+                // A batch below `next` was already read from the table (a poll saw its commit
+                // before its writer handed it over): drop it.
+                while local.first_key_value().is_some_and(|(&k, _)| k < next) {
+                    local.pop_first();
+                }
                 let mine = local.remove(&next);
                 (mine, local.keys().next().copied())
             };

@@ -20,6 +20,7 @@ use tokio_postgres::NoTls;
 
 use crate::StoreError;
 pub use events::PgEventStore;
+pub use jobs::PgJobQueue;
 pub use migrations::{migrate, MIGRATIONS};
 
 /// Where the database is and the limits of this process's use of it. Every queue, batch and

@@ -1,0 +1,89 @@
+//! What the server's end-to-end tests share: the backend a test runs on and the storage it
+//! gets. A test written once as `async fn name(b: Backend)` runs on both backends through
+//! [`on_both_backends!`]: on the embedded SQLite store always, and on PostgreSQL when
+//! `FICUS_TEST_PG_URL` names one (CI always sets it; without it the PostgreSQL runs skip).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use ficus_server::app::{ServerConfig, StoreConfig};
+use ficus_store::postgres::testing::{fresh_schema, test_url, SchemaGuard};
+use ficus_store::postgres::PgConfig;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Whether this backend can run here (PostgreSQL needs `FICUS_TEST_PG_URL`).
+    pub fn available(self) -> bool {
+        match self {
+            Backend::Sqlite => true,
+            Backend::Postgres => test_url().is_some(),
+        }
+    }
+}
+
+/// A test server's storage: its data directory and, on PostgreSQL, a schema of its own that
+/// is dropped with it. Survives a server stop, so a test can reopen the same data.
+pub struct TestData {
+    pub dir: TempDir,
+    pub backend: Backend,
+    pg: Option<(PgConfig, SchemaGuard)>,
+}
+
+impl TestData {
+    pub fn new(backend: Backend) -> TestData {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let url = test_url().expect("FICUS_TEST_PG_URL is set for PostgreSQL tests");
+                let (mut config, guard) = fresh_schema(&url, "http");
+                config.pool_size = 8;
+                Some((config, guard))
+            }
+        };
+        TestData { dir, backend, pg }
+    }
+
+    /// A server config on this storage, listening on `listen`.
+    pub fn config(&self, listen: SocketAddr) -> ServerConfig {
+        let mut cfg = ServerConfig::new(self.dir.path(), listen);
+        if let Some((pg, _)) = &self.pg {
+            cfg.store = StoreConfig::Postgres(pg.clone());
+        }
+        cfg
+    }
+}
+
+/// Runs each listed `async fn name(b: Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !$crate::common::Backend::Postgres.available() {
+                        eprintln!("skipped: FICUS_TEST_PG_URL is not set");
+                        return;
+                    }
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

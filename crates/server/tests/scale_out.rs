@@ -1,0 +1,326 @@
+//! Several `ficus serve` processes on one PostgreSQL act as one system: two API processes take
+//! writes and queries, two worker processes compete for a bulk job's items, and one worker is
+//! killed with SIGKILL mid-job. At the end the job is done with every item's effect exactly
+//! once, every acknowledged write is in the log, and the read models of a long-running process
+//! equal those a brand-new process builds from the log.
+//!
+//! Needs `FICUS_TEST_PG_URL` (skipped without it; CI always sets it).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ficus_store::postgres::testing::{fresh_schema, test_url};
+use serde_json::{json, Value};
+
+const SECRET: &str = "scale-out-secret";
+const BOOKS: usize = 80;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `ficus serve` process on the shared schema, killed when dropped.
+struct Proc {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(url: &str, schema: &str, role: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args([
+            "serve",
+            "--role",
+            role,
+            "--store",
+            url,
+            "--pg-schema",
+            schema,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("FICUS_AUTH_HS256_SECRET", SECRET)
+        .env("FICUS_PG_POOL_SIZE", "5")
+        // Items leased by a killed worker come back after this long.
+        .env("FICUS_JOB_VISIBILITY_MS", "1500")
+        // Few workers per process, so the job is still running when the kill comes.
+        .env("FICUS_JOB_CONCURRENCY", "2")
+        .env("FICUS_JOB_MAX_CONCURRENCY", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ficus serve");
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+fn token(sub: &str, roles: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args(["token", "--sub", sub, "--roles", roles])
+        .env("FICUS_AUTH_HS256_SECRET", SECRET)
+        .output()
+        .expect("run ficus token");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn wait_ready(http: &reqwest::Client, p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{}/health/ready", p.base)).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never became ready", p.base);
+}
+
+async fn create_product(
+    http: &reqwest::Client,
+    p: &Proc,
+    seller: &str,
+    name: &str,
+    category: &str,
+    price: usize,
+) -> (String, u64) {
+    let r = http
+        .post(format!("{}/v1/products", p.base))
+        .bearer_auth(seller)
+        .json(&json!({"name": name, "category": category, "price": price, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let body: Value = r.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["position"].as_u64().unwrap(),
+    )
+}
+
+/// Every product of `category` as the process's catalog read model has it, by id, once the
+/// read model has reached `position`.
+async fn catalog(
+    http: &reqwest::Client,
+    p: &Proc,
+    category: &str,
+    position: u64,
+) -> BTreeMap<String, Value> {
+    let mut all = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let r = http
+            .get(format!(
+                "{}/v1/products?category={category}&limit=100&offset={offset}&min_position={position}",
+                p.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{} {body}", p.base);
+        let page = body["products"].as_array().unwrap();
+        for prod in page {
+            all.insert(prod["id"].as_str().unwrap().to_owned(), prod.clone());
+        }
+        if page.len() < 100 {
+            return all;
+        }
+        offset += 100;
+    }
+}
+
+async fn job_state(http: &reqwest::Client, p: &Proc, seller: &str, id: &str) -> Value {
+    http.get(format!("{}/v1/jobs/{id}", p.base))
+        .bearer_auth(seller)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
+    let Some(url) = test_url() else {
+        eprintln!("skipped: FICUS_TEST_PG_URL is not set");
+        return;
+    };
+    let (config, _schema) = fresh_schema(&url, "scale");
+    let schema = config.schema.clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let seller = token("sam", "seller");
+    let admin = token("ada", "admin");
+
+    // The first process migrates the schema; the others find it done.
+    let api1 = serve(&url, &schema, "api");
+    wait_ready(&http, &api1).await;
+    let api2 = serve(&url, &schema, "api");
+    let worker1 = serve(&url, &schema, "worker");
+    let mut worker2 = serve(&url, &schema, "worker");
+    for p in [&api2, &worker1, &worker2] {
+        wait_ready(&http, p).await;
+    }
+    // A worker process serves health and metrics, not the API.
+    let r = http
+        .get(format!("{}/v1/products", worker1.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Writes through both API processes.
+    let mut books = Vec::new();
+    let mut head = 0;
+    for i in 0..BOOKS {
+        let via = if i % 2 == 0 { &api1 } else { &api2 };
+        let (id, pos) =
+            create_product(&http, via, &seller, &format!("Book {i}"), "books", 10 + i).await;
+        head = head.max(pos);
+        books.push(id);
+    }
+    // Each API process sees the other's writes.
+    assert_eq!(catalog(&http, &api1, "books", head).await.len(), BOOKS);
+    assert_eq!(catalog(&http, &api2, "books", head).await.len(), BOOKS);
+
+    // A bulk job submitted to one API process runs on the worker processes.
+    let r = http
+        .post(format!("{}/v1/jobs", api2.base))
+        .bearer_auth(&seller)
+        .json(&json!({"kind": "reprice_category", "params": {"category": "books", "percent": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["total"], BOOKS);
+
+    // Kill one worker as soon as the job has started, while writes keep coming.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done_at_kill = loop {
+        let done = job_state(&http, &api1, &seller, &job_id).await["done"]
+            .as_u64()
+            .unwrap();
+        if done > 0 || Instant::now() > deadline {
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    worker2.child.kill().expect("SIGKILL");
+    worker2.child.wait().unwrap();
+    assert!(
+        done_at_kill > 0 && done_at_kill < BOOKS as u64,
+        "the kill must land mid-job (done {done_at_kill} of {BOOKS})"
+    );
+    let mut games = Vec::new();
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &api2 } else { &api1 };
+        let (id, pos) =
+            create_product(&http, via, &seller, &format!("Game {i}"), "games", 5 + i).await;
+        head = head.max(pos);
+        games.push(id);
+    }
+
+    // The surviving worker finishes the job; the killed worker's leases expire and run again.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        let j = job_state(&http, &api1, &seller, &job_id).await;
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "job never finished: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["done"], BOOKS, "{job}");
+    assert_eq!(job["dead"], 0, "{job}");
+
+    // Every item's effect happened exactly once: one price change per book, to 1.1 × price.
+    for (i, id) in books.iter().enumerate() {
+        let r: Value = http
+            .get(format!("{}/v1/streams/product-{id}", api2.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let changes: Vec<&Value> = r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "ProductPriceChanged")
+            .collect();
+        assert_eq!(changes.len(), 1, "book {i}: {changes:?}");
+        assert_eq!(changes[0]["data"]["new_price"], (10 + i as i64) * 110);
+        head = head.max(
+            r["events"].as_array().unwrap().last().unwrap()["position"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    // Every acknowledged write is in the log.
+    for id in &games {
+        let r: Value = http
+            .get(format!("{}/v1/streams/product-{id}", api1.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["events"].as_array().unwrap().len(), 1, "{r}");
+    }
+
+    // A brand-new process builds its read models from the log alone; they equal those the
+    // long-running processes kept up to date live.
+    let fresh = serve(&url, &schema, "api");
+    wait_ready(&http, &fresh).await;
+    for category in ["books", "games"] {
+        let rebuilt = catalog(&http, &fresh, category, head).await;
+        assert_eq!(rebuilt.len(), if category == "books" { BOOKS } else { 20 });
+        assert_eq!(
+            catalog(&http, &api1, category, head).await,
+            rebuilt,
+            "{category} on api1"
+        );
+        assert_eq!(
+            catalog(&http, &api2, category, head).await,
+            rebuilt,
+            "{category} on api2"
+        );
+    }
+    // The rebuilt read model has each book at its repriced version (created, then repriced).
+    assert!(catalog(&http, &fresh, "books", head)
+        .await
+        .values()
+        .all(|p| p["version"] == 2));
+    drop((api1, api2, worker1, worker2, fresh));
+}
