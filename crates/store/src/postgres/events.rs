@@ -24,9 +24,9 @@ use ficus_core::{
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::Json;
-use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres::Row;
 
-use super::{conn, migrate, pool, sql_int, unavailable, PgConfig};
+use super::{conn, listen_forever, migrate, pool, sql_int, unavailable, PgConfig};
 use crate::port::validate_batch;
 use crate::{now_ms, AppendResult, EventStore, LiveBatch, StoreError, MAX_READ_LIMIT};
 
@@ -124,7 +124,19 @@ impl PgEventStore {
             head,
         )));
         if config.listen_notify {
-            tasks.push(tokio::spawn(listener(config.clone(), shared.clone())));
+            let (channel, shared) = (format!("ficus_events.{}", config.schema), shared.clone());
+            tasks.push(tokio::spawn(listen_forever(
+                config.clone(),
+                channel,
+                move |payload| {
+                    // Other processes' commits announce their head; ours are known already.
+                    let pos = payload.and_then(|p| p.parse().ok()).unwrap_or(0);
+                    if pos > shared.head.load(Ordering::Acquire) {
+                        shared.announced.fetch_max(pos, Ordering::AcqRel);
+                        shared.wake.notify_one();
+                    }
+                },
+            )));
         }
         Ok(Self {
             pool,
@@ -569,53 +581,4 @@ async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, star
             }
         }
     }
-}
-
-/// Listens for other processes' commits and tells the tailer. Reconnects after a failure; the
-/// tailer's poll covers the gap.
-async fn listener(config: PgConfig, shared: Arc<Shared>) {
-    let channel = format!("ficus_events.{}", config.schema);
-    loop {
-        if let Err(e) = listen_once(&config, &channel, &shared).await {
-            tracing::debug!(error = %e, "event notification listener stopped; reconnecting");
-        }
-        tokio::time::sleep(config.poll_interval).await;
-    }
-}
-
-async fn listen_once(config: &PgConfig, channel: &str, shared: &Shared) -> Result<(), StoreError> {
-    let (client, mut connection) = config
-        .client_config()?
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(unavailable)?;
-    let (tx, mut rx) = mpsc::channel::<Position>(64);
-    let pump = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        use futures::StreamExt;
-        while let Some(Ok(msg)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = msg {
-                let pos = n.payload().parse().unwrap_or(0);
-                if tx.send(pos).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let result = async {
-        client
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .await
-            .map_err(unavailable)?;
-        while let Some(pos) = rx.recv().await {
-            if pos > shared.head.load(Ordering::Acquire) {
-                shared.announced.fetch_max(pos, Ordering::AcqRel);
-                shared.wake.notify_one();
-            }
-        }
-        Ok(())
-    }
-    .await;
-    pump.abort();
-    result
 }

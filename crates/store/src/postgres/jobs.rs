@@ -42,10 +42,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres::Row;
 
 use super::{conn, unavailable, PgConfig, PgEventStore};
 use crate::jobs::{clip_error, fan_in_job, validate_batch, validate_jobs, MAX_LEASE_BATCH};
@@ -535,9 +535,6 @@ const BATCH_COLUMNS: &str = "id, queue, kind, params, state, total, done, dead, 
 /// The keys the database adds to a fan-in job's payload when its batch finishes.
 const FAN_IN_COUNTS: [&str; 4] = ["batch_id", "total", "done", "dead"];
 
-/// Notifications the listener may have queued for the ready signal; one pending is enough.
-const LISTEN_BUFFER: usize = 1;
-
 /// The PostgreSQL job queue. Any number of processes may share one schema's queue.
 pub struct PgJobQueue {
     pool: Pool,
@@ -558,7 +555,13 @@ impl PgJobQueue {
     /// Tokio runtime.
     pub fn new(pool: Pool, config: &PgConfig) -> Self {
         let ready = Arc::new(Notify::new());
-        let listener = tokio::spawn(listener(config.clone(), ready.clone()));
+        let wake = ready.clone();
+        // Also right after (re)connecting: jobs may have become ready while no one listened.
+        let listener = tokio::spawn(super::listen_forever(
+            config.clone(),
+            format!("ficus_jobs.{}", config.schema),
+            move |_| wake.notify_waiters(),
+        ));
         Self {
             pool,
             ready,
@@ -1151,54 +1154,6 @@ impl JobQueue for PgJobQueue {
             .map_err(unavailable)?;
         Ok(n == 1)
     }
-}
-
-/// Listens for `NOTIFY` on the queue's channel and wakes the ready signal. Reconnects after a
-/// failure; workers' polling covers the gap.
-async fn listener(config: PgConfig, ready: Arc<Notify>) {
-    let channel = format!("ficus_jobs.{}", config.schema);
-    loop {
-        if let Err(e) = listen_once(&config, &channel, &ready).await {
-            tracing::debug!(error = %e, "job notification listener stopped; reconnecting");
-        }
-        tokio::time::sleep(config.poll_interval).await;
-    }
-}
-
-async fn listen_once(config: &PgConfig, channel: &str, ready: &Notify) -> Result<(), StoreError> {
-    let (client, mut connection) = config
-        .client_config()?
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(unavailable)?;
-    let (tx, mut rx) = mpsc::channel::<()>(LISTEN_BUFFER);
-    let pump = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        use futures::StreamExt;
-        while let Some(Ok(msg)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = msg {
-                // A wake-up already pending covers this one too.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
-                    break;
-                }
-            }
-        }
-    });
-    let result = async {
-        client
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .await
-            .map_err(unavailable)?;
-        // Jobs may have become ready while no one was listening.
-        ready.notify_waiters();
-        while rx.recv().await.is_some() {
-            ready.notify_waiters();
-        }
-        Ok(())
-    }
-    .await;
-    pump.abort();
-    result
 }
 
 #[cfg(test)]

@@ -143,3 +143,60 @@ pub(crate) async fn conn(pool: &Pool) -> Result<deadpool_postgres::Object, Store
 pub(crate) fn sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+/// Notifications buffered between a LISTEN connection and its handler; when full, further
+/// ones are dropped (every listener here also polls, so a dropped one only delays).
+const LISTEN_BUFFER: usize = 256;
+
+/// Listens for `NOTIFY` on `channel` until the task is aborted, reconnecting after a failure.
+/// `on` gets each notification's payload, and `None` after each (re)connect, as notifications
+/// sent while no one listened are lost.
+pub(crate) async fn listen_forever(config: PgConfig, channel: String, on: impl Fn(Option<&str>)) {
+    loop {
+        if let Err(e) = listen_once(&config, &channel, &on).await {
+            tracing::debug!(channel, error = %e, "notification listener stopped; reconnecting");
+        }
+        tokio::time::sleep(config.poll_interval).await;
+    }
+}
+
+async fn listen_once(
+    config: &PgConfig,
+    channel: &str,
+    on: &impl Fn(Option<&str>),
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let (client, mut connection) = config
+        .client_config()?
+        .connect(NoTls)
+        .await
+        .map_err(unavailable)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(LISTEN_BUFFER);
+    // The connection must be polled for the client's own requests to complete, too.
+    let pump = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(msg)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                    tx.try_send(n.payload().to_owned())
+                {
+                    break;
+                }
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .map_err(unavailable)?;
+        on(None);
+        while let Some(payload) = rx.recv().await {
+            on(Some(&payload));
+        }
+        Ok(())
+    }
+    .await;
+    pump.abort();
+    result
+}
