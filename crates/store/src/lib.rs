@@ -10,6 +10,7 @@ pub mod conformance;
 mod error;
 pub mod jobs;
 pub mod mem;
+pub mod nats;
 mod port;
 pub mod postgres;
 pub mod sqlite;

@@ -545,9 +545,18 @@ async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, star
             let (mine, first_local) = {
                 let mut local = shared.local();
                 // A batch below `next` was already read from the table (a poll saw its commit
-                // before its writer handed it over): drop it.
+                // before its writer handed it over): drop what was delivered.
                 while local.first_key_value().is_some_and(|(&k, _)| k < next) {
-                    local.pop_first();
+                    let (_, stale) = local.pop_first().expect("a first entry");
+                    // A page may have ended inside it: keep the part not yet delivered.
+                    if stale[stale.len() - 1].position >= next {
+                        let rest: Vec<RecordedEvent> = stale
+                            .iter()
+                            .filter(|e| e.position >= next)
+                            .cloned()
+                            .collect();
+                        local.insert(next, rest.into());
+                    }
                 }
                 let mine = local.remove(&next);
                 (mine, local.keys().next().copied())

@@ -22,6 +22,10 @@ use crate::StoreError;
 pub use events::PgEventStore;
 pub use jobs::PgJobQueue;
 pub use migrations::{migrate, MIGRATIONS};
+pub use outbox::{
+    announce_from_bus, outbox_backlog, OutboxBacklog, OutboxRelay, RelayConfig, RelayError,
+    RelayHandle, RelayStats, RoundOutcome, RELAY_ROUND_EVENTS, RELAY_ROUND_ROWS,
+};
 
 /// Where the database is and the limits of this process's use of it. Every queue, batch and
 /// pool here is bounded.
