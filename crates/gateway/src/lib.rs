@@ -80,6 +80,8 @@ pub struct AppState {
     pub http_metrics: Arc<metrics::HttpMetrics>,
     /// Which backend holds the event log and the job queue ("sqlite" or "postgres").
     pub backend: &'static str,
+    /// The NATS JetStream bus between processes, when configured.
+    pub bus: Option<ficus_store::nats::NatsBus>,
 }
 
 /// Longest a readiness probe waits for a backend before calling it down.
@@ -161,6 +163,19 @@ async fn ready(State(st): State<AppState>) -> Response {
         check["error"] = json!(e.to_string());
     }
     checks.insert("job_queue".into(), check);
+    if let Some(bus) = &st.bus {
+        let started = std::time::Instant::now();
+        let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, bus.stream_messages()).await;
+        let bus_ok = matches!(probe, Ok(Ok(_)));
+        ok &= bus_ok;
+        let mut check = json!({"ok": bus_ok, "backend": "nats",
+                               "stream": bus.config().stream_name,
+                               "probe_ms": started.elapsed().as_millis() as u64});
+        if let Ok(Err(e)) = &probe {
+            check["error"] = json!(e.to_string());
+        }
+        checks.insert("bus".into(), check);
+    }
     for p in st.projections() {
         let status = p.status();
         let healthy = !matches!(

@@ -11,7 +11,10 @@ use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
 use ficus_runtime::{PoolConfig, ProjectionRunner, Repository, Shutdown, WorkerPool};
-use ficus_store::postgres::{PgConfig, PgEventStore, PgJobQueue};
+use ficus_store::nats::{BusConfig, BusSubscriber, NatsBus};
+use ficus_store::postgres::{
+    announce_from_bus, OutboxRelay, PgConfig, PgEventStore, PgJobQueue, RelayConfig, RelayHandle,
+};
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
 use ficus_store::{EventStore, JobQueue};
 use tokio::sync::Semaphore;
@@ -34,6 +37,9 @@ pub struct ServerConfig {
     pub shop_pool: PoolConfig,
     /// What this process runs.
     pub role: Role,
+    /// A NATS URL: publish committed events to JetStream through the outbox and learn other
+    /// processes' commits from it. PostgreSQL only.
+    pub bus: Option<String>,
     /// Also run the strangler-fig gateway in this process: its route file and address.
     pub gateway: Option<(PathBuf, SocketAddr)>,
 }
@@ -53,6 +59,7 @@ impl ServerConfig {
             },
             gateway: None,
             role: Role::All,
+            bus: None,
         }
     }
 }
@@ -158,6 +165,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool>,
+    /// The outbox relay and the bus subscription, when a bus is configured.
+    bus: Option<(RelayHandle, BusSubscriber)>,
     /// The embedded gateway, when configured.
     pub gateway: Option<crate::gateway::RunningGateway>,
 }
@@ -167,8 +176,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let secret = resolve_secret(&cfg.data_dir, cfg.auth_secret.as_deref())?;
+    let mut bus_parts = None;
     let (store, dyn_store, jobs, ready, backend) = match &cfg.store {
         StoreConfig::Embedded(sqlite) => {
+            anyhow::ensure!(
+                cfg.bus.is_none(),
+                "a bus joins several processes on PostgreSQL: use --store postgres://... with --bus"
+            );
             let store = Arc::new(
                 SqliteEventStore::open(cfg.data_dir.join("events.db"), sqlite.clone())
                     .context("opening the event store")?,
@@ -180,11 +194,28 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             (OpenStore::Sqlite(store), dyn_store, jobs, ready, "sqlite")
         }
         StoreConfig::Postgres(pg) => {
+            let mut pg = pg.clone();
+            if cfg.bus.is_some() {
+                // The bus announces other processes' commits; the outbox feeds it.
+                pg.outbox = true;
+                pg.listen_notify = false;
+            }
             let store = Arc::new(
                 PgEventStore::open(pg.clone())
                     .await
                     .context("opening the PostgreSQL event store")?,
             );
+            if let Some(url) = &cfg.bus {
+                let bus = NatsBus::connect(BusConfig::new(url.clone(), &pg.schema))
+                    .await
+                    .context("connecting to the NATS bus")?;
+                let relay =
+                    OutboxRelay::new(store.clone(), bus.clone(), RelayConfig::default()).spawn();
+                let announcer = announce_from_bus(&bus, &store)
+                    .await
+                    .context("subscribing to the NATS bus")?;
+                bus_parts = Some((bus, relay, announcer));
+            }
             let jobs = PgJobQueue::for_store(&store);
             let ready = jobs.ready_signal();
             let jobs: Arc<dyn JobQueue> = Arc::new(jobs);
@@ -242,6 +273,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         http_metrics: Default::default(),
         backend,
+        bus: bus_parts.as_ref().map(|(bus, _, _)| bus.clone()),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -272,6 +304,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         server,
         projections: vec![catalog_task, orders_task],
         pool,
+        bus: bus_parts.map(|(_, relay, announcer)| (relay, announcer)),
         gateway,
     })
 }
@@ -303,6 +336,8 @@ impl Running {
             let _ = t.await;
         }
         self.store.shutdown().await;
+        // Outbox rows not yet relayed stay in the database for the next relay to publish.
+        drop(self.bus);
         tracing::info!("ficus stopped");
         Ok(())
     }

@@ -50,6 +50,10 @@ enum Command {
         /// worker pool, with health and metrics only over HTTP).
         #[arg(long, env = "FICUS_ROLE", default_value = "all")]
         role: String,
+        /// A `nats://` URL: publish committed events to NATS JetStream through the outbox and
+        /// learn other processes' commits from it (PostgreSQL only).
+        #[arg(long, env = "FICUS_BUS")]
+        bus: Option<String>,
         /// PostgreSQL connections this process keeps open.
         #[arg(long, env = "FICUS_PG_POOL_SIZE", default_value_t = 16)]
         pg_pool_size: usize,
@@ -375,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
             store,
             pg_schema,
             role,
+            bus,
             pg_pool_size,
             data_dir,
             listen,
@@ -396,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
                 embedded => embedded,
             };
             cfg.role = app::Role::parse(&role)?;
+            cfg.bus = bus.filter(|b| !b.is_empty());
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);

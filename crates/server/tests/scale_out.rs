@@ -4,12 +4,15 @@
 //! once, every acknowledged write is in the log, and the read models of a long-running process
 //! equal those a brand-new process builds from the log.
 //!
-//! Needs `FICUS_TEST_PG_URL` (skipped without it; CI always sets it).
+//! Needs `FICUS_TEST_PG_URL` (skipped without it; CI always sets it). With
+//! `FICUS_TEST_NATS_URL` the processes also share the NATS JetStream bus.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ficus_store::nats::testing::StreamGuard;
+use ficus_store::nats::{test_nats_url, BusConfig};
 use ficus_store::postgres::testing::{fresh_schema, test_url};
 use serde_json::{json, Value};
 
@@ -169,6 +172,7 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
     };
     let (config, _schema) = fresh_schema(&url, "scale");
     let schema = config.schema.clone();
+    let _stream = test_nats_url().map(|nats| StreamGuard(BusConfig::new(nats, &schema)));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()

@@ -552,3 +552,34 @@ mod tests {
         assert_eq!(message_position(None), None);
     }
 }
+
+/// Test support: JetStream streams made for one test run and deleted afterwards.
+pub mod testing {
+    use super::BusConfig;
+
+    /// Deletes the stream of its config when dropped (the NATS server is shared by tests).
+    pub struct StreamGuard(pub BusConfig);
+
+    impl Drop for StreamGuard {
+        fn drop(&mut self) {
+            let config = self.0.clone();
+            // Drop may run outside a runtime: use a thread with its own small one.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    if let Ok(client) = async_nats::connect(config.url.as_str()).await {
+                        let _ = async_nats::jetstream::new(client)
+                            .delete_stream(&config.stream_name)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ficus_core::{EventType, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
+use ficus_store::nats::testing::StreamGuard;
 use ficus_store::nats::{
     test_nats_url, BusConfig, BusSubscriber, NatsBus, MSG_ID_HEADER, POSITION_HEADER,
 };
@@ -48,30 +49,6 @@ fn bus_config(nats_url: &str) -> BusConfig {
 }
 
 /// Deletes the test's JetStream stream when dropped, even after a failed assertion.
-struct StreamGuard(BusConfig);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let config = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(client) = async_nats::connect(config.url.as_str()).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&config.stream_name)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// A store config where only the bus can deliver other processes' commits quickly.
 fn pg_config(mut config: PgConfig) -> PgConfig {
     config.pool_size = 6;

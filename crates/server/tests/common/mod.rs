@@ -2,11 +2,14 @@
 //! gets. A test written once as `async fn name(b: Backend)` runs on both backends through
 //! [`on_both_backends!`]: on the embedded SQLite store always, and on PostgreSQL when
 //! `FICUS_TEST_PG_URL` names one (CI always sets it; without it the PostgreSQL runs skip).
+//! With `FICUS_TEST_NATS_URL` set too, the PostgreSQL runs also use the NATS JetStream bus.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 
 use ficus_server::app::{ServerConfig, StoreConfig};
+use ficus_store::nats::testing::StreamGuard;
+use ficus_store::nats::{test_nats_url, BusConfig};
 use ficus_store::postgres::testing::{fresh_schema, test_url, SchemaGuard};
 use ficus_store::postgres::PgConfig;
 use tempfile::TempDir;
@@ -33,6 +36,8 @@ pub struct TestData {
     pub dir: TempDir,
     pub backend: Backend,
     pg: Option<(PgConfig, SchemaGuard)>,
+    /// The NATS URL, and the guard deleting this schema's JetStream stream.
+    bus: Option<(String, StreamGuard)>,
 }
 
 impl TestData {
@@ -47,7 +52,19 @@ impl TestData {
                 Some((config, guard))
             }
         };
-        TestData { dir, backend, pg }
+        let bus = match &pg {
+            Some((config, _)) => test_nats_url().map(|url| {
+                let guard = StreamGuard(BusConfig::new(url.clone(), &config.schema));
+                (url, guard)
+            }),
+            None => None,
+        };
+        TestData {
+            dir,
+            backend,
+            pg,
+            bus,
+        }
     }
 
     /// A server config on this storage, listening on `listen`.
@@ -56,6 +73,7 @@ impl TestData {
         if let Some((pg, _)) = &self.pg {
             cfg.store = StoreConfig::Postgres(pg.clone());
         }
+        cfg.bus = self.bus.as_ref().map(|(url, _)| url.clone());
         cfg
     }
 }
