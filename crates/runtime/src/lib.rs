@@ -5,11 +5,16 @@
 //! aggregates, events and read models.
 
 pub mod backoff;
+pub mod pg_projection;
 pub mod projection;
 pub mod repository;
 pub mod shutdown;
 pub mod workers;
 
+pub use pg_projection::{
+    PgProjection, PgProjectionHandle, PgProjectionRunner, PgProjectionState, PgProjectionStatus,
+    PgRebuildError, PG_PROJECTION_BATCH_EVENTS,
+};
 pub use projection::{
     ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
     ReadModelDb, SqliteProjection, WaitError, PROJECTION_BATCH_EVENTS,

@@ -41,8 +41,9 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
 pub enum BenchStore {
     /// A fresh SQLite file per run in `dir`.
     Sqlite { dir: PathBuf, config: SqliteConfig },
-    /// A fresh schema per run in this PostgreSQL database.
-    Postgres { url: String },
+    /// A fresh schema per run in this PostgreSQL database, with this many group commits in
+    /// flight from the benchmark process.
+    Postgres { url: String, writers: usize },
 }
 
 impl BenchStore {
@@ -68,9 +69,10 @@ impl Opened {
                 let store = Arc::new(SqliteEventStore::open(&path, config.clone())?);
                 Opened::Sqlite(store, path)
             }
-            BenchStore::Postgres { url } => {
+            BenchStore::Postgres { url, writers } => {
                 let (mut config, guard) = fresh_schema(url, &format!("bench{tag}"));
-                config.pool_size = 8;
+                config.pool_size = 8.max(writers + 4);
+                config.writers = *writers;
                 Opened::Postgres(Arc::new(PgEventStore::open(config).await?), guard)
             }
         })

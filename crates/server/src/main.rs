@@ -163,6 +163,15 @@ enum Command {
         #[command(subcommand)]
         which: DlqCommand,
     },
+    /// Run the example legacy shop: the "monolith" of the strangler-fig walkthrough
+    /// (docs/strangler-walkthrough.md), plain CRUD over its own SQLite file.
+    LegacyShop {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Its database file (created if missing).
+        #[arg(long, default_value = "legacy-shop.db")]
+        db: PathBuf,
+    },
     /// Test hooks (not for users).
     #[command(hide = true)]
     Debug {
@@ -283,6 +292,9 @@ enum BenchCommand {
         /// uses a fresh schema, dropped afterwards).
         #[arg(long)]
         store: Option<String>,
+        /// On PostgreSQL: group commits in flight at once.
+        #[arg(long, default_value_t = PgConfig::new("").writers)]
+        pg_writers: usize,
     },
     /// Durable jobs/s through enqueue → lease → complete, 1 ms jobs, and pickup latency.
     Jobs {
@@ -462,7 +474,10 @@ async fn main() -> anyhow::Result<()> {
                 None => (temp_dir("ficus-bench"), true),
             };
             let at = match store {
-                Some(url) => bench::BenchStore::Postgres { url },
+                Some(url) => bench::BenchStore::Postgres {
+                    url,
+                    writers: PgConfig::new("").writers,
+                },
                 None => bench::BenchStore::Sqlite {
                     dir: dir.clone(),
                     config: SqliteConfig::default(),
@@ -493,6 +508,7 @@ async fn main() -> anyhow::Result<()> {
                     json_out,
                     page_bytes,
                     store,
+                    pg_writers,
                 },
         } => {
             init_logs(LogFormat::Text, "warn");
@@ -501,7 +517,10 @@ async fn main() -> anyhow::Result<()> {
                 None => (temp_dir("ficus-bench"), true),
             };
             let at = match store {
-                Some(url) => bench::BenchStore::Postgres { url },
+                Some(url) => bench::BenchStore::Postgres {
+                    url,
+                    writers: pg_writers.max(1),
+                },
                 None => bench::BenchStore::Sqlite {
                     dir: dir.clone(),
                     config: SqliteConfig {
@@ -581,6 +600,13 @@ async fn main() -> anyhow::Result<()> {
                     remote.dlq_purge(&queue, &ids, kind.as_deref()).await?
                 }
             }
+        }
+        Command::LegacyShop { listen, db } => {
+            init_logs(cli.log_format, "info");
+            let shop = ficus_server::legacy::start(&db, listen).await?;
+            eprintln!("legacy shop serving on {}", shop.url());
+            shutdown_signal().await;
+            shop.stop().await?;
         }
         Command::Debug { which } => match which {
             DebugCommand::AppendLoop { data_dir, tasks } => append_loop(data_dir, tasks).await?,

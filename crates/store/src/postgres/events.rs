@@ -12,7 +12,7 @@
 //! this process are handed to it directly; positions committed by other processes are read
 //! from the table when a `NOTIFY` announces them, or at the latest on the next poll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -322,16 +322,44 @@ async fn writer(
     shared: Arc<Shared>,
     max_batch_events: usize,
 ) {
+    // Appends to a stream already in the batch wait for the next one: `ficus_append` takes
+    // each stream at most once per call. At most `max_batch_events` requests wait here.
+    let mut held: VecDeque<AppendRequest> = VecDeque::new();
     loop {
         let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut events = first.events.len();
-            let mut batch = vec![first];
-            while events < max_batch_events {
+            let mut batch = Vec::new();
+            let mut streams = HashSet::new();
+            let mut events = 0;
+            for r in std::mem::take(&mut held) {
+                if events < max_batch_events && !streams.contains(&r.stream) {
+                    events += r.events.len();
+                    streams.insert(r.stream.clone());
+                    batch.push(r);
+                } else {
+                    held.push_back(r);
+                }
+            }
+            // With requests of its own to commit, a writer must not wait for the queue: the
+            // other writer may be parked on it until new requests come.
+            let mut rx = if batch.is_empty() {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                events += first.events.len();
+                streams.insert(first.stream.clone());
+                batch.push(first);
+                Some(rx)
+            } else {
+                rx.try_lock().ok()
+            };
+            while let Some(rx) = rx
+                .as_mut()
+                .filter(|_| events < max_batch_events && held.len() < max_batch_events)
+            {
                 match rx.try_recv() {
+                    Ok(r) if streams.contains(&r.stream) => held.push_back(r),
                     Ok(r) => {
                         events += r.events.len();
+                        streams.insert(r.stream.clone());
                         batch.push(r);
                     }
                     Err(_) => break,

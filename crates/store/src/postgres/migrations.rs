@@ -61,9 +61,13 @@ CREATE TABLE ficus_outbox (
     last_position  bigint NOT NULL
 );
 
--- One group commit: many appends, each with its own expectation. An expectation that fails
--- rejects that append alone. a_expected: -1 any, -2 no stream, -3 exists, n >= 0 exactly n.
+-- One group commit: many appends, each with its own expectation, to distinct streams (the
+-- caller never puts one stream twice in a batch: each append's version check must see the
+-- previous one). An expectation that fails rejects that
+-- append alone. a_expected: -1 any, -2 no stream, -3 exists, n >= 0 exactly n.
 -- e_append[i] is the (1-based) append event i belongs to; an append's events are contiguous.
+-- Every statement after the head lock takes a fresh snapshot, so it sees every commit that
+-- came before the lock was granted.
 CREATE FUNCTION ficus_append(
     a_stream text[], a_expected bigint[], a_count integer[],
     e_append integer[], e_id uuid[], e_type text[], e_schema integer[],
@@ -71,65 +75,51 @@ CREATE FUNCTION ficus_append(
 RETURNS TABLE (ok boolean, actual bigint, first_version bigint, first_position bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    head_pos  bigint;
-    next_pos  bigint;
-    s_names   text[];
-    s_orig    bigint[];
-    s_vers    bigint[];
-    acc_pos   bigint[] := array_fill(0::bigint, ARRAY[cardinality(a_stream)]);
-    acc_ver   bigint[] := array_fill(0::bigint, ARRAY[cardinality(a_stream)]);
-    acc_first integer[] := array_fill(0, ARRAY[cardinality(a_stream)]);
-    k   integer;
-    cur bigint;
-    exp bigint;
-    e   integer := 1;
+    head_pos bigint;
+    new_head bigint;
 BEGIN
     SELECT h.position INTO head_pos FROM ficus_head h WHERE h.id = 1 FOR UPDATE;
-    next_pos := head_pos + 1;
-    SELECT coalesce(array_agg(s.stream_id), '{}'), coalesce(array_agg(s.version), '{}')
-      INTO s_names, s_orig
-      FROM ficus_streams s WHERE s.stream_id = ANY (a_stream);
-    s_vers := s_orig;
-    FOR i IN 1 .. cardinality(a_stream) LOOP
-        k := array_position(s_names, a_stream[i]);
-        cur := CASE WHEN k IS NULL THEN 0 ELSE s_vers[k] END;
-        exp := a_expected[i];
-        IF exp = -1 OR (exp = -2 AND cur = 0) OR (exp = -3 AND cur > 0) OR exp = cur THEN
-            acc_pos[i] := next_pos;
-            acc_ver[i] := cur + 1;
-            acc_first[i] := e;
-            next_pos := next_pos + a_count[i];
-            IF k IS NULL THEN
-                s_names := s_names || a_stream[i];
-                s_orig := s_orig || 0::bigint;
-                s_vers := s_vers || (cur + a_count[i]);
-            ELSE
-                s_vers[k] := cur + a_count[i];
-            END IF;
-            ok := true; actual := cur; first_version := cur + 1; first_position := acc_pos[i];
-        ELSE
-            ok := false; actual := cur; first_version := 0; first_position := 0;
-        END IF;
-        e := e + a_count[i];
-        RETURN NEXT;
-    END LOOP;
-    IF next_pos > head_pos + 1 THEN
+    RETURN QUERY
+    WITH req AS (
+        SELECT r.i, r.stream, r.expected, r.cnt, coalesce(s.version, 0) AS cur,
+               sum(r.cnt) OVER (ORDER BY r.i) - r.cnt AS events_before
+          FROM unnest(a_stream, a_expected, a_count) WITH ORDINALITY AS r(stream, expected, cnt, i)
+          LEFT JOIN ficus_streams s ON s.stream_id = r.stream
+    ), judged AS (
+        SELECT req.*, (req.expected = -1 OR (req.expected = -2 AND req.cur = 0)
+                       OR (req.expected = -3 AND req.cur > 0) OR req.expected = req.cur) AS accepted
+          FROM req
+    ), placed AS (
+        SELECT judged.*,
+               head_pos + 1 + coalesce(sum(judged.cnt) FILTER (WHERE judged.accepted)
+                   OVER (ORDER BY judged.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS pos0
+          FROM judged
+    ), ins AS (
         INSERT INTO ficus_events (position, event_id, stream_id, version, event_type,
                                   schema_version, recorded_at_ms, metadata, payload)
-        SELECT acc_pos[t.a] + (t.ix - acc_first[t.a]), t.id, a_stream[t.a],
-               acc_ver[t.a] + (t.ix - acc_first[t.a]), t.ty, t.sv, at_ms,
+        SELECT p.pos0 + (t.ix - 1 - p.events_before), t.id, p.stream,
+               p.cur + 1 + (t.ix - 1 - p.events_before), t.ty, t.sv, at_ms,
                t.md::json, t.pl::json
           FROM unnest(e_append, e_id, e_type, e_schema, e_metadata, e_payload)
                WITH ORDINALITY AS t(a, id, ty, sv, md, pl, ix)
-         WHERE acc_pos[t.a] > 0;
+          JOIN placed p ON p.i = t.a AND p.accepted
+    ), ups AS (
         INSERT INTO ficus_streams AS s (stream_id, version)
-        SELECT n, v FROM unnest(s_names, s_orig, s_vers) AS u(n, o, v) WHERE v <> o
-        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version;
-        UPDATE ficus_head SET position = next_pos - 1 WHERE id = 1;
+        SELECT p.stream, p.cur + p.cnt FROM placed p WHERE p.accepted
+        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version
+    )
+    SELECT p.accepted, p.cur,
+           CASE WHEN p.accepted THEN p.cur + 1 ELSE 0 END,
+           CASE WHEN p.accepted THEN p.pos0 ELSE 0 END
+      FROM placed p ORDER BY p.i;
+    SELECT coalesce(max(e.position), 0) INTO new_head FROM ficus_events e;
+    IF new_head > head_pos THEN
+        UPDATE ficus_head SET position = new_head WHERE id = 1;
         IF with_outbox THEN
-            INSERT INTO ficus_outbox VALUES (head_pos + 1, next_pos - 1);
+            INSERT INTO ficus_outbox VALUES (head_pos + 1, new_head);
         END IF;
-        PERFORM pg_notify('ficus_events.__SCHEMA__', (next_pos - 1)::text);
+        PERFORM pg_notify('ficus_events.__SCHEMA__', new_head::text);
     END IF;
 END
 $fn$;

@@ -1,0 +1,902 @@
+//! Read models in PostgreSQL, run by competing consumers: several processes run the same
+//! projection, exactly one of them applies events at a time, and a standby takes over from
+//! the committed checkpoint when the active one dies.
+//!
+//! # Exactly once to effect
+//!
+//! A batch of events and the checkpoint that follows it commit in ONE transaction, as in the
+//! SQLite runner ([`crate::projection`]): a crash at any instant leaves the read model exactly
+//! at its checkpoint. Checkpoints live in `ficus_projection_checkpoints`, one row per
+//! projection, in the same schema as the read model's tables.
+//!
+//! # Leadership
+//!
+//! The active runner holds a session-level advisory lock,
+//! `pg_try_advisory_lock(hashtext('ficus-projection:' || current_schema() || '.' || name))`,
+//! on a dedicated connection: its *session*. (The schema is part of the key because advisory
+//! locks are per database, and several Ficus deployments, or tests, may share a database in
+//! separate schemas.) Standbys try the lock every [`STANDBY_RETRY_INTERVAL`]. When the active
+//! process dies, even by `kill -9`, its socket closes, PostgreSQL ends the session, the lock
+//! frees and a standby takes it.
+//!
+//! # Fencing (no split brain)
+//!
+//! A lock alone does not stop a runner that *believes* it leads (its session was terminated,
+//! it was paused, its network went away) from committing one more batch after a standby took
+//! over. Two things make that impossible:
+//!
+//! 1. Every write of the active runner (takeover, batches, rebuilds) runs **on the session
+//!    that holds the lock**, never on another pooled connection. A session-level advisory
+//!    lock is held for as long as its session lives, so a transaction that commits on that
+//!    session committed while the lock was held, and no other runner held it. If the session
+//!    died, the transaction dies with it. (A commit whose answer is lost is either committed,
+//!    and the next leader reads its checkpoint, or not, and is re-applied: both exactly once.)
+//! 2. A fencing token: taking over increments the row's `generation` in a transaction on the
+//!    new session, and each batch starts with `SELECT ... FOR UPDATE` of the row and goes on
+//!    only if `generation` is still the one this runner took over with and `position` is
+//!    exactly one before the batch's first event. Row locking orders every batch against
+//!    every takeover, so even a writer that ignored rule 1 could not apply a batch twice.
+//!
+//! A runner whose session is closed, whose fence no longer matches, or whose session does not
+//! answer within [`SESSION_OP_TIMEOUT`] steps down: it closes its session and becomes a
+//! standby. Its lock goes with the session; after a network partition PostgreSQL only notices
+//! a dead client through TCP keepalives, so set `tcp_keepalives_idle`/`_interval`/`_count` on
+//! the server to bound how long a standby may wait.
+//!
+//! # Rebuilds
+//!
+//! [`PgProjectionHandle::rebuild`] may be called in any process: it records a request in the
+//! row (`rebuild_requests`), and whichever runner is active performs it (drops and recreates
+//! the tables and resets the checkpoint in one fenced transaction, then sets `rebuilds_done`)
+//! and replays the log from position 1.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool};
+use ficus_core::{Position, RecordedEvent};
+use ficus_store::{EventStore, StoreError, Subscription, SubscriptionError};
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
+
+use crate::backoff::Backoff;
+use crate::projection::{ProjectionError, WaitError};
+use crate::Shutdown;
+
+/// Most events applied in one read-model transaction. Each event is at least one round trip
+/// on the session, so this also bounds how long the checkpoint row stays locked.
+pub const PG_PROJECTION_BATCH_EVENTS: usize = 500;
+/// How often a standby tries to take the lock (±25% jitter, so standbys do not come in step).
+pub const STANDBY_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the active runner checks its session is alive, its fence still holds and no
+/// rebuild is pending, when no events arrive.
+pub const LEADER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest one operation on the session (a whole batch transaction included) may take before
+/// the session is given up as dead and the runner steps down.
+pub const SESSION_OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a read-your-writes wait or a rebuild request polls the checkpoint table while
+/// this process is not the one applying events.
+pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Retry pauses after a failed batch or a failed attempt to reach PostgreSQL (full jitter).
+const RETRY_BACKOFF: Backoff = Backoff {
+    base_ms: 100,
+    max_ms: 30_000,
+};
+
+/// The checkpoint table, shared by every PostgreSQL projection in the schema.
+pub const CHECKPOINT_TABLE: &str = "ficus_projection_checkpoints";
+
+/// Concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail in PostgreSQL (a unique
+/// violation in its catalog); a transaction-level advisory lock makes creators take turns.
+const CHECKPOINT_SCHEMA: &str = "
+    SELECT pg_advisory_xact_lock(hashtext('ficus-projection-ddl:' || current_schema()));
+    CREATE TABLE IF NOT EXISTS ficus_projection_checkpoints (
+        name text PRIMARY KEY,
+        position bigint NOT NULL DEFAULT 0,
+        updated_at_ms bigint NOT NULL DEFAULT 0,
+        generation bigint NOT NULL DEFAULT 0,
+        rebuild_requests bigint NOT NULL DEFAULT 0,
+        rebuilds_done bigint NOT NULL DEFAULT 0
+    );";
+
+const ENSURE_ROW: &str = "INSERT INTO ficus_projection_checkpoints (name, updated_at_ms)
+     VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(
+     hashtext('ficus-projection:' || coalesce(current_schema(), '') || '.' || $1))";
+
+/// A read model kept in PostgreSQL.
+#[async_trait]
+pub trait PgProjection: Send + Sync + 'static {
+    /// Unique name within the schema; the key of its checkpoint row and of its lock.
+    fn name(&self) -> &str;
+    /// DDL creating the read model's tables (must be idempotent: `IF NOT EXISTS`). Runs in a
+    /// transaction at each takeover and after a rebuild's drop.
+    fn schema(&self) -> &str;
+    /// DDL dropping them, for a rebuild.
+    fn drop_schema(&self) -> &str;
+    /// Applies one event inside the batch's transaction. Events it does not care about are
+    /// ignored by returning `Ok(())`.
+    async fn apply(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// Lets [`PgProjection::apply`] use `?` on driver errors. The message keeps the server's.
+impl From<tokio_postgres::Error> for ProjectionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ProjectionError::Other(format!("read model write failed: {}", pg_message(&e)))
+    }
+}
+
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {db}"),
+        None => e.to_string(),
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Other(format!("PostgreSQL: {e}"))
+}
+
+fn to_position(v: i64) -> Position {
+    Position::try_from(v).expect("checkpoint positions are never negative")
+}
+
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).expect("positions fit in bigint")
+}
+
+/// The checkpoint of projection `name` as seen by `client` (0 when it has none yet). Call it
+/// inside a query's `REPEATABLE READ` transaction to know which position the answer reflects.
+pub async fn read_checkpoint<C>(client: &C, name: &str) -> Result<Position, tokio_postgres::Error>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    let row = client
+        .query_opt(
+            "SELECT position FROM ficus_projection_checkpoints WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map_or(0, |r| to_position(r.get(0))))
+}
+
+/// What a runner is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgProjectionState {
+    /// Another process holds the projection's lock; this one takes over if that one dies.
+    Standby,
+    /// Active, reading history toward the head of the log.
+    CatchingUp,
+    /// Active, at the head, applying live batches.
+    Live,
+    /// Active, replaying from position 0; `target` is the head when the rebuild started.
+    Rebuilding {
+        target: Position,
+    },
+    /// The last batch, or the last attempt to reach PostgreSQL, failed; retried after a
+    /// pause. Never skipped.
+    Failed {
+        error: String,
+    },
+    Stopped,
+}
+
+/// A runner's published status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgProjectionStatus {
+    pub state: PgProjectionState,
+    /// The last position applied: this runner's own while active, the table's as last read
+    /// while standby.
+    pub checkpoint: Position,
+    /// The fencing token this runner took over with; `None` while not active.
+    pub generation: Option<u64>,
+    /// Milliseconds from the last applied event's commit to its application.
+    pub last_lag_ms: u64,
+    /// Events this runner applied since it started (rebuilds count again).
+    pub events_applied: u64,
+}
+
+impl PgProjectionStatus {
+    /// Whether this runner holds the lock and applies events.
+    pub fn is_active(&self) -> bool {
+        self.generation.is_some()
+    }
+}
+
+/// Why a rebuild request did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgRebuildError {
+    /// The request could not be recorded: nothing changed. (503 `store_unavailable`)
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request is recorded but no active runner performed it within the bound. It stays
+    /// pending: the next active runner performs it. (503 `read_model_lagging`)
+    #[error("rebuild requested but not performed within {waited_ms} ms; it stays pending")]
+    Pending { waited_ms: u64 },
+}
+
+/// A handle on a projection run by this process and its competitors: status, lag,
+/// read-your-writes waits and rebuild.
+#[derive(Clone)]
+pub struct PgProjectionHandle {
+    name: Arc<str>,
+    pool: Pool,
+    store: Arc<dyn EventStore>,
+    status: watch::Receiver<PgProjectionStatus>,
+    /// Wakes the local runner to look at the checkpoint row now (after a rebuild request).
+    poke: Arc<Notify>,
+}
+
+impl PgProjectionHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pool the read model is queried through.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn status(&self) -> PgProjectionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Events committed to the log but not yet applied, by this runner's last knowledge of
+    /// the checkpoint (its own while active, refreshed every [`STANDBY_RETRY_INTERVAL`] while
+    /// standby).
+    pub fn lag_events(&self) -> u64 {
+        self.store
+            .head_position()
+            .saturating_sub(self.status.borrow().checkpoint)
+    }
+
+    /// The committed checkpoint, read from the table: right whichever process is active.
+    pub async fn checkpoint(&self) -> Result<Position, StoreError> {
+        let conn = self.pool.get().await.map_err(unavailable)?;
+        match read_checkpoint(&**conn, &self.name).await {
+            Ok(p) => Ok(p),
+            // No runner has created the table yet: nothing applied.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
+            Err(e) => Err(unavailable(pg_message(&e))),
+        }
+    }
+
+    /// Waits until the read model has applied `position`, at most `timeout`. While this
+    /// process is active it is woken by its own runner; otherwise it polls the table every
+    /// [`WAIT_POLL_INTERVAL`], as another process is applying.
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Position, WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.status.clone();
+        let mut best = 0;
+        loop {
+            let (local, active, stopped) = {
+                let s = rx.borrow_and_update();
+                (
+                    s.checkpoint,
+                    s.is_active(),
+                    s.state == PgProjectionState::Stopped,
+                )
+            };
+            best = best.max(local);
+            if best >= position {
+                return Ok(best);
+            }
+            if !active {
+                if let Ok(c) = self.checkpoint().await {
+                    best = best.max(c);
+                    if best >= position {
+                        return Ok(best);
+                    }
+                }
+                if stopped {
+                    return Err(WaitError::Stopped);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Lagging {
+                    checkpoint: best,
+                    wanted: position,
+                });
+            }
+            let wake = if active {
+                deadline
+            } else {
+                deadline.min(now + WAIT_POLL_INTERVAL)
+            };
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // The runner task is gone (aborted): only the table can answer now.
+                        return match self.checkpoint().await {
+                            Ok(c) if c >= position => Ok(c),
+                            _ => Err(WaitError::Stopped),
+                        };
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Resets the read model to empty and replays the log from position 1. Callable in any
+    /// process: the request is recorded in the checkpoint row and the active runner, here or
+    /// elsewhere, performs it. Returns once the reset is committed (follow the replay with
+    /// [`PgProjectionHandle::status`] or [`PgProjectionHandle::wait_for`]), or
+    /// [`PgRebuildError::Pending`] if no runner did so within `timeout`.
+    pub async fn rebuild(&self, timeout: Duration) -> Result<(), PgRebuildError> {
+        let started = Instant::now();
+        let ticket = {
+            let mut conn = self.pool.get().await.map_err(unavailable)?;
+            let client: &mut tokio_postgres::Client = &mut conn;
+            ensure_checkpoint_row(client, &self.name)
+                .await
+                .map_err(|e| unavailable(pg_message(&e)))?;
+            let row = client
+                .query_one(
+                    "UPDATE ficus_projection_checkpoints
+                     SET rebuild_requests = rebuild_requests + 1
+                     WHERE name = $1 RETURNING rebuild_requests",
+                    &[&&*self.name],
+                )
+                .await
+                .map_err(|e| unavailable(pg_message(&e)))?;
+            row.get::<_, i64>(0)
+        };
+        self.poke.notify_one();
+        loop {
+            {
+                let conn = self.pool.get().await.map_err(unavailable)?;
+                let row = conn
+                    .query_one(
+                        "SELECT rebuilds_done FROM ficus_projection_checkpoints WHERE name = $1",
+                        &[&&*self.name],
+                    )
+                    .await
+                    .map_err(|e| unavailable(pg_message(&e)))?;
+                if row.get::<_, i64>(0) >= ticket {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(PgRebuildError::Pending {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(WAIT_POLL_INTERVAL.min(timeout.saturating_sub(started.elapsed())))
+                .await;
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    ficus_store::postgres::unavailable(e)
+}
+
+async fn ensure_checkpoint_row(
+    client: &mut tokio_postgres::Client,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(CHECKPOINT_SCHEMA).await?;
+    tx.execute(ENSURE_ROW, &[&name, &ficus_store::now_ms()])
+        .await?;
+    tx.commit().await
+}
+
+/// A pooled connection used as a leadership session. Once it may hold the advisory lock it
+/// never goes back to the pool: dropping it closes the connection, which ends the session and
+/// frees the lock, also when the runner's task is aborted or panics.
+struct Session {
+    conn: Option<Object>,
+    may_hold_lock: bool,
+}
+
+impl Session {
+    fn new(conn: Object) -> Self {
+        Self {
+            conn: Some(conn),
+            may_hold_lock: true,
+        }
+    }
+
+    fn client(&mut self) -> &mut tokio_postgres::Client {
+        self.conn
+            .as_mut()
+            .expect("a session has its connection until dropped")
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.is_closed())
+    }
+
+    /// Returns the connection to the pool: only for a session known to hold no lock.
+    fn release_unlocked(mut self) {
+        self.may_hold_lock = false;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.may_hold_lock {
+                drop(Object::take(conn));
+            }
+        }
+    }
+}
+
+/// This runner's leadership: the session holding the lock, the fencing token it took over
+/// with, and the checkpoint it committed last.
+struct Leader {
+    session: Session,
+    generation: i64,
+    checkpoint: Position,
+}
+
+/// Why a runner stopped leading.
+enum LeadEnd {
+    Shutdown,
+    StoreClosed,
+    /// Session closed or unanswering, or fenced out: step down to standby.
+    Lost(String),
+}
+
+/// What a fenced step on the session found.
+enum Fenced {
+    /// Done; go on.
+    Ok,
+    /// The checkpoint moved under us (a rebuild was performed, or an invariant broke):
+    /// restart the subscription from the committed checkpoint.
+    Restart,
+    /// No longer the leader.
+    Lost(String),
+}
+
+/// Runs one PostgreSQL projection in this process, active or standby, until shutdown.
+pub struct PgProjectionRunner {
+    projection: Arc<dyn PgProjection>,
+    pool: Pool,
+    store: Arc<dyn EventStore>,
+    status: watch::Sender<PgProjectionStatus>,
+    poke: Arc<Notify>,
+    table_ready: bool,
+}
+
+impl PgProjectionRunner {
+    /// Starts the runner task. It competes for the projection's lock with every other
+    /// process running the same projection on the same schema; `pool`'s connections must
+    /// have that schema first on their `search_path` ([`ficus_store::postgres::pool`]). The
+    /// active runner keeps one of the pool's connections for itself.
+    pub fn spawn(
+        projection: Arc<dyn PgProjection>,
+        pool: Pool,
+        store: Arc<dyn EventStore>,
+        shutdown: Shutdown,
+    ) -> (PgProjectionHandle, JoinHandle<()>) {
+        let (status_tx, status_rx) = watch::channel(PgProjectionStatus {
+            state: PgProjectionState::Standby,
+            checkpoint: 0,
+            generation: None,
+            last_lag_ms: 0,
+            events_applied: 0,
+        });
+        let poke = Arc::new(Notify::new());
+        let handle = PgProjectionHandle {
+            name: projection.name().into(),
+            pool: pool.clone(),
+            store: store.clone(),
+            status: status_rx,
+            poke: poke.clone(),
+        };
+        let runner = PgProjectionRunner {
+            projection,
+            pool,
+            store,
+            status: status_tx,
+            poke,
+            table_ready: false,
+        };
+        (handle, tokio::spawn(runner.run(shutdown)))
+    }
+
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    async fn run(mut self, shutdown: Shutdown) {
+        let mut failures = 0u32;
+        while !shutdown.is_triggered() {
+            let attempt = tokio::select! {
+                _ = shutdown.wait() => break,
+                r = self.try_lead() => r,
+            };
+            let pause = match attempt {
+                Ok(Some(leader)) => {
+                    failures = 0;
+                    match self.lead(leader, &shutdown).await {
+                        LeadEnd::Shutdown | LeadEnd::StoreClosed => break,
+                        LeadEnd::Lost(reason) => {
+                            tracing::warn!(projection = self.name(), %reason, "stepped down to standby");
+                            self.status.send_modify(|s| {
+                                s.state = PgProjectionState::Standby;
+                                s.generation = None;
+                            });
+                            standby_pause()
+                        }
+                    }
+                }
+                Ok(None) => {
+                    failures = 0;
+                    standby_pause()
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    // The schema may have been dropped and recreated under us.
+                    self.table_ready = false;
+                    self.fail(e.to_string());
+                    retry_pause(failures)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        self.status.send_modify(|s| {
+            s.state = PgProjectionState::Stopped;
+            s.generation = None;
+        });
+    }
+
+    /// Tries to become the active runner: takes the lock on a fresh session and, if it got
+    /// it, bumps the fencing token and reads the checkpoint in one transaction on it. Publishes
+    /// the table's checkpoint as a standby otherwise.
+    async fn try_lead(&mut self) -> Result<Option<Leader>, ProjectionError> {
+        let conn = self.pool.get().await.map_err(other)?;
+        let mut session = Session::new(conn);
+        let name = self.projection.name().to_owned();
+        bounded(async {
+            if !self.table_ready {
+                ensure_checkpoint_row(session.client(), &name).await?;
+                self.table_ready = true;
+            }
+            let locked: bool = session.client().query_one(TRY_LOCK, &[&name]).await?.get(0);
+            if !locked {
+                let checkpoint = read_checkpoint(session.client(), &name).await?;
+                session.release_unlocked();
+                self.status.send_modify(|s| {
+                    s.state = PgProjectionState::Standby;
+                    s.generation = None;
+                    s.checkpoint = checkpoint;
+                });
+                return Ok(None);
+            }
+            let tx = session.client().transaction().await?;
+            tx.batch_execute(self.projection.schema()).await?;
+            tx.execute(ENSURE_ROW, &[&name, &ficus_store::now_ms()])
+                .await?;
+            let row = tx
+                .query_one(
+                    "UPDATE ficus_projection_checkpoints
+                     SET generation = generation + 1, updated_at_ms = $2
+                     WHERE name = $1 RETURNING position, generation",
+                    &[&name, &ficus_store::now_ms()],
+                )
+                .await?;
+            tx.commit().await?;
+            let (checkpoint, generation) = (to_position(row.get(0)), row.get::<_, i64>(1));
+            tracing::info!(
+                projection = %name,
+                generation,
+                checkpoint,
+                "took over as the active runner"
+            );
+            Ok(Some(Leader {
+                session,
+                generation,
+                checkpoint,
+            }))
+        })
+        .await
+    }
+
+    /// Applies events while this runner leads. Returns when it stops leading.
+    async fn lead(&self, mut leader: Leader, shutdown: &Shutdown) -> LeadEnd {
+        self.status.send_modify(|s| {
+            s.generation = Some(leader.generation as u64);
+            s.checkpoint = leader.checkpoint;
+            s.state = PgProjectionState::CatchingUp;
+        });
+        let mut failures = 0u32;
+        'restart: loop {
+            self.status.send_if_modified(|s| {
+                std::mem::replace(&mut s.checkpoint, leader.checkpoint) != leader.checkpoint
+            });
+            let mut sub = Subscription::new(self.store.clone(), leader.checkpoint + 1);
+            let mut check = tokio::time::interval(LEADER_CHECK_INTERVAL);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                self.mark_live_if_at_head();
+                let next = tokio::select! {
+                    _ = shutdown.wait() => return LeadEnd::Shutdown,
+                    _ = check.tick() => None,
+                    _ = self.poke.notified() => None,
+                    next = sub.next() => Some(next),
+                };
+                let step = match next {
+                    None => {
+                        let r = tokio::time::timeout(SESSION_OP_TIMEOUT, self.check(&mut leader));
+                        r.await
+                    }
+                    Some(Ok(first)) => {
+                        let mut batch = vec![first];
+                        while batch.len() < PG_PROJECTION_BATCH_EVENTS {
+                            match sub.next_buffered() {
+                                Some(e) => batch.push(e),
+                                None => break,
+                            }
+                        }
+                        let r = tokio::time::timeout(
+                            SESSION_OP_TIMEOUT,
+                            self.apply_batch(&mut leader, &batch),
+                        )
+                        .await;
+                        if let Ok(Ok(Fenced::Ok)) = r {
+                            self.applied(&batch, sub.is_live());
+                        }
+                        r.map(|r| {
+                            r.map_err(|e| {
+                                ProjectionError::Other(format!(
+                                    "applying positions {}..={}: {e}",
+                                    batch[0].position,
+                                    batch.last().map_or(0, |e| e.position)
+                                ))
+                            })
+                        })
+                    }
+                    Some(Err(SubscriptionError::FellBehind { .. })) => {
+                        sub.resume();
+                        continue;
+                    }
+                    Some(Err(SubscriptionError::Closed)) => return LeadEnd::StoreClosed,
+                    Some(Err(SubscriptionError::Store(e))) => Ok(Err(other(e))),
+                };
+                match step {
+                    Err(_) => {
+                        return LeadEnd::Lost(format!(
+                            "no answer on the session within {SESSION_OP_TIMEOUT:?}"
+                        ))
+                    }
+                    Ok(Ok(Fenced::Ok)) => failures = 0,
+                    Ok(Ok(Fenced::Restart)) => continue 'restart,
+                    Ok(Ok(Fenced::Lost(reason))) => return LeadEnd::Lost(reason),
+                    Ok(Err(e)) if leader.session.is_closed() => {
+                        return LeadEnd::Lost(format!("session closed: {e}"))
+                    }
+                    Ok(Err(e)) => {
+                        failures = failures.saturating_add(1);
+                        self.fail(e.to_string());
+                        tokio::select! {
+                            _ = shutdown.wait() => return LeadEnd::Shutdown,
+                            _ = tokio::time::sleep(retry_pause(failures)) => {}
+                        }
+                        continue 'restart;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the checkpoint row on the session: proves the session alive, the fence intact,
+    /// and performs a pending rebuild.
+    async fn check(&self, leader: &mut Leader) -> Result<Fenced, ProjectionError> {
+        let name = self.name();
+        let row = leader
+            .session
+            .client()
+            .query_opt(
+                "SELECT generation, rebuild_requests, rebuilds_done
+                 FROM ficus_projection_checkpoints WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Fenced::Lost("checkpoint row is gone".into()));
+        };
+        let generation: i64 = row.get(0);
+        if generation != leader.generation {
+            return Ok(Fenced::Lost(format!(
+                "fenced: generation is {generation}, took over with {}",
+                leader.generation
+            )));
+        }
+        if row.get::<_, i64>(1) > row.get::<_, i64>(2) {
+            return self.reset(leader).await;
+        }
+        Ok(Fenced::Ok)
+    }
+
+    /// Drops and recreates the read model's tables and sets the checkpoint to 0, in one
+    /// fenced transaction on the session.
+    async fn reset(&self, leader: &mut Leader) -> Result<Fenced, ProjectionError> {
+        let name = self.name();
+        let target = self.store.head_position();
+        let tx = leader.session.client().transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT generation, rebuild_requests FROM ficus_projection_checkpoints
+                 WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Fenced::Lost("checkpoint row is gone".into()));
+        };
+        if row.get::<_, i64>(0) != leader.generation {
+            return Ok(Fenced::Lost("fenced during rebuild".into()));
+        }
+        let requests: i64 = row.get(1);
+        tx.batch_execute(self.projection.drop_schema()).await?;
+        tx.batch_execute(self.projection.schema()).await?;
+        tx.execute(
+            "UPDATE ficus_projection_checkpoints
+             SET position = 0, rebuilds_done = $2, updated_at_ms = $3 WHERE name = $1",
+            &[&name, &requests, &ficus_store::now_ms()],
+        )
+        .await?;
+        // Published before the commit, so that once a requester sees the rebuild done, this
+        // process's waits already see checkpoint 0. Should the commit fail, the restart puts
+        // the committed checkpoint back: the status was only ever behind, never ahead.
+        self.status.send_modify(|s| {
+            s.checkpoint = 0;
+            s.state = PgProjectionState::Rebuilding { target };
+        });
+        tx.commit().await?;
+        leader.checkpoint = 0;
+        tracing::info!(projection = name, target, "rebuild started");
+        Ok(Fenced::Restart)
+    }
+
+    /// Applies a batch and moves the checkpoint past it, in one fenced transaction on the
+    /// session.
+    async fn apply_batch(
+        &self,
+        leader: &mut Leader,
+        events: &[RecordedEvent],
+    ) -> Result<Fenced, ProjectionError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(Fenced::Ok);
+        };
+        let name = self.name();
+        let tx = leader.session.client().transaction().await?;
+        // Locks the row: every batch and every takeover are ordered by it.
+        let row = tx
+            .query_opt(
+                "SELECT position, generation, rebuild_requests, rebuilds_done
+                 FROM ficus_projection_checkpoints WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Fenced::Lost("checkpoint row is gone".into()));
+        };
+        let (position, generation) = (to_position(row.get(0)), row.get::<_, i64>(1));
+        if generation != leader.generation {
+            return Ok(Fenced::Lost(format!(
+                "fenced: generation is {generation}, took over with {}",
+                leader.generation
+            )));
+        }
+        if row.get::<_, i64>(2) > row.get::<_, i64>(3) {
+            drop(tx);
+            return self.reset(leader).await;
+        }
+        if position + 1 != first.position {
+            // Only the fenced leader moves the checkpoint, so this is a broken invariant.
+            // Loud, and safe: nothing was applied; restart from what is committed.
+            tracing::error!(
+                projection = name,
+                checkpoint = position,
+                local_checkpoint = leader.checkpoint,
+                first = first.position,
+                "checkpoint moved under the active runner; restarting from it"
+            );
+            leader.checkpoint = position;
+            return Ok(Fenced::Restart);
+        }
+        for e in events {
+            self.projection.apply(&tx, e).await?;
+        }
+        tx.execute(
+            "UPDATE ficus_projection_checkpoints SET position = $2, updated_at_ms = $3
+             WHERE name = $1",
+            &[&name, &sql_int(last.position), &ficus_store::now_ms()],
+        )
+        .await?;
+        tx.commit().await?;
+        leader.checkpoint = last.position;
+        Ok(Fenced::Ok)
+    }
+
+    fn applied(&self, batch: &[RecordedEvent], live: bool) {
+        let last = batch.last().expect("batch is never empty");
+        let lag_ms = (ficus_store::now_ms() - last.recorded_at_ms).max(0) as u64;
+        self.status.send_modify(|s| {
+            s.checkpoint = last.position;
+            s.last_lag_ms = lag_ms;
+            s.events_applied += batch.len() as u64;
+            let rebuilding = matches!(
+                s.state,
+                PgProjectionState::Rebuilding { target } if target > last.position
+            );
+            if !rebuilding {
+                s.state = if live {
+                    PgProjectionState::Live
+                } else {
+                    PgProjectionState::CatchingUp
+                };
+            }
+        });
+    }
+
+    /// Reports `Live` once everything committed has been applied (see the SQLite runner).
+    fn mark_live_if_at_head(&self) {
+        let head = self.store.head_position();
+        self.status.send_if_modified(|s| {
+            let at_head = s.checkpoint >= head;
+            let waiting = match s.state {
+                PgProjectionState::CatchingUp | PgProjectionState::Failed { .. } => true,
+                PgProjectionState::Rebuilding { target } => s.checkpoint >= target,
+                PgProjectionState::Live
+                | PgProjectionState::Standby
+                | PgProjectionState::Stopped => false,
+            };
+            let promote = at_head && waiting && s.is_active();
+            if promote {
+                s.state = PgProjectionState::Live;
+            }
+            promote
+        });
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!(projection = self.name(), %error, "projection step failed; will retry");
+        self.status
+            .send_modify(|s| s.state = PgProjectionState::Failed { error });
+    }
+}
+
+/// Runs `op` with the session time bound; a timeout is an error like any other here (the
+/// session is dropped, and closed, by the caller).
+async fn bounded<T>(
+    op: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ProjectionError> {
+    match tokio::time::timeout(SESSION_OP_TIMEOUT, op).await {
+        Ok(r) => r.map_err(|e| other(pg_message(&e))),
+        Err(_) => Err(other(format!("no answer within {SESSION_OP_TIMEOUT:?}"))),
+    }
+}
+
+fn standby_pause() -> Duration {
+    let base = STANDBY_RETRY_INTERVAL.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(base * 3 / 4..=base * 5 / 4))
+}
+
+fn retry_pause(failures: u32) -> Duration {
+    Duration::from_millis(RETRY_BACKOFF.delay_ms(failures, &mut rand::thread_rng()))
+}
