@@ -157,12 +157,13 @@ fn target_uri(
         None => path.to_owned(),
     };
     let base_path = base.path().trim_end_matches('/');
-    format!(
-        "http://{}{base_path}{new_path}{query}",
-        base.authority().expect("validated authority")
-    )
-    .parse()
-    .map_err(|e: axum::http::uri::InvalidUri| e.to_string())
+    // Only the path is new per request; scheme and authority are reused as parsed at load.
+    Uri::builder()
+        .scheme(axum::http::uri::Scheme::HTTP)
+        .authority(base.authority().expect("validated authority").clone())
+        .path_and_query(format!("{base_path}{new_path}{query}"))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn insert_rate_headers(h: &mut axum::http::HeaderMap, policy: &str, state: &str) {
@@ -340,6 +341,10 @@ pub struct RouteTable {
     upstreams: HashMap<String, Uri>,
     sticky: Vec<Option<Sticky>>,
     pub guards: Vec<Guards>,
+    /// Each route's counters (shared with the tables before and after a reload).
+    stats: Vec<Arc<RouteStats>>,
+    /// Each route's name as a response header value, made once.
+    route_headers: Vec<Option<HeaderValue>>,
 }
 
 impl RouteTable {
@@ -360,12 +365,31 @@ impl RouteTable {
             })
             .collect();
         let guards = config.routes.iter().map(Guards::new).collect();
+        let stats = config.routes.iter().map(|_| Arc::default()).collect();
+        let route_headers = config
+            .routes
+            .iter()
+            .map(|r| HeaderValue::from_str(&r.name).ok())
+            .collect();
         Ok(Self {
             config,
             upstreams,
             sticky,
             guards,
+            stats,
+            route_headers,
         })
+    }
+
+    /// The same table, counting into the counters `stats_of` gives for each route's name.
+    fn with_stats(mut self, stats_of: impl Fn(&str) -> Arc<RouteStats>) -> Self {
+        self.stats = self
+            .config
+            .routes
+            .iter()
+            .map(|r| stats_of(&r.name))
+            .collect();
+        self
     }
 }
 
@@ -489,14 +513,22 @@ impl Gateway {
         file: Option<PathBuf>,
         auth: Arc<Auth>,
     ) -> Result<Self, String> {
-        let table = RouteTable::new(config)?;
+        let stats: RwLock<HashMap<String, Arc<RouteStats>>> = RwLock::new(HashMap::new());
+        let table = RouteTable::new(config)?.with_stats(|name| {
+            stats
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_owned())
+                .or_default()
+                .clone()
+        });
 
         let mtime = file
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
         Ok(Self {
             table: RwLock::new(Arc::new(table)),
-            stats: RwLock::new(HashMap::new()),
+            stats,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(shadow::MAX_SHADOWS_IN_FLIGHT)),
             file,
             change: std::sync::Mutex::new(()),
@@ -536,7 +568,7 @@ impl Gateway {
 
     /// Replaces the whole table (validated first); requests in flight keep the old one.
     pub fn replace(&self, config: GatewayConfig) -> Result<(), String> {
-        let table = Arc::new(RouteTable::new(config)?);
+        let table = Arc::new(RouteTable::new(config)?.with_stats(|n| self.route_stats(n)));
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
         Ok(())
     }
@@ -738,7 +770,8 @@ impl Gateway {
         parts.version = axum::http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
-        if let Some(ip) = client_addr {
+        let earlier_hops = parts.headers.contains_key("x-forwarded-for");
+        if let Some(ip) = client_addr.as_ref().filter(|_| earlier_hops) {
             // Every incoming line is kept, in order, then this hop's client.
             let mut hops: Vec<String> = parts
                 .headers
@@ -747,13 +780,15 @@ impl Gateway {
                 .filter_map(|v| v.to_str().ok())
                 .map(str::to_owned)
                 .collect();
-            hops.push(ip);
+            hops.push(ip.clone());
             let xff = hops.join(", ");
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 parts.headers.insert("x-forwarded-for", v);
             }
+        } else if let Some(Ok(v)) = client_addr.map(HeaderValue::try_from) {
+            parts.headers.insert("x-forwarded-for", v);
         }
-        let stats = self.route_stats(&route.name);
+        let stats = table.stats[i].clone();
 
         // Shadow mode: the legacy answer is served, a copy goes to the new side.
         let mut body = body;
@@ -931,8 +966,8 @@ impl Gateway {
             HeaderName::from_static(TARGET_HEADER),
             HeaderValue::from_static(side.as_str()),
         );
-        if let Ok(v) = HeaderValue::from_str(&route.name) {
-            h.insert(HeaderName::from_static(ROUTE_HEADER), v);
+        if let Some(v) = &table.route_headers[i] {
+            h.insert(HeaderName::from_static(ROUTE_HEADER), v.clone());
         }
         resp
     }
@@ -1122,7 +1157,11 @@ impl Gateway {
             Some(r) => *r = route,
             None => config.routes.push(route),
         }
-        let table = Arc::new(RouteTable::new(config.clone()).map_err(SetRouteError::Invalid)?);
+        let table = Arc::new(
+            RouteTable::new(config.clone())
+                .map_err(SetRouteError::Invalid)?
+                .with_stats(|n| self.route_stats(n)),
+        );
         self.save(&config).map_err(SetRouteError::Unsaved)?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
         Ok(())
