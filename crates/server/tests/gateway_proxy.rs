@@ -978,6 +978,43 @@ async fn admin_counters_match_the_traffic_sent() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(buckets, 25, "every request falls in one latency bucket");
+
+    // The same counters for Prometheus, kept across the table swap of the weight change.
+    let m = gw.admin_call(Method::GET, "/v1/admin/metrics", None).await;
+    assert_eq!(m.status, 200, "{}", m.text);
+    let value = |series: &str| -> u64 {
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{}", m.text))
+    };
+    let r = |side: &str| format!("{{route=\"products\",side=\"{side}\"}}");
+    assert_eq!(
+        value(&format!("ficus_gateway_requests_total{}", r("legacy"))),
+        25
+    );
+    assert_eq!(
+        value(&format!("ficus_gateway_requests_total{}", r("new"))),
+        37
+    );
+    assert_eq!(
+        value(&format!("ficus_gateway_errors_total{}", r("legacy"))),
+        1
+    );
+    let count = "ficus_gateway_request_duration_seconds_count";
+    assert_eq!(value(&format!("{count}{}", r("legacy"))), 25);
+    assert_eq!(
+        value(&format!(
+            "ficus_gateway_request_duration_seconds_bucket{{route=\"products\",side=\"legacy\",le=\"+Inf\"}}"
+        )),
+        25
+    );
+    assert_eq!(
+        value("ficus_gateway_shadow_compared_total{route=\"products\"}"),
+        0
+    );
+    let anon = send(gw.get("/v1/admin/metrics")).await;
+    assert_eq!(anon.status, 401);
 }
 
 /// Two operators changing two different routes at once must both win, and both be told so.

@@ -1114,6 +1114,125 @@ impl Gateway {
         Ok((Body::from(bytes), Some(job)))
     }
 
+    /// Every route's counters in the Prometheus text format: requests, errors, retries and
+    /// latency by route and side, shadow comparisons, and breaker states.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let table = self.table();
+        let mut out = String::new();
+        let counters: [(&str, &str, fn(&SideStats) -> u64); 4] = [
+            (
+                "ficus_gateway_requests_total",
+                "Requests sent upstream, by route and side.",
+                |s| s.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "ficus_gateway_errors_total",
+                "5xx answers and transport failures.",
+                |s| s.errors.load(Ordering::Relaxed),
+            ),
+            ("ficus_gateway_retries_total", "Retries sent.", |s| {
+                s.retries.load(Ordering::Relaxed)
+            }),
+            (
+                "ficus_gateway_retries_refused_total",
+                "Retries the retry budget refused.",
+                |s| s.retries_refused.load(Ordering::Relaxed),
+            ),
+        ];
+        let sides = |i: usize| {
+            let st = &table.stats[i];
+            [(Side::Legacy, &st.legacy), (Side::New, &st.new)]
+        };
+        for (name, help, get) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, r) in table.config.routes.iter().enumerate() {
+                for (side, st) in sides(i) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",side=\"{}\"}} {}",
+                        r.name,
+                        side.as_str(),
+                        get(st)
+                    );
+                }
+            }
+        }
+        let name = "ficus_gateway_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upstream latency by route and side.\n# TYPE {name} histogram"
+        );
+        for (i, r) in table.config.routes.iter().enumerate() {
+            for (side, st) in sides(i) {
+                let labels = format!("route=\"{}\",side=\"{}\"", r.name, side.as_str());
+                let mut cumulative = 0;
+                for (b, le) in st.buckets.iter().zip(LATENCY_BUCKETS_MS) {
+                    cumulative += b.load(Ordering::Relaxed);
+                    let le = le as f64 / 1000.0;
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                }
+                let n = st.requests.load(Ordering::Relaxed);
+                let sum = st.latency_us_total.load(Ordering::Relaxed) as f64 / 1e6;
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {n}");
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "{name}_count{{{labels}}} {n}");
+            }
+        }
+        let shadow: [(&str, &str, fn(&shadow::ShadowStats) -> u64); 5] = [
+            ("compared", "Shadow comparisons made.", |s| {
+                s.compared.load(Ordering::Relaxed)
+            }),
+            ("mismatched", "Comparisons that differed.", |s| {
+                s.mismatched.load(Ordering::Relaxed)
+            }),
+            ("errors", "Shadow copies that failed or timed out.", |s| {
+                s.errors.load(Ordering::Relaxed)
+            }),
+            (
+                "skipped",
+                "Requests not shadowed (body too large, too many in flight).",
+                |s| s.skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "noise_suppressed",
+                "Differences the legacy twin showed too.",
+                |s| s.noise_suppressed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (what, help, get) in shadow {
+            let name = format!("ficus_gateway_shadow_{what}_total");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, r) in table.config.routes.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\"}} {}",
+                    r.name,
+                    get(&table.stats[i].shadow)
+                );
+            }
+        }
+        let name = "ficus_gateway_breaker_open";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 while a route's breaker is open or half-open.\n# TYPE {name} gauge"
+        );
+        for (i, r) in table.config.routes.iter().enumerate() {
+            for side in [Side::Legacy, Side::New] {
+                if let Some(b) = &table.guards[i].breakers[side.index()] {
+                    let open = u8::from(b.mode().name() != "closed");
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",side=\"{}\"}} {open}",
+                        r.name,
+                        side.as_str()
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// Routes, weights and counters, for the admin API.
     pub fn describe(&self) -> Value {
         let table = self.table();
@@ -1201,6 +1320,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/admin/routes", get(list_routes))
         .route("/v1/admin/routes/{name}", get(get_route).put(put_route))
+        .route("/v1/admin/metrics", get(metrics))
         .route(
             "/health/live",
             get(|| async { Json(json!({"status": "up"})) }),
@@ -1227,6 +1347,21 @@ fn require_admin(gw: &Gateway, headers: &axum::http::HeaderMap) -> Result<(), Ap
     } else {
         Err(ApiError::forbidden("this needs the admin role"))
     }
+}
+
+async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&gw, &headers)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gw.prometheus(),
+    )
+        .into_response())
 }
 
 async fn list_routes(
