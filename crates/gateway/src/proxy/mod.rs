@@ -503,6 +503,9 @@ fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
     }
 }
 
+/// A metric's name (or name part), its help text, and how to read it from the counters.
+type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 fn json_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     ApiError::new(status, code, message).into_response()
 }
@@ -1120,7 +1123,7 @@ impl Gateway {
         use std::fmt::Write as _;
         let table = self.table();
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&SideStats) -> u64); 4] = [
+        let counters: [Series<SideStats>; 4] = [
             (
                 "ficus_gateway_requests_total",
                 "Requests sent upstream, by route and side.",
@@ -1179,7 +1182,7 @@ impl Gateway {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {n}");
             }
         }
-        let shadow: [(&str, &str, fn(&shadow::ShadowStats) -> u64); 5] = [
+        let shadow: [Series<shadow::ShadowStats>; 5] = [
             ("compared", "Shadow comparisons made.", |s| {
                 s.compared.load(Ordering::Relaxed)
             }),
