@@ -6,6 +6,7 @@
 pub mod jobs;
 pub mod money;
 pub mod order;
+pub mod pg_read_models;
 pub mod product;
 pub mod read_models;
 pub mod service;

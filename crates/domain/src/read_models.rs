@@ -19,20 +19,20 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::order::OrderEvent;
 use crate::product::ProductEvent;
 
-const PRODUCT_EVENT_TYPES: &[&str] = &[
+pub(crate) const PRODUCT_EVENT_TYPES: &[&str] = &[
     "ProductCreated",
     "ProductPriceChanged",
     "StockAdjusted",
     "ProductDeleted",
 ];
-const ORDER_EVENT_TYPES: &[&str] = &[
+pub(crate) const ORDER_EVENT_TYPES: &[&str] = &[
     "OrderCreated",
     "OrderItemAdded",
     "OrderPlaced",
     "OrderCancelled",
 ];
 
-fn decode_if<E: ficus_core::DomainEvent>(
+pub(crate) fn decode_if<E: ficus_core::DomainEvent>(
     event: &RecordedEvent,
     prefix: &str,
     types: &[&str],

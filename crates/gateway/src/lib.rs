@@ -80,8 +80,16 @@ pub struct AppState {
     pub http_metrics: Arc<metrics::HttpMetrics>,
     /// Which backend holds the event log and the job queue ("sqlite" or "postgres").
     pub backend: &'static str,
-    /// The NATS JetStream bus between processes, when configured.
-    pub bus: Option<ficus_store::nats::NatsBus>,
+    /// The NATS JetStream bus between processes and its outbox relay, when configured.
+    pub bus: Option<BusState>,
+}
+
+/// What the API shows of the bus: readiness probes it, `/metrics` reports the relay.
+#[derive(Clone)]
+pub struct BusState {
+    pub bus: ficus_store::nats::NatsBus,
+    pub relay: Arc<ficus_store::postgres::RelayHandle>,
+    pub store: Arc<ficus_store::postgres::PgEventStore>,
 }
 
 /// Longest a readiness probe waits for a backend before calling it down.
@@ -163,7 +171,7 @@ async fn ready(State(st): State<AppState>) -> Response {
         check["error"] = json!(e.to_string());
     }
     checks.insert("job_queue".into(), check);
-    if let Some(bus) = &st.bus {
+    if let Some(BusState { bus, .. }) = &st.bus {
         let started = std::time::Instant::now();
         let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, bus.stream_messages()).await;
         let bus_ok = matches!(probe, Ok(Ok(_)));

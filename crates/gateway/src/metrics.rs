@@ -134,7 +134,13 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    // Names ending in `_total` are counters; everything else here is a gauge.
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, v) in samples {
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {v}");
@@ -177,6 +183,36 @@ pub async fn render(State(st): State<AppState>) -> Response {
         "Milliseconds from commit to application of the last applied event.",
         &by(&|h| h.status().last_lag_ms as f64),
     );
+    if let Some(b) = &st.bus {
+        let r = b.relay.stats();
+        let one = |v: u64| [(String::new(), v as f64)];
+        gauge(
+            &mut out,
+            "ficus_outbox_published_total",
+            "Events this process's relay published to the bus and saw acknowledged.",
+            &one(r.published),
+        );
+        gauge(
+            &mut out,
+            "ficus_outbox_duplicates_total",
+            "Re-publishes the bus recognised by event id and dropped.",
+            &one(r.duplicates),
+        );
+        gauge(
+            &mut out,
+            "ficus_outbox_failed_rounds_total",
+            "Relay rounds that failed and were retried after a backoff.",
+            &one(r.retries),
+        );
+        if let Ok(backlog) = ficus_store::postgres::outbox_backlog(&b.store).await {
+            gauge(
+                &mut out,
+                "ficus_outbox_backlog_events",
+                "Committed events not yet published to the bus (all processes).",
+                &one(backlog.events),
+            );
+        }
+    }
     if let Ok(stats) = st.jobs.stats(ficus_store::now_ms()).await {
         let q = |f: &dyn Fn(&ficus_store::QueueStats) -> u64| -> Vec<(String, f64)> {
             stats

@@ -13,7 +13,7 @@ use ficus_gateway::{ApiConfig, AppState, Auth};
 use ficus_runtime::{PoolConfig, ProjectionRunner, Repository, Shutdown, WorkerPool};
 use ficus_store::nats::{BusConfig, BusSubscriber, NatsBus};
 use ficus_store::postgres::{
-    announce_from_bus, OutboxRelay, PgConfig, PgEventStore, PgJobQueue, RelayConfig, RelayHandle,
+    announce_from_bus, OutboxRelay, PgConfig, PgEventStore, PgJobQueue, RelayConfig,
 };
 use ficus_store::sqlite::{SqliteConfig, SqliteEventStore, SqliteJobQueue};
 use ficus_store::{EventStore, JobQueue};
@@ -165,8 +165,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool>,
-    /// The outbox relay and the bus subscription, when a bus is configured.
-    bus: Option<(RelayHandle, BusSubscriber)>,
+    /// The bus subscription, when a bus is configured (the relay lives in the state).
+    bus: Option<BusSubscriber>,
     /// The embedded gateway, when configured.
     pub gateway: Option<crate::gateway::RunningGateway>,
 }
@@ -214,7 +214,14 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 let announcer = announce_from_bus(&bus, &store)
                     .await
                     .context("subscribing to the NATS bus")?;
-                bus_parts = Some((bus, relay, announcer));
+                bus_parts = Some((
+                    ficus_gateway::BusState {
+                        bus,
+                        relay: Arc::new(relay),
+                        store: store.clone(),
+                    },
+                    announcer,
+                ));
             }
             let jobs = PgJobQueue::for_store(&store);
             let ready = jobs.ready_signal();
@@ -273,7 +280,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         http_metrics: Default::default(),
         backend,
-        bus: bus_parts.as_ref().map(|(bus, _, _)| bus.clone()),
+        bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -304,7 +311,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         server,
         projections: vec![catalog_task, orders_task],
         pool,
-        bus: bus_parts.map(|(_, relay, announcer)| (relay, announcer)),
+        bus: bus_parts.map(|(_, announcer)| announcer),
         gateway,
     })
 }

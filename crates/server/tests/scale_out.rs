@@ -44,16 +44,20 @@ impl Drop for Proc {
 fn serve(url: &str, schema: &str, role: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ficus"))
-        .args([
-            "serve",
-            "--role",
-            role,
-            "--store",
-            url,
-            "--pg-schema",
-            schema,
-        ])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
+    cmd.args([
+        "serve",
+        "--role",
+        role,
+        "--store",
+        url,
+        "--pg-schema",
+        schema,
+    ]);
+    if let Some(nats) = test_nats_url() {
+        cmd.args(["--bus", &nats]);
+    }
+    let child = cmd
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path())
         .env("FICUS_AUTH_HS256_SECRET", SECRET)
@@ -326,5 +330,48 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
         .await
         .values()
         .all(|p| p["version"] == 2));
+    // With the bus: readiness reports it, and the relays published every event, leaving no
+    // backlog.
+    if test_nats_url().is_some() {
+        let ready: Value = http
+            .get(format!("{}/health/ready", api1.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["checks"]["bus"]["ok"], true, "{ready}");
+        let metric = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}")) as u64
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut published = 0;
+            let mut backlog = 0;
+            for p in [&api1, &api2] {
+                let text = http
+                    .get(format!("{}/metrics", p.base))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                published += metric(&text, "ficus_outbox_published_total ");
+                backlog = metric(&text, "ficus_outbox_backlog_events ");
+            }
+            if backlog == 0 && published > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outbox never drained: {backlog} left"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     drop((api1, api2, worker1, worker2, fresh));
 }
