@@ -43,7 +43,11 @@ pub enum BenchStore {
     Sqlite { dir: PathBuf, config: SqliteConfig },
     /// A fresh schema per run in this PostgreSQL database, with this many group commits in
     /// flight from the benchmark process.
-    Postgres { url: String, writers: usize },
+    Postgres {
+        url: String,
+        writers: usize,
+        gather_yields: usize,
+    },
 }
 
 impl BenchStore {
@@ -69,10 +73,15 @@ impl Opened {
                 let store = Arc::new(SqliteEventStore::open(&path, config.clone())?);
                 Opened::Sqlite(store, path)
             }
-            BenchStore::Postgres { url, writers } => {
+            BenchStore::Postgres {
+                url,
+                writers,
+                gather_yields,
+            } => {
                 let (mut config, guard) = fresh_schema(url, &format!("bench{tag}"));
                 config.pool_size = 8.max(writers + 4);
                 config.writers = *writers;
+                config.gather_yields = *gather_yields;
                 Opened::Postgres(Arc::new(PgEventStore::open(config).await?), guard)
             }
         })

@@ -295,6 +295,9 @@ enum BenchCommand {
         /// On PostgreSQL: group commits in flight at once.
         #[arg(long, default_value_t = PgConfig::new("").writers)]
         pg_writers: usize,
+        /// On PostgreSQL: yields a writer makes to gather more appends into a batch.
+        #[arg(long, default_value_t = PgConfig::new("").gather_yields)]
+        pg_gather_yields: usize,
     },
     /// Durable jobs/s through enqueue → lease → complete, 1 ms jobs, and pickup latency.
     Jobs {
@@ -477,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(url) => bench::BenchStore::Postgres {
                     url,
                     writers: PgConfig::new("").writers,
+                    gather_yields: PgConfig::new("").gather_yields,
                 },
                 None => bench::BenchStore::Sqlite {
                     dir: dir.clone(),
@@ -509,6 +513,7 @@ async fn main() -> anyhow::Result<()> {
                     page_bytes,
                     store,
                     pg_writers,
+                    pg_gather_yields,
                 },
         } => {
             init_logs(LogFormat::Text, "warn");
@@ -520,6 +525,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(url) => bench::BenchStore::Postgres {
                     url,
                     writers: pg_writers.max(1),
+                    gather_yields: pg_gather_yields,
                 },
                 None => bench::BenchStore::Sqlite {
                     dir: dir.clone(),

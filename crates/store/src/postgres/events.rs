@@ -115,6 +115,7 @@ impl PgEventStore {
                 pool.clone(),
                 shared.clone(),
                 config.max_batch_events.max(1),
+                config.gather_yields,
             )));
         }
         tasks.push(tokio::spawn(tailer(
@@ -321,6 +322,7 @@ async fn writer(
     pool: Pool,
     shared: Arc<Shared>,
     max_batch_events: usize,
+    gather_yields: usize,
 ) {
     // Appends to a stream already in the batch wait for the next one: `ficus_append` takes
     // each stream at most once per call. At most `max_batch_events` requests wait here.
@@ -347,6 +349,11 @@ async fn writer(
                 events += first.events.len();
                 streams.insert(first.stream.clone());
                 batch.push(first);
+                // Callers just answered by the last commit are re-submitting on this runtime:
+                // let them, so the batch carries them too (no timer, just a few yields).
+                for _ in 0..gather_yields {
+                    tokio::task::yield_now().await;
+                }
                 Some(rx)
             } else {
                 rx.try_lock().ok()

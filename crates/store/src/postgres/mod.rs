@@ -46,6 +46,9 @@ pub struct PgConfig {
     /// Group commits in flight at once from this process. They take turns on the log's head
     /// row inside the server, so a second one hides the network round trip of the first.
     pub writers: usize,
+    /// Times a writer yields to the runtime after taking its first queued append, so callers
+    /// answered by the previous commit can queue their next append into this batch.
+    pub gather_yields: usize,
     /// Committed batches kept for slow live subscribers.
     pub live_buffer_batches: usize,
     /// How often the log is polled for other processes' commits when no notification came.
@@ -70,6 +73,7 @@ impl PgConfig {
             max_batch_events: 4096,
             max_append_events: 1000,
             writers: 2,
+            gather_yields: 4,
             live_buffer_batches: 1024,
             poll_interval: Duration::from_millis(250),
             outbox: false,
