@@ -4,7 +4,9 @@
 //! Architecture invariant: the runtime knows no HTTP and no JSON DTOs; it speaks in
 //! aggregates, events and read models.
 
-pub mod backoff;
+/// Retry delays: exponential backoff with full jitter (kept in the store crate, whose bus
+/// relay retries with it too).
+pub use ficus_store::backoff;
 pub mod pg_projection;
 pub mod projection;
 pub mod repository;
@@ -12,8 +14,8 @@ pub mod shutdown;
 pub mod workers;
 
 pub use pg_projection::{
-    PgProjection, PgProjectionHandle, PgProjectionRunner, PgProjectionState, PgProjectionStatus,
-    PgRebuildError, PG_PROJECTION_BATCH_EVENTS,
+    PgProjection, PgProjectionHandle, PgProjectionRunner, PgProjectionStatus, PgRebuildError,
+    PG_PROJECTION_BATCH_EVENTS,
 };
 pub use projection::{
     ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,

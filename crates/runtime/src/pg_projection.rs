@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 
 use crate::backoff::Backoff;
-use crate::projection::{ProjectionError, WaitError};
+use crate::projection::{ProjectionError, ProjectionState, WaitError};
 use crate::Shutdown;
 
 /// Most events applied in one read-model transaction. Each event is at least one round trip
@@ -170,31 +170,10 @@ where
     Ok(row.map_or(0, |r| to_position(r.get(0))))
 }
 
-/// What a runner is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgProjectionState {
-    /// Another process holds the projection's lock; this one takes over if that one dies.
-    Standby,
-    /// Active, reading history toward the head of the log.
-    CatchingUp,
-    /// Active, at the head, applying live batches.
-    Live,
-    /// Active, replaying from position 0; `target` is the head when the rebuild started.
-    Rebuilding {
-        target: Position,
-    },
-    /// The last batch, or the last attempt to reach PostgreSQL, failed; retried after a
-    /// pause. Never skipped.
-    Failed {
-        error: String,
-    },
-    Stopped,
-}
-
 /// A runner's published status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgProjectionStatus {
-    pub state: PgProjectionState,
+    pub state: ProjectionState,
     /// The last position applied: this runner's own while active, the table's as last read
     /// while standby.
     pub checkpoint: Position,
@@ -288,7 +267,7 @@ impl PgProjectionHandle {
                 (
                     s.checkpoint,
                     s.is_active(),
-                    s.state == PgProjectionState::Stopped,
+                    s.state == ProjectionState::Stopped,
                 )
             };
             best = best.max(local);
@@ -489,7 +468,7 @@ impl PgProjectionRunner {
         shutdown: Shutdown,
     ) -> (PgProjectionHandle, JoinHandle<()>) {
         let (status_tx, status_rx) = watch::channel(PgProjectionStatus {
-            state: PgProjectionState::Standby,
+            state: ProjectionState::Standby,
             checkpoint: 0,
             generation: None,
             last_lag_ms: 0,
@@ -533,7 +512,7 @@ impl PgProjectionRunner {
                         LeadEnd::Lost(reason) => {
                             tracing::warn!(projection = self.name(), %reason, "stepped down to standby");
                             self.status.send_modify(|s| {
-                                s.state = PgProjectionState::Standby;
+                                s.state = ProjectionState::Standby;
                                 s.generation = None;
                             });
                             standby_pause()
@@ -558,7 +537,7 @@ impl PgProjectionRunner {
             }
         }
         self.status.send_modify(|s| {
-            s.state = PgProjectionState::Stopped;
+            s.state = ProjectionState::Stopped;
             s.generation = None;
         });
     }
@@ -580,7 +559,7 @@ impl PgProjectionRunner {
                 let checkpoint = read_checkpoint(session.client(), &name).await?;
                 session.release_unlocked();
                 self.status.send_modify(|s| {
-                    s.state = PgProjectionState::Standby;
+                    s.state = ProjectionState::Standby;
                     s.generation = None;
                     s.checkpoint = checkpoint;
                 });
@@ -620,7 +599,7 @@ impl PgProjectionRunner {
         self.status.send_modify(|s| {
             s.generation = Some(leader.generation as u64);
             s.checkpoint = leader.checkpoint;
-            s.state = PgProjectionState::CatchingUp;
+            s.state = ProjectionState::CatchingUp;
         });
         let mut failures = 0u32;
         'restart: loop {
@@ -764,7 +743,7 @@ impl PgProjectionRunner {
         // the committed checkpoint back: the status was only ever behind, never ahead.
         self.status.send_modify(|s| {
             s.checkpoint = 0;
-            s.state = PgProjectionState::Rebuilding { target };
+            s.state = ProjectionState::Rebuilding { target };
         });
         tx.commit().await?;
         leader.checkpoint = 0;
@@ -840,17 +819,7 @@ impl PgProjectionRunner {
             s.checkpoint = last.position;
             s.last_lag_ms = lag_ms;
             s.events_applied += batch.len() as u64;
-            let rebuilding = matches!(
-                s.state,
-                PgProjectionState::Rebuilding { target } if target > last.position
-            );
-            if !rebuilding {
-                s.state = if live {
-                    PgProjectionState::Live
-                } else {
-                    PgProjectionState::CatchingUp
-                };
-            }
+            s.state.after_batch(last.position, live);
         });
     }
 
@@ -859,16 +828,10 @@ impl PgProjectionRunner {
         let head = self.store.head_position();
         self.status.send_if_modified(|s| {
             let at_head = s.checkpoint >= head;
-            let waiting = match s.state {
-                PgProjectionState::CatchingUp | PgProjectionState::Failed { .. } => true,
-                PgProjectionState::Rebuilding { target } => s.checkpoint >= target,
-                PgProjectionState::Live
-                | PgProjectionState::Standby
-                | PgProjectionState::Stopped => false,
-            };
+            let waiting = s.state.waits_for_head(s.checkpoint);
             let promote = at_head && waiting && s.is_active();
             if promote {
-                s.state = PgProjectionState::Live;
+                s.state = ProjectionState::Live;
             }
             promote
         });
@@ -877,7 +840,7 @@ impl PgProjectionRunner {
     fn fail(&self, error: String) {
         tracing::error!(projection = self.name(), %error, "projection step failed; will retry");
         self.status
-            .send_modify(|s| s.state = PgProjectionState::Failed { error });
+            .send_modify(|s| s.state = ProjectionState::Failed { error });
     }
 }
 

@@ -182,9 +182,12 @@ impl ReadModelDb {
     }
 }
 
-/// What a runner is doing.
+/// What a runner is doing. The SQLite and the PostgreSQL runners share it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProjectionState {
+    /// PostgreSQL runners only: another process holds the projection's lock; this one takes
+    /// over if that one dies.
+    Standby,
     /// Reading history toward the head of the log.
     CatchingUp,
     /// At the head, applying live batches.
@@ -193,11 +196,36 @@ pub enum ProjectionState {
     Rebuilding {
         target: Position,
     },
-    /// The last batch failed; retried after a pause. Never skipped.
+    /// The last batch (or the last attempt to reach the database) failed; retried after a
+    /// pause. Never skipped.
     Failed {
         error: String,
     },
     Stopped,
+}
+
+impl ProjectionState {
+    /// The state after a batch ending at `last` was applied: still rebuilding while short of
+    /// the rebuild's target, else live or catching up as the subscription says.
+    pub(crate) fn after_batch(&mut self, last: Position, live: bool) {
+        if !matches!(self, ProjectionState::Rebuilding { target } if *target > last) {
+            *self = if live {
+                ProjectionState::Live
+            } else {
+                ProjectionState::CatchingUp
+            };
+        }
+    }
+
+    /// Whether a runner in this state, at `checkpoint`, becomes `Live` once it is at the head
+    /// of the log.
+    pub(crate) fn waits_for_head(&self, checkpoint: Position) -> bool {
+        match self {
+            ProjectionState::CatchingUp | ProjectionState::Failed { .. } => true,
+            ProjectionState::Rebuilding { target } => checkpoint >= *target,
+            ProjectionState::Live | ProjectionState::Standby | ProjectionState::Stopped => false,
+        }
+    }
 }
 
 /// A runner's published status.
@@ -402,17 +430,7 @@ impl ProjectionRunner {
                             s.checkpoint = last.position;
                             s.last_lag_ms = lag_ms;
                             s.events_applied += batch.len() as u64;
-                            let rebuilding = matches!(
-                                s.state,
-                                ProjectionState::Rebuilding { target } if target > last.position
-                            );
-                            if !rebuilding {
-                                s.state = if live {
-                                    ProjectionState::Live
-                                } else {
-                                    ProjectionState::CatchingUp
-                                };
-                            }
+                            s.state.after_batch(last.position, live);
                         });
                     }
                     Ok((batch, Err(e))) => {
@@ -473,11 +491,7 @@ impl ProjectionRunner {
         let head = self.store.head_position();
         self.status.send_if_modified(|s| {
             let at_head = s.checkpoint >= head;
-            let waiting = match s.state {
-                ProjectionState::CatchingUp | ProjectionState::Failed { .. } => true,
-                ProjectionState::Rebuilding { target } => s.checkpoint >= target,
-                ProjectionState::Live | ProjectionState::Stopped => false,
-            };
+            let waiting = s.state.waits_for_head(s.checkpoint);
             if at_head && waiting {
                 s.state = ProjectionState::Live;
             }

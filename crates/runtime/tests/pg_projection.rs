@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 use ficus_core::{EventType, ExpectedVersion, Position, RecordedEvent, StreamId};
 use ficus_runtime::pg_projection::PgRebuildError;
 use ficus_runtime::{
-    PgProjection, PgProjectionHandle, PgProjectionRunner, PgProjectionState, ProjectionError,
+    PgProjection, PgProjectionHandle, PgProjectionRunner, ProjectionError, ProjectionState,
     Shutdown, WaitError,
 };
 use ficus_store::postgres::testing::{fresh_schema, test_url};
@@ -240,7 +240,7 @@ async fn one_active(handles: &[&PgProjectionHandle]) -> usize {
     let active = handles.iter().position(|h| h.status().is_active()).unwrap();
     for (i, h) in handles.iter().enumerate() {
         if i != active {
-            assert_eq!(h.status().state, PgProjectionState::Standby);
+            assert_eq!(h.status().state, ProjectionState::Standby);
         }
     }
     active
@@ -261,7 +261,7 @@ async fn builds_the_read_model_from_the_log_and_stays_live() {
     let (handle, task) = spawn(&store, &shutdown);
     eventually("caught up and live", || {
         let s = handle.status();
-        s.state == PgProjectionState::Live && s.checkpoint == head
+        s.state == ProjectionState::Live && s.checkpoint == head
     })
     .await;
     assert_eq!(handle.status().generation, Some(1));
@@ -282,7 +282,7 @@ async fn builds_the_read_model_from_the_log_and_stays_live() {
         head
     );
     let status = handle.status();
-    assert_eq!(status.state, PgProjectionState::Live);
+    assert_eq!(status.state, ProjectionState::Live);
     assert_eq!(status.events_applied, head);
 
     // A wait past the head is bounded.
@@ -300,7 +300,7 @@ async fn builds_the_read_model_from_the_log_and_stays_live() {
 
     shutdown.trigger();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    assert_eq!(handle.status().state, PgProjectionState::Stopped);
+    assert_eq!(handle.status().state, ProjectionState::Stopped);
     assert!(matches!(
         handle.wait_for(head + 1, Duration::from_secs(1)).await,
         Err(WaitError::Stopped)
@@ -493,7 +493,7 @@ async fn rebuild_from_any_process_gives_the_same_read_model() {
     assert_eq!(handles[active].wait_for(head, WAIT).await.unwrap(), head);
     eventually("live after the rebuild", || {
         let s = handles[active].status();
-        s.state == PgProjectionState::Live && s.events_applied == applied + head
+        s.state == ProjectionState::Live && s.events_applied == applied + head
     })
     .await;
     assert_eq!(read_model(&admin).await, before);
@@ -520,7 +520,7 @@ async fn rebuild_from_any_process_gives_the_same_read_model() {
     let (hc, tc) = spawn(&b, &shutdown);
     eventually("rebuilt by the next active runner", || {
         let s = hc.status();
-        s.state == PgProjectionState::Live && s.checkpoint == head && s.events_applied == head
+        s.state == ProjectionState::Live && s.checkpoint == head && s.events_applied == head
     })
     .await;
     assert_exactly_once(&admin, a.as_ref()).await;

@@ -46,8 +46,11 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use ficus_core::{Position, RecordedEvent, StreamId};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::task::JoinHandle;
+
+use crate::backoff::retry_pause;
+use crate::event_json;
 
 /// Header carrying the event's global position (decimal).
 pub const POSITION_HEADER: &str = "Ficus-Position";
@@ -416,7 +419,7 @@ async fn deliver<F>(
     let mut failures = 0u32;
     loop {
         let Some(mut stream) = messages.take() else {
-            tokio::time::sleep(full_jitter(failures, RESUBSCRIBE_BASE, RESUBSCRIBE_CAP)).await;
+            tokio::time::sleep(retry_pause(failures, RESUBSCRIBE_BASE, RESUBSCRIBE_CAP)).await;
             match bus.ordered_consumer().await {
                 Ok(s) => messages = Some(s),
                 Err(e) => {
@@ -460,28 +463,14 @@ fn message_position(headers: Option<&HeaderMap>) -> Option<Position> {
     headers?.get(POSITION_HEADER)?.as_str().parse().ok()
 }
 
-fn envelope_value(e: &RecordedEvent) -> Value {
-    json!({
-        "id": e.id,
-        "stream": e.stream_id,
-        "version": e.version,
-        "position": e.position,
-        "type": e.event_type,
-        "schema_version": e.schema_version,
-        "data": e.payload,
-        "metadata": e.metadata,
-        "recorded_at": ficus_core::time::format_rfc3339_ms(e.recorded_at_ms),
-    })
-}
-
 /// The JSON body of an event's message.
 pub fn envelope(e: &RecordedEvent) -> Vec<u8> {
     // Serializing a `Value` cannot fail.
-    serde_json::to_vec(&envelope_value(e)).unwrap_or_default()
+    serde_json::to_vec(&event_json(e)).unwrap_or_default()
 }
 
 fn truncated_envelope(e: &RecordedEvent) -> Vec<u8> {
-    let mut v = envelope_value(e);
+    let mut v = event_json(e);
     if let Some(o) = v.as_object_mut() {
         o.remove("data");
         o.remove("metadata");
@@ -490,39 +479,9 @@ fn truncated_envelope(e: &RecordedEvent) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-/// Exponential backoff with full jitter: a uniformly random pause in
-/// `[0, min(cap, base * 2^attempt)]`. Random enough for spreading retries; not for secrets.
-pub(crate) fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let ceiling = base
-        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .min(cap);
-    // `RandomState` is seeded randomly per instance: a dependency-free source of jitter.
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let nanos = ceiling.as_nanos() as u64;
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(r % (nanos + 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_under_the_capped_ceiling() {
-        let base = Duration::from_millis(10);
-        let cap = Duration::from_millis(500);
-        for attempt in 0..40 {
-            let ceiling = (base * 2u32.pow(attempt.min(20))).min(cap);
-            for _ in 0..50 {
-                assert!(full_jitter(attempt, base, cap) <= ceiling);
-            }
-        }
-    }
 
     #[test]
     fn subjects_escape_dots_and_configs_are_checked() {
@@ -563,23 +522,13 @@ pub mod testing {
     impl Drop for StreamGuard {
         fn drop(&mut self) {
             let config = self.0.clone();
-            // Drop may run outside a runtime: use a thread with its own small one.
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    if let Ok(client) = async_nats::connect(config.url.as_str()).await {
-                        let _ = async_nats::jetstream::new(client)
-                            .delete_stream(&config.stream_name)
-                            .await;
-                    }
-                });
-            })
-            .join();
+            crate::run_detached(async move {
+                if let Ok(client) = async_nats::connect(config.url.as_str()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&config.stream_name)
+                        .await;
+                }
+            });
         }
     }
 }

@@ -36,7 +36,8 @@ use ficus_core::{Position, RecordedEvent};
 use tokio::task::JoinHandle;
 
 use super::{conn, sql_int, unavailable, PgEventStore};
-use crate::nats::{full_jitter, BusError, BusSubscriber, NatsBus};
+use crate::backoff::retry_pause;
+use crate::nats::{BusError, BusSubscriber, NatsBus};
 use crate::{EventStore, StoreError};
 
 /// Most outbox rows (group commits) one round takes.
@@ -320,7 +321,7 @@ async fn run(relay: OutboxRelay) {
             }
             Err(e) => {
                 relay.stats_mut().retries += 1;
-                let pause = full_jitter(failures, relay.config.retry_base, relay.config.retry_cap);
+                let pause = retry_pause(failures, relay.config.retry_base, relay.config.retry_cap);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "outbox relay round failed; rolled back");
                 tokio::time::sleep(pause).await;

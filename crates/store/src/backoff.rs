@@ -37,10 +37,39 @@ impl Backoff {
     }
 }
 
+/// The pause after `failures` consecutive failures (0 for the first) of a retry loop:
+/// uniformly random in `0..=min(cap, base × 2^failures)`, to the millisecond.
+pub fn retry_pause(
+    failures: u32,
+    base: std::time::Duration,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    let policy = Backoff {
+        base_ms: base.as_millis() as u64,
+        max_ms: cap.as_millis() as u64,
+    };
+    std::time::Duration::from_millis(
+        policy.delay_ms(failures.saturating_add(1), &mut rand::thread_rng()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn retry_pause_stays_under_the_capped_ceiling() {
+        use std::time::Duration;
+        let base = Duration::from_millis(10);
+        let cap = Duration::from_millis(500);
+        for failures in 0..40 {
+            let ceiling = (base * 2u32.pow(failures.min(20))).min(cap);
+            for _ in 0..50 {
+                assert!(retry_pause(failures, base, cap) <= ceiling);
+            }
+        }
+    }
 
     #[test]
     fn ceiling_doubles_then_caps() {
