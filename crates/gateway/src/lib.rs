@@ -142,6 +142,22 @@ async fn live() -> impl IntoResponse {
     Json(json!({"status": "up"}))
 }
 
+/// One readiness check of a backend: `{ok, backend, probe_ms}`, plus `error` when the probe
+/// failed. A probe that takes longer than [`READY_PROBE_TIMEOUT`] counts as down.
+async fn probe_backend<T, E: std::fmt::Display>(
+    backend: &str,
+    probe: impl std::future::Future<Output = Result<T, E>>,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(READY_PROBE_TIMEOUT, probe).await;
+    let mut check = json!({"ok": matches!(outcome, Ok(Ok(_))), "backend": backend,
+                           "probe_ms": started.elapsed().as_millis() as u64});
+    if let Ok(Err(e)) = &outcome {
+        check["error"] = json!(e.to_string());
+    }
+    check
+}
+
 async fn ready(State(st): State<AppState>) -> Response {
     let mut ok = !st.shutdown.is_triggered();
     let mut checks = serde_json::Map::new();
@@ -150,38 +166,16 @@ async fn ready(State(st): State<AppState>) -> Response {
         json!({"ok": !st.shutdown.is_triggered()}),
     );
     let probe = ficus_core::StreamId::new("ficus-ready-probe").expect("valid stream id");
-    let started = std::time::Instant::now();
-    let store = tokio::time::timeout(READY_PROBE_TIMEOUT, st.store.stream_version(&probe)).await;
-    let store_ok = matches!(store, Ok(Ok(_)));
-    ok &= store_ok;
-    let mut check = json!({"ok": store_ok, "backend": st.backend,
-                           "probe_ms": started.elapsed().as_millis() as u64});
-    if let Ok(Err(e)) = &store {
-        check["error"] = json!(e.to_string());
-    }
+    let check = probe_backend(st.backend, st.store.stream_version(&probe)).await;
+    ok &= check["ok"] == true;
     checks.insert("event_store".into(), check);
-    let started = std::time::Instant::now();
-    let jobs =
-        tokio::time::timeout(READY_PROBE_TIMEOUT, st.jobs.get(ficus_store::JobId::MAX)).await;
-    let jobs_ok = matches!(jobs, Ok(Ok(_)));
-    ok &= jobs_ok;
-    let mut check = json!({"ok": jobs_ok, "backend": st.backend,
-                           "probe_ms": started.elapsed().as_millis() as u64});
-    if let Ok(Err(e)) = &jobs {
-        check["error"] = json!(e.to_string());
-    }
+    let check = probe_backend(st.backend, st.jobs.get(ficus_store::JobId::MAX)).await;
+    ok &= check["ok"] == true;
     checks.insert("job_queue".into(), check);
     if let Some(BusState { bus, .. }) = &st.bus {
-        let started = std::time::Instant::now();
-        let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, bus.stream_messages()).await;
-        let bus_ok = matches!(probe, Ok(Ok(_)));
-        ok &= bus_ok;
-        let mut check = json!({"ok": bus_ok, "backend": "nats",
-                               "stream": bus.config().stream_name,
-                               "probe_ms": started.elapsed().as_millis() as u64});
-        if let Ok(Err(e)) = &probe {
-            check["error"] = json!(e.to_string());
-        }
+        let mut check = probe_backend("nats", bus.stream_messages()).await;
+        ok &= check["ok"] == true;
+        check["stream"] = json!(bus.config().stream_name);
         checks.insert("bus".into(), check);
     }
     for p in st.projections() {

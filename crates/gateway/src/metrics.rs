@@ -89,29 +89,34 @@ impl HttpMetrics {
             }
         }
         for ((route, method), (count, sum_us, buckets)) in merged {
-            let labels = format!("route=\"{route}\",method=\"{method}\"");
-            for (i, b) in BUCKETS_S.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "ficus_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    buckets[i]
-                );
-            }
-            let _ = writeln!(
+            write_histogram(
                 out,
-                "ficus_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "ficus_http_request_duration_seconds_sum{{{labels}}} {}",
-                sum_us as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "ficus_http_request_duration_seconds_count{{{labels}}} {count}"
+                "ficus_http_request_duration_seconds",
+                &format!("route=\"{route}\",method=\"{method}\""),
+                BUCKETS_S.iter().copied().zip(buckets),
+                count,
+                sum_us as f64 / 1e6,
             );
         }
     }
+}
+
+/// The sample lines of one Prometheus histogram series: a `_bucket` line per upper bound (in
+/// seconds, with its cumulative count), `+Inf`, `_sum` and `_count`.
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    cumulative: impl IntoIterator<Item = (f64, u64)>,
+    count: u64,
+    sum_seconds: f64,
+) {
+    for (le, n) in cumulative {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// Counts every request by its route pattern (never the raw path, so ids do not explode the

@@ -9,7 +9,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
 use ficus_store::{Subscription, SubscriptionError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,20 +30,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/subscribe", get(subscribe))
 }
 
-/// The JSON shape of a recorded event.
-pub fn event_json(e: &RecordedEvent) -> Value {
-    json!({
-        "id": e.id,
-        "stream": e.stream_id,
-        "version": e.version,
-        "position": e.position,
-        "type": e.event_type,
-        "schema_version": e.schema_version,
-        "data": e.payload,
-        "metadata": e.metadata,
-        "recorded_at": ficus_core::time::format_rfc3339_ms(e.recorded_at_ms),
-    })
-}
+/// The JSON shape of a recorded event (shared with the bus's messages).
+pub use ficus_store::event_json;
 
 fn stream_id(s: String) -> Result<StreamId, ApiError> {
     StreamId::new(s).map_err(|e| ApiError::bad_request("invalid_stream_id", e.to_string()))

@@ -6,6 +6,7 @@
 //! [`conformance`] suite. [`Subscription`] gives catch-up-then-live delivery on top of any
 //! adapter.
 
+pub mod backoff;
 pub mod conformance;
 mod error;
 pub mod jobs;
@@ -21,8 +22,23 @@ pub use jobs::{
     Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
     NewBatch, NewJob, QueueStats,
 };
-pub use port::{new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
+pub use port::{event_json, new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};
+
+/// Runs `cleanup` to completion on a thread with its own small runtime, and waits for it. For
+/// the `Drop` of test guards, which may run inside a runtime (where blocking on it is not
+/// allowed) or outside any.
+pub(crate) fn run_detached(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup);
+        }
+    })
+    .join();
+}
 
 /// Wall-clock milliseconds since the Unix epoch. Adapters stamp `recorded_at_ms` with it.
 pub fn now_ms() -> i64 {

@@ -68,6 +68,21 @@ pub trait EventStore: Send + Sync + 'static {
     fn live(&self) -> broadcast::Receiver<LiveBatch>;
 }
 
+/// The JSON shape of a recorded event, as the HTTP API answers it and the bus publishes it.
+pub fn event_json(e: &RecordedEvent) -> Value {
+    serde_json::json!({
+        "id": e.id,
+        "stream": e.stream_id,
+        "version": e.version,
+        "position": e.position,
+        "type": e.event_type,
+        "schema_version": e.schema_version,
+        "data": e.payload,
+        "metadata": e.metadata,
+        "recorded_at": ficus_core::time::format_rfc3339_ms(e.recorded_at_ms),
+    })
+}
+
 /// A new event with a fresh UUID v7 id and default metadata.
 pub fn new_event(event_type: EventType, payload: Value) -> NewEvent {
     NewEvent {

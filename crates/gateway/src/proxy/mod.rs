@@ -1168,18 +1168,22 @@ impl Gateway {
         );
         for (i, r) in table.config.routes.iter().enumerate() {
             for (side, st) in sides(i) {
-                let labels = format!("route=\"{}\",side=\"{}\"", r.name, side.as_str());
-                let mut cumulative = 0;
-                for (b, le) in st.buckets.iter().zip(LATENCY_BUCKETS_MS) {
-                    cumulative += b.load(Ordering::Relaxed);
-                    let le = le as f64 / 1000.0;
-                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-                }
-                let n = st.requests.load(Ordering::Relaxed);
-                let sum = st.latency_us_total.load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {n}");
-                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "{name}_count{{{labels}}} {n}");
+                let cumulative = st
+                    .buckets
+                    .iter()
+                    .zip(LATENCY_BUCKETS_MS)
+                    .scan(0, |n, (b, le)| {
+                        *n += b.load(Ordering::Relaxed);
+                        Some((le as f64 / 1000.0, *n))
+                    });
+                crate::metrics::write_histogram(
+                    &mut out,
+                    name,
+                    &format!("route=\"{}\",side=\"{}\"", r.name, side.as_str()),
+                    cumulative,
+                    st.requests.load(Ordering::Relaxed),
+                    st.latency_us_total.load(Ordering::Relaxed) as f64 / 1e6,
+                );
             }
         }
         let shadow: [Series<shadow::ShadowStats>; 5] = [

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 
-use super::{conn, listen_forever, migrate, pool, sql_int, unavailable, PgConfig};
+use super::{listen_forever, migrate, pool, query, sql_int, PgConfig};
 use crate::port::validate_batch;
 use crate::{now_ms, AppendResult, EventStore, LiveBatch, StoreError, MAX_READ_LIMIT};
 
@@ -90,13 +90,7 @@ impl PgEventStore {
     pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
         let pool = pool(&config)?;
         migrate(&pool, &config.schema).await?;
-        let head: i64 = conn(&pool)
-            .await?
-            .query_one("SELECT position FROM ficus_head WHERE id = 1", &[])
-            .await
-            .map_err(unavailable)?
-            .get(0);
-        let head = head as Position;
+        let head = read_head(&pool).await?;
         let shared = Arc::new(Shared {
             head: AtomicU64::new(head),
             announced: AtomicU64::new(head),
@@ -215,39 +209,30 @@ impl EventStore for PgEventStore {
         from_version: Version,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = conn(&self.pool).await?;
-        let stmt = client
-            .prepare_cached(&format!(
+        let rows = query(
+            &self.pool,
+            &format!(
                 "SELECT {COLUMNS} FROM ficus_events WHERE stream_id = $1 AND version >= $2 \
                  ORDER BY version LIMIT $3"
-            ))
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &stream.as_str(),
-                    &sql_int(from_version),
-                    &(limit.min(MAX_READ_LIMIT) as i64),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+            ),
+            &[
+                &stream.as_str(),
+                &sql_int(from_version),
+                &(limit.min(MAX_READ_LIMIT) as i64),
+            ],
+        )
+        .await?;
         rows.iter().map(decode_row).collect()
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        let client = conn(&self.pool).await?;
-        let stmt = client
-            .prepare_cached("SELECT version FROM ficus_streams WHERE stream_id = $1")
-            .await
-            .map_err(unavailable)?;
-        let row = client
-            .query_opt(&stmt, &[&stream.as_str()])
-            .await
-            .map_err(unavailable)?;
-        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as Version))
+        let rows = query(
+            &self.pool,
+            "SELECT version FROM ficus_streams WHERE stream_id = $1",
+            &[&stream.as_str()],
+        )
+        .await?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as Version))
     }
 
     async fn read_all(
@@ -272,18 +257,24 @@ async fn read_all(
     from_position: Position,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let client = conn(pool).await?;
-    let stmt = client
-        .prepare_cached(&format!(
+    let rows = query(
+        pool,
+        &format!(
             "SELECT {COLUMNS} FROM ficus_events WHERE position >= $1 ORDER BY position LIMIT $2"
-        ))
-        .await
-        .map_err(unavailable)?;
-    let rows = client
-        .query(&stmt, &[&sql_int(from_position), &(limit as i64)])
-        .await
-        .map_err(unavailable)?;
+        ),
+        &[&sql_int(from_position), &(limit as i64)],
+    )
+    .await?;
     rows.iter().map(decode_row).collect()
+}
+
+/// The position of the last committed event, whichever process committed it.
+async fn read_head(pool: &Pool) -> Result<Position, StoreError> {
+    let rows = query(pool, "SELECT position FROM ficus_head WHERE id = 1", &[]).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("the log's head row is missing".into()))?;
+    Ok(row.get::<_, i64>(0) as Position)
 }
 
 fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -523,33 +514,25 @@ async fn call_append(
     at: i64,
     with_outbox: bool,
 ) -> Result<Vec<Row>, StoreError> {
-    let client = conn(pool).await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT ok, actual, first_version, first_position \
-             FROM ficus_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .await
-        .map_err(unavailable)?;
-    client
-        .query(
-            &stmt,
-            &[
-                &a.a_stream,
-                &a.a_expected,
-                &a.a_count,
-                &a.e_append,
-                &a.e_id,
-                &a.e_type,
-                &a.e_schema,
-                &a.e_metadata,
-                &a.e_payload,
-                &at,
-                &with_outbox,
-            ],
-        )
-        .await
-        .map_err(unavailable)
+    query(
+        pool,
+        "SELECT ok, actual, first_version, first_position \
+         FROM ficus_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &a.a_stream,
+            &a.a_expected,
+            &a.a_count,
+            &a.e_append,
+            &a.e_id,
+            &a.e_type,
+            &a.e_schema,
+            &a.e_metadata,
+            &a.e_payload,
+            &at,
+            &with_outbox,
+        ],
+    )
+    .await
 }
 
 /// Broadcasts the log in position order: this process's batches as they commit, other
@@ -564,15 +547,8 @@ async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, star
             _ = tick.tick() => true,
         };
         if polled {
-            if let Ok(client) = conn(&pool).await {
-                if let Ok(row) = client
-                    .query_one("SELECT position FROM ficus_head WHERE id = 1", &[])
-                    .await
-                {
-                    shared
-                        .announced
-                        .fetch_max(row.get::<_, i64>(0) as Position, Ordering::AcqRel);
-                }
+            if let Ok(head) = read_head(&pool).await {
+                shared.announced.fetch_max(head, Ordering::AcqRel);
             }
         }
         loop {

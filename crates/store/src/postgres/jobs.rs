@@ -44,10 +44,9 @@ use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{conn, unavailable, PgConfig, PgEventStore};
+use super::{execute, query, PgConfig, PgEventStore};
 use crate::jobs::{clip_error, fan_in_job, validate_batch, validate_jobs, MAX_LEASE_BATCH};
 use crate::{
     Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
@@ -581,16 +580,6 @@ impl PgJobQueue {
     pub fn ready_signal(&self) -> Arc<Notify> {
         self.ready.clone()
     }
-
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        let client = conn(&self.pool).await?;
-        let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-        client.query(&stmt, params).await.map_err(unavailable)
-    }
 }
 
 /// New jobs as the parallel arrays `ficus_jobs_enqueue` takes.
@@ -788,21 +777,21 @@ impl JobQueue for PgJobQueue {
         }
         let n = jobs.len();
         let a = JobArrays::encode(jobs, now_ms)?;
-        let rows = self
-            .query(
-                "SELECT r_id, r_created FROM ficus_jobs_enqueue($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
-                &[
-                    &a.queue,
-                    &a.kind,
-                    &a.payload,
-                    &a.priority,
-                    &a.run_at_ms,
-                    &a.max_attempts,
-                    &a.unique_key,
-                    &now_ms,
-                ],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT r_id, r_created FROM ficus_jobs_enqueue($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+            &[
+                &a.queue,
+                &a.kind,
+                &a.payload,
+                &a.priority,
+                &a.run_at_ms,
+                &a.max_attempts,
+                &a.unique_key,
+                &now_ms,
+            ],
+        )
+        .await?;
         if rows.len() != n {
             return Err(StoreError::Corrupt(format!(
                 "enqueue of {n} jobs answered {} rows",
@@ -834,18 +823,18 @@ impl JobQueue for PgJobQueue {
             return Ok(Vec::new());
         }
         no_nul(queue)?;
-        let rows = self
-            .query(
-                &format!("SELECT {COLUMNS} FROM ficus_jobs_lease($1, $2, $3, $4, $5)"),
-                &[
-                    &queue,
-                    &(max as i32),
-                    &now_ms,
-                    &now_ms.saturating_add(visibility_ms),
-                    &token_base(),
-                ],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            &format!("SELECT {COLUMNS} FROM ficus_jobs_lease($1, $2, $3, $4, $5)"),
+            &[
+                &queue,
+                &(max as i32),
+                &now_ms,
+                &now_ms.saturating_add(visibility_ms),
+                &token_base(),
+            ],
+        )
+        .await?;
         rows.iter().map(decode_job).collect()
     }
 
@@ -859,12 +848,12 @@ impl JobQueue for PgJobQueue {
             return Ok(Vec::new());
         }
         let (ids, tokens) = lease_ids(leases);
-        let rows = self
-            .query(
-                "SELECT r_id, r_token FROM ficus_jobs_heartbeat($1, $2, $3)",
-                &[&ids, &tokens, &now_ms.saturating_add(visibility_ms)],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT r_id, r_token FROM ficus_jobs_heartbeat($1, $2, $3)",
+            &[&ids, &tokens, &now_ms.saturating_add(visibility_ms)],
+        )
+        .await?;
         // A lease listed twice is extended twice: held both times.
         let held = held_set(&rows)?;
         Ok(leases
@@ -879,12 +868,12 @@ impl JobQueue for PgJobQueue {
         }
         let (ids, tokens) = lease_ids(leases);
         // The port gives no time here; a batch finished by this call is stamped with the clock.
-        let rows = self
-            .query(
-                "SELECT r_id, r_token FROM ficus_jobs_complete($1, $2, $3)",
-                &[&ids, &tokens, &crate::now_ms()],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT r_id, r_token FROM ficus_jobs_complete($1, $2, $3)",
+            &[&ids, &tokens, &crate::now_ms()],
+        )
+        .await?;
         held_once(leases, &rows)
     }
 
@@ -899,18 +888,18 @@ impl JobQueue for PgJobQueue {
             Failure::RetryAt { at_ms } => Some(at_ms),
             Failure::Dead => None,
         };
-        let rows = self
-            .query(
-                "SELECT ficus_jobs_fail($1, $2, $3, $4, $5)",
-                &[
-                    &lease.id,
-                    &lease.token,
-                    &error_text(error),
-                    &retry_at,
-                    &now_ms,
-                ],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT ficus_jobs_fail($1, $2, $3, $4, $5)",
+            &[
+                &lease.id,
+                &lease.token,
+                &error_text(error),
+                &retry_at,
+                &now_ms,
+            ],
+        )
+        .await?;
         let held: bool = rows
             .first()
             .ok_or_else(|| StoreError::Corrupt("fail answered no row".into()))?
@@ -927,12 +916,12 @@ impl JobQueue for PgJobQueue {
             return Ok(Vec::new());
         }
         let (ids, tokens) = lease_ids(leases);
-        let rows = self
-            .query(
-                "SELECT r_id, r_token FROM ficus_jobs_release($1, $2)",
-                &[&ids, &tokens],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT r_id, r_token FROM ficus_jobs_release($1, $2)",
+            &[&ids, &tokens],
+        )
+        .await?;
         let out = held_once(leases, &rows)?;
         if out.iter().any(|b| *b) {
             self.ready.notify_waiters();
@@ -943,14 +932,14 @@ impl JobQueue for PgJobQueue {
     async fn list_dead(&self, queue: &str, limit: usize) -> Result<Vec<Job>, StoreError> {
         no_nul(queue)?;
         let limit = limit.min(MAX_LEASE_BATCH) as i64;
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {DEAD_COLUMNS} FROM ficus_dead_jobs WHERE queue = $1 ORDER BY id LIMIT $2"
-                ),
-                &[&queue, &limit],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            &format!(
+                "SELECT {DEAD_COLUMNS} FROM ficus_dead_jobs WHERE queue = $1 ORDER BY id LIMIT $2"
+            ),
+            &[&queue, &limit],
+        )
+        .await?;
         rows.iter().map(decode_job).collect()
     }
 
@@ -964,12 +953,12 @@ impl JobQueue for PgJobQueue {
         if let Some(k) = &filter.kind {
             no_nul(k)?;
         }
-        let rows = self
-            .query(
-                "SELECT ficus_jobs_redrive($1, $2, $3, $4)",
-                &[&queue, &filter.ids, &filter.kind, &now_ms],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            "SELECT ficus_jobs_redrive($1, $2, $3, $4)",
+            &[&queue, &filter.ids, &filter.kind, &now_ms],
+        )
+        .await?;
         let n: i64 = rows
             .first()
             .ok_or_else(|| StoreError::Corrupt("redrive answered no row".into()))?
@@ -986,41 +975,36 @@ impl JobQueue for PgJobQueue {
         if let Some(k) = &filter.kind {
             no_nul(k)?;
         }
-        let client = conn(&self.pool).await?;
-        let stmt = client
-            .prepare_cached(
-                "DELETE FROM ficus_dead_jobs
-                  WHERE queue = $1
-                    AND ($2::bigint[] IS NULL OR id = ANY ($2))
-                    AND ($3::text IS NULL OR kind = $3)",
-            )
-            .await
-            .map_err(unavailable)?;
-        client
-            .execute(&stmt, &[&queue, &filter.ids, &filter.kind])
-            .await
-            .map_err(unavailable)
+        execute(
+            &self.pool,
+            "DELETE FROM ficus_dead_jobs
+              WHERE queue = $1
+                AND ($2::bigint[] IS NULL OR id = ANY ($2))
+                AND ($3::text IS NULL OR kind = $3)",
+            &[&queue, &filter.ids, &filter.kind],
+        )
+        .await
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         // One statement, one snapshot: a job moving between the tables is seen once.
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM ficus_jobs WHERE id = $1
+        let rows = query(
+            &self.pool,
+            &format!(
+                "SELECT {COLUMNS} FROM ficus_jobs WHERE id = $1
                      UNION ALL
                      SELECT {DEAD_COLUMNS} FROM ficus_dead_jobs WHERE id = $1"
-                ),
-                &[&id],
-            )
-            .await?;
+            ),
+            &[&id],
+        )
+        .await?;
         rows.first().map(decode_job).transpose()
     }
 
     async fn stats(&self, now_ms: i64) -> Result<Vec<QueueStats>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT queue, sum(ready)::bigint, sum(delayed)::bigint, sum(in_flight)::bigint,
+        let rows = query(
+            &self.pool,
+            "SELECT queue, sum(ready)::bigint, sum(delayed)::bigint, sum(in_flight)::bigint,
                         sum(dead)::bigint, min(oldest)
                    FROM (SELECT queue,
                                 count(*) FILTER (WHERE state = 0 AND run_at_ms <= $1) AS ready,
@@ -1035,9 +1019,9 @@ impl JobQueue for PgJobQueue {
                            FROM ficus_dead_jobs GROUP BY queue) s
                   GROUP BY queue
                   ORDER BY queue COLLATE \"C\"",
-                &[&now_ms],
-            )
-            .await?;
+            &[&now_ms],
+        )
+        .await?;
         rows.iter()
             .map(|r| {
                 let n = |i: usize| -> Result<u64, StoreError> {
@@ -1079,35 +1063,35 @@ impl JobQueue for PgJobQueue {
             None => None,
         };
         let a = JobArrays::encode(items, now_ms)?;
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {BATCH_COLUMNS} FROM ficus_batch_create(
+        let rows = query(
+            &self.pool,
+            &format!(
+                "SELECT {BATCH_COLUMNS} FROM ficus_batch_create(
                         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                         $11, $12, $13, $14, $15, $16, $17, $18)"
-                ),
-                &[
-                    &batch.id,
-                    &batch.queue,
-                    &batch.kind,
-                    &params,
-                    &fan_in.as_ref().map(|(f, _)| f.queue.as_str()),
-                    &fan_in.as_ref().map(|(f, _)| f.kind.as_str()),
-                    &fan_in.as_ref().map(|(_, p)| p.as_str()),
-                    &fan_in.as_ref().map(|(f, _)| f.priority),
-                    &fan_in.as_ref().map(|(f, _)| i64::from(f.max_attempts)),
-                    &fan_in.as_ref().and_then(|(f, _)| f.unique_key.as_deref()),
-                    &a.queue,
-                    &a.kind,
-                    &a.payload,
-                    &a.priority,
-                    &a.run_at_ms,
-                    &a.max_attempts,
-                    &a.unique_key,
-                    &now_ms,
-                ],
-            )
-            .await?;
+            ),
+            &[
+                &batch.id,
+                &batch.queue,
+                &batch.kind,
+                &params,
+                &fan_in.as_ref().map(|(f, _)| f.queue.as_str()),
+                &fan_in.as_ref().map(|(f, _)| f.kind.as_str()),
+                &fan_in.as_ref().map(|(_, p)| p.as_str()),
+                &fan_in.as_ref().map(|(f, _)| f.priority),
+                &fan_in.as_ref().map(|(f, _)| i64::from(f.max_attempts)),
+                &fan_in.as_ref().and_then(|(f, _)| f.unique_key.as_deref()),
+                &a.queue,
+                &a.kind,
+                &a.payload,
+                &a.priority,
+                &a.run_at_ms,
+                &a.max_attempts,
+                &a.unique_key,
+                &now_ms,
+            ],
+        )
+        .await?;
         let Some(row) = rows.first() else {
             return Err(StoreError::Invalid(format!(
                 "bulk job {} already exists",
@@ -1121,37 +1105,34 @@ impl JobQueue for PgJobQueue {
 
     async fn get_batch(&self, id: &str) -> Result<Option<Batch>, StoreError> {
         no_nul(id)?;
-        let rows = self
-            .query(
-                &format!("SELECT {BATCH_COLUMNS} FROM ficus_job_batches WHERE id = $1"),
-                &[&id],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            &format!("SELECT {BATCH_COLUMNS} FROM ficus_job_batches WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
         rows.first().map(decode_batch).transpose()
     }
 
     async fn cancel_batch(&self, id: &str, now_ms: i64) -> Result<Option<Batch>, StoreError> {
         no_nul(id)?;
-        let rows = self
-            .query(
-                &format!("SELECT {BATCH_COLUMNS} FROM ficus_batch_cancel($1, $2)"),
-                &[&id, &now_ms],
-            )
-            .await?;
+        let rows = query(
+            &self.pool,
+            &format!("SELECT {BATCH_COLUMNS} FROM ficus_batch_cancel($1, $2)"),
+            &[&id, &now_ms],
+        )
+        .await?;
         rows.first().map(decode_batch).transpose()
     }
 
     async fn set_batch_result(&self, id: &str, result: Value) -> Result<bool, StoreError> {
         no_nul(id)?;
-        let client = conn(&self.pool).await?;
-        let stmt = client
-            .prepare_cached("UPDATE ficus_job_batches SET result = $2::text::json WHERE id = $1")
-            .await
-            .map_err(unavailable)?;
-        let n = client
-            .execute(&stmt, &[&id, &to_json(&result)?])
-            .await
-            .map_err(unavailable)?;
+        let n = execute(
+            &self.pool,
+            "UPDATE ficus_job_batches SET result = $2::text::json WHERE id = $1",
+            &[&id, &to_json(&result)?],
+        )
+        .await?;
         Ok(n == 1)
     }
 }

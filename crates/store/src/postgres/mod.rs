@@ -147,6 +147,28 @@ pub(crate) async fn conn(pool: &Pool) -> Result<deadpool_postgres::Object, Store
     pool.get().await.map_err(unavailable)
 }
 
+/// Runs one statement (prepared once per connection) on a pooled connection: its rows.
+pub(crate) async fn query(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let client = conn(pool).await?;
+    let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+    client.query(&stmt, params).await.map_err(unavailable)
+}
+
+/// Runs one statement (prepared once per connection) on a pooled connection: rows changed.
+pub(crate) async fn execute(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let client = conn(pool).await?;
+    let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+    client.execute(&stmt, params).await.map_err(unavailable)
+}
+
 /// `u64` positions and versions as PostgreSQL `bigint`.
 pub(crate) fn sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

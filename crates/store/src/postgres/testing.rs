@@ -44,27 +44,17 @@ impl SchemaGuard {
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let config = self.config.clone();
-        // Drop runs outside any runtime guarantee: use a thread with its own small runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        crate::run_detached(async move {
+            let Ok(cfg) = config.client_config() else {
                 return;
             };
-            rt.block_on(async move {
-                let Ok(cfg) = config.client_config() else {
-                    return;
-                };
-                let Ok((client, connection)) = cfg.connect(tokio_postgres::NoTls).await else {
-                    return;
-                };
-                tokio::spawn(connection);
-                let _ = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", config.schema))
-                    .await;
-            });
-        })
-        .join();
+            let Ok((client, connection)) = cfg.connect(tokio_postgres::NoTls).await else {
+                return;
+            };
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", config.schema))
+                .await;
+        });
     }
 }
