@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const PRODUCTS: usize = 150;
+mod common;
+use common::{cli_token, events_of_type, free_port, get_json, wait_ready};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const PRODUCTS: usize = 150;
 
 fn serve(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ficus"))
@@ -39,26 +34,7 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
 }
 
 fn token(sub: &str, roles: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ficus"))
-        .args(["token", "--sub", sub, "--roles", roles])
-        .env("FICUS_AUTH_HS256_SECRET", "kill9-jobs-secret")
-        .output()
-        .expect("run ficus token");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server never became ready");
+    cli_token("kill9-jobs-secret", sub, roles)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,15 +88,7 @@ async fn kill_nine_mid_job_then_the_job_completes_exactly_once() {
     // Kill it as soon as some items are done but not all.
     let deadline = Instant::now() + Duration::from_secs(30);
     let done_at_kill = loop {
-        let j: Value = http
-            .get(format!("{base}/v1/jobs/{job_id}"))
-            .bearer_auth(&seller)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = get_json(&http, &format!("{base}/v1/jobs/{job_id}"), &seller).await;
         let done = j["done"].as_u64().unwrap();
         if done > 0 || Instant::now() > deadline {
             break done;
@@ -141,15 +109,7 @@ async fn kill_nine_mid_job_then_the_job_completes_exactly_once() {
     // Items the killed process had leased run again once their leases expire.
     let deadline = Instant::now() + Duration::from_secs(90);
     let job = loop {
-        let j: Value = http
-            .get(format!("{base}/v1/jobs/{job_id}"))
-            .bearer_auth(&seller)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = get_json(&http, &format!("{base}/v1/jobs/{job_id}"), &seller).await;
         if j["state"] != "running" {
             break j;
         }
@@ -162,21 +122,8 @@ async fn kill_nine_mid_job_then_the_job_completes_exactly_once() {
 
     // Every product changed price exactly once, to 1.1 × its original price.
     for (i, id) in ids.iter().enumerate() {
-        let r: Value = http
-            .get(format!("{base}/v1/streams/product-{id}"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let changes: Vec<&Value> = r["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "ProductPriceChanged")
-            .collect();
+        let r = get_json(&http, &format!("{base}/v1/streams/product-{id}"), &admin).await;
+        let changes = events_of_type(&r, "ProductPriceChanged");
         assert_eq!(changes.len(), 1, "product {i}: {changes:?}");
         assert_eq!(changes[0]["data"]["new_price"], (10 + i as i64) * 110);
     }

@@ -16,16 +16,11 @@ use ficus_store::nats::{test_nats_url, BusConfig};
 use ficus_store::postgres::testing::{fresh_schema, test_url};
 use serde_json::{json, Value};
 
+mod common;
+use common::{cli_token, events_of_type, free_port, get_json, wait_ready};
+
 const SECRET: &str = "scale-out-secret";
 const BOOKS: usize = 80;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One `ficus serve` process on the shared schema, killed when dropped.
 struct Proc {
@@ -79,26 +74,7 @@ fn serve(url: &str, schema: &str, role: &str) -> Proc {
 }
 
 fn token(sub: &str, roles: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ficus"))
-        .args(["token", "--sub", sub, "--roles", roles])
-        .env("FICUS_AUTH_HS256_SECRET", SECRET)
-        .output()
-        .expect("run ficus token");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-async fn wait_ready(http: &reqwest::Client, p: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{}/health/ready", p.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never became ready", p.base);
+    cli_token(SECRET, sub, roles)
 }
 
 async fn create_product(
@@ -158,14 +134,7 @@ async fn catalog(
 }
 
 async fn job_state(http: &reqwest::Client, p: &Proc, seller: &str, id: &str) -> Value {
-    http.get(format!("{}/v1/jobs/{id}", p.base))
-        .bearer_auth(seller)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(http, &format!("{}/v1/jobs/{id}", p.base), seller).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,12 +155,12 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
 
     // The first process migrates the schema; the others find it done.
     let api1 = serve(&url, &schema, "api");
-    wait_ready(&http, &api1).await;
+    wait_ready(&http, &api1.base).await;
     let api2 = serve(&url, &schema, "api");
     let worker1 = serve(&url, &schema, "worker");
     let mut worker2 = serve(&url, &schema, "worker");
     for p in [&api2, &worker1, &worker2] {
-        wait_ready(&http, p).await;
+        wait_ready(&http, &p.base).await;
     }
     // A worker process serves health and metrics, not the API.
     let r = http
@@ -270,21 +239,13 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
 
     // Every item's effect happened exactly once: one price change per book, to 1.1 × price.
     for (i, id) in books.iter().enumerate() {
-        let r: Value = http
-            .get(format!("{}/v1/streams/product-{id}", api2.base))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let changes: Vec<&Value> = r["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "ProductPriceChanged")
-            .collect();
+        let r = get_json(
+            &http,
+            &format!("{}/v1/streams/product-{id}", api2.base),
+            &admin,
+        )
+        .await;
+        let changes = events_of_type(&r, "ProductPriceChanged");
         assert_eq!(changes.len(), 1, "book {i}: {changes:?}");
         assert_eq!(changes[0]["data"]["new_price"], (10 + i as i64) * 110);
         head = head.max(
@@ -295,22 +256,19 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
     }
     // Every acknowledged write is in the log.
     for id in &games {
-        let r: Value = http
-            .get(format!("{}/v1/streams/product-{id}", api1.base))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = get_json(
+            &http,
+            &format!("{}/v1/streams/product-{id}", api1.base),
+            &admin,
+        )
+        .await;
         assert_eq!(r["events"].as_array().unwrap().len(), 1, "{r}");
     }
 
     // A brand-new process builds its read models from the log alone; they equal those the
     // long-running processes kept up to date live.
     let fresh = serve(&url, &schema, "api");
-    wait_ready(&http, &fresh).await;
+    wait_ready(&http, &fresh.base).await;
     for category in ["books", "games"] {
         let rebuilt = catalog(&http, &fresh, category, head).await;
         assert_eq!(rebuilt.len(), if category == "books" { BOOKS } else { 20 });

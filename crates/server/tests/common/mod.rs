@@ -6,12 +6,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use ficus_server::app::{ServerConfig, StoreConfig};
 use ficus_store::nats::testing::StreamGuard;
 use ficus_store::nats::{test_nats_url, BusConfig};
 use ficus_store::postgres::testing::{fresh_schema, test_url, SchemaGuard};
 use ficus_store::postgres::PgConfig;
+use serde_json::Value;
 use tempfile::TempDir;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,4 +106,63 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------------------------
+// For tests that run the `ficus` binary as separate processes.
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bearer token minted by `ficus token` with the HS256 `secret`.
+pub fn cli_token(secret: &str, sub: &str, roles: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args(["token", "--sub", sub, "--roles", roles])
+        .env("FICUS_AUTH_HS256_SECRET", secret)
+        .output()
+        .expect("run ficus token");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Waits (at most 30 s) until the server at `base` answers `/health/ready` with 200.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+/// `GET url` with a bearer token, as JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The events of type `ty` in a `GET /v1/streams/{stream}` answer.
+pub fn events_of_type<'a>(stream: &'a Value, ty: &str) -> Vec<&'a Value> {
+    stream["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == ty)
+        .collect()
 }
