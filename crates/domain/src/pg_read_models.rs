@@ -48,7 +48,7 @@ use tokio_postgres::{GenericClient, Row};
 use crate::order::OrderEvent;
 use crate::product::ProductEvent;
 use crate::read_models::{
-    decode_if, DailyOrders, OrderSummary, PlacedOrder, ProductSearch, ProductView,
+    decode_if, text_words, DailyOrders, OrderSummary, PlacedOrder, ProductSearch, ProductView,
     ORDERS_MAX_LIMIT, ORDER_EVENT_TYPES, PLAN_MAX_ROWS, PRODUCT_EVENT_TYPES, SEARCH_MAX_LIMIT,
     SEARCH_MAX_OFFSET, SEARCH_MAX_TERMS,
 };
@@ -95,14 +95,12 @@ fn fold_diacritic(c: char) -> char {
 /// The search tokens of `text`: runs of alphanumeric characters (the split the SQLite query
 /// side uses), lower-cased, diacritics removed. See the module documentation.
 pub fn search_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.chars()
-                .flat_map(char::to_lowercase)
-                .map(fold_diacritic)
-                .collect()
-        })
+    text_words(text).map(|t| {
+        t.chars()
+            .flat_map(char::to_lowercase)
+            .map(fold_diacritic)
+            .collect()
+    })
 }
 
 /// The query words of a search (as SQLite's `fts_query`: at most [`SEARCH_MAX_TERMS`]), or

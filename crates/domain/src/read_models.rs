@@ -253,12 +253,17 @@ pub struct ProductSearch {
     pub offset: u32,
 }
 
+/// The words of free text: runs of alphanumeric characters. Both read-model backends split
+/// search text (and the PostgreSQL one product text) with this one rule.
+pub(crate) fn text_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+}
+
 /// Turns free text into a safe FTS5 query: each word quoted, as a prefix, all required.
 /// `None` when the text has no word at all.
 fn fts_query(text: &str) -> Option<String> {
-    let terms: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
+    let terms: Vec<String> = text_words(text)
         .take(SEARCH_MAX_TERMS)
         .map(|t| format!("\"{t}\"*"))
         .collect();
