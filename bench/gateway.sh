@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Gateway benchmark: requests/s and latency through `ficus gateway` and through nginx set up
-# as the same reverse proxy in front of the same upstream, and straight to the upstream (the
-# limit), measured side by side in one run with wrk on loopback. Medians of RUNS runs.
+# Gateway benchmark: requests/s and latency through `ficus gateway` and through nginx and
+# HAProxy set up as the same reverse proxy in front of the same upstream, and straight to the
+# upstream (the limit), measured side by side in one run with wrk on loopback. Medians of
+# RUNS runs; each run measures every path once, so a ratio compares paths of the same run.
 #
 #   bench/gateway.sh                 # DURATION=10 CONNS=64 RUNS=3
+#   JSON_OUT=gw.json bench/gateway.sh   # also write every run and the medians as JSON
+#   BIN=target/release/ficus bench/gateway.sh   # use an already built binary (bench/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,19 +16,24 @@ RUNS=${RUNS:-3}
 UP=127.0.0.1:18081
 FICUS=127.0.0.1:18082
 NGINX=127.0.0.1:18083
+HAPROXY=127.0.0.1:18084
+TARGETS=(upstream ficus nginx haproxy)
 
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v haproxy >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk haproxy >/dev/null
 fi
-cargo build --release -q -p ficus-server
-BIN=$PWD/target/release/ficus
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p ficus-server
+  BIN=$PWD/target/release/ficus
+fi
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -f "$work/haproxy.pid" ] && kill "$(cat "$work/haproxy.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -65,37 +73,74 @@ http {
 NGINX
 nginx -c "$work/nginx.conf"
 
-for addr in "$UP" "$FICUS" "$NGINX"; do
-  for _ in $(seq 100); do curl -fs "http://$addr/p" >/dev/null && break; sleep 0.1; done
+# HAProxy in the same shape: two threads (one per core, as nginx's two workers), keep-alive
+# to the upstream with connections reused across clients, no logging.
+cat > "$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread 2
+  maxconn 8192
+  pidfile $work/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind $HAPROXY
+  option forwardfor
+  default_backend legacy
+backend legacy
+  server up1 $UP maxconn 256
+HAPROXY
+haproxy -D -f "$work/haproxy.cfg"
+
+for addr in "$UP" "$FICUS" "$NGINX" "$HAPROXY"; do
+  ok=0
+  for _ in $(seq 100); do curl -fs "http://$addr/p" >/dev/null && { ok=1; break; }; sleep 0.1; done
+  [ "$ok" = 1 ] || { echo "gateway bench: nothing answers on $addr" >&2; exit 1; }
 done
 
 # wrk prints latencies as 812.00us, 1.23ms or 1.05s: in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-declare -A rps p50 p99
-for target in upstream ficus nginx; do
-  case $target in upstream) addr=$UP ;; ficus) addr=$FICUS ;; nginx) addr=$NGINX ;; esac
-  r=(); a=(); b=()
-  for run in $(seq "$RUNS"); do
-    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "http://$addr/api/products/1")
-    r+=("$(awk '/Requests\/sec/ { print $2 }' <<<"$out")")
-    a+=("$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")")
-    b+=("$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")")
-    echo "run $run/$RUNS $target: ${r[-1]} req/s, p50 ${a[-1]} ms, p99 ${b[-1]} ms" >&2
+addr_of() { case $1 in upstream) echo "$UP" ;; ficus) echo "$FICUS" ;; nginx) echo "$NGINX" ;; haproxy) echo "$HAPROXY" ;; esac; }
+
+declare -A r a b
+runs_json=()
+for run in $(seq "$RUNS"); do
+  for target in "${TARGETS[@]}"; do
+    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "http://$(addr_of "$target")/api/products/1")
+    rr=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+    aa=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+    bb=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+    errs=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
+    [ "$errs" = 0 ] || { echo "gateway bench: $target answered with errors:" >&2; echo "$out" >&2; exit 1; }
+    r[$target]+="$rr "; a[$target]+="$aa "; b[$target]+="$bb "
+    runs_json+=("{\"run\":$run,\"target\":\"$target\",\"requests_per_sec\":$rr,\"p50_ms\":$aa,\"p99_ms\":$bb}")
+    echo "run $run/$RUNS $target: $rr req/s, p50 $aa ms, p99 $bb ms" >&2
   done
-  rps[$target]=$(printf '%s\n' "${r[@]}" | median)
-  p50[$target]=$(printf '%s\n' "${a[@]}" | median)
-  p99[$target]=$(printf '%s\n' "${b[@]}" | median)
 done
+declare -A rps p50 p99
+for target in "${TARGETS[@]}"; do
+  rps[$target]=$(tr ' ' '\n' <<<"${r[$target]}" | grep . | median)
+  p50[$target]=$(tr ' ' '\n' <<<"${a[$target]}" | grep . | median)
+  p99[$target]=$(tr ' ' '\n' <<<"${b[$target]}" | grep . | median)
+done
+if [ -n "${JSON_OUT:-}" ]; then
+  (IFS=,; echo "{\"conns\":$CONNS,\"duration_secs\":$DURATION,\"runs\":[${runs_json[*]}]}") > "$JSON_OUT"
+fi
 
 echo
 echo "gateway benchmark — wrk -t2 -c$CONNS -d${DURATION}s, median of $RUNS runs, all on this machine"
 echo
 echo "| path | requests/s | p50 | p99 | p99 added over direct |"
 echo "|---|---:|---:|---:|---:|"
-for target in upstream ficus nginx; do
+for target in "${TARGETS[@]}"; do
   added=$(awk -v x="${p99[$target]}" -v d="${p99[upstream]}" 'BEGIN { printf "%.3f", x - d }')
   printf '| %s | %.0f | %s ms | %s ms | %s ms |\n' "$target" "${rps[$target]}" "${p50[$target]}" "${p99[$target]}" "$added"
 done
-awk -v f="${rps[ficus]}" -v n="${rps[nginx]}" 'BEGIN { printf "\nficus / nginx throughput: %.2f\n", f / n }'
+awk -v f="${rps[ficus]}" -v n="${rps[nginx]}" -v h="${rps[haproxy]}" \
+  'BEGIN { printf "\nficus / nginx throughput: %.2f; ficus / haproxy: %.2f\n", f / n, f / h }'

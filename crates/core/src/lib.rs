@@ -8,9 +8,11 @@ pub mod aggregate;
 pub mod codec;
 pub mod event;
 pub mod time;
+pub mod upcast;
 
-pub use aggregate::{Aggregate, DomainEvent};
+pub use aggregate::{Aggregate, DomainEvent, SnapshotPolicy};
 pub use codec::CodecError;
+pub use upcast::{UpcastError, Upcasters};
 pub use event::{
     EventType, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamId,
     ValidationError, Version,

@@ -67,9 +67,107 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     format!("{}T{h:02}:{mi:02}:{s:02}.{milli:03}Z", format_date(days))
 }
 
+/// Parses an RFC 3339 timestamp (`2026-11-21T23:44:15Z`, `...15.123Z`, `...15+02:00`) into
+/// milliseconds since the Unix epoch. Fractions finer than a millisecond are truncated; a leap
+/// second (`:60`) and lowercase `t`/`z` are refused, as is anything else that is not the
+/// strict `date-time` grammar.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let days = parse_date(s.get(0..10)?)?;
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut milli = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        milli = padded.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" => 0,
+        _ => {
+            let o = rest.as_bytes();
+            if o.len() != 6 || !(o[0] == b'+' || o[0] == b'-') || o[3] != b':' {
+                return None;
+            }
+            let part = |r: std::ops::Range<usize>| -> Option<i64> {
+                let t = rest.get(r)?;
+                t.bytes()
+                    .all(|c| c.is_ascii_digit())
+                    .then(|| t.parse().ok())?
+            };
+            let (oh, om) = (part(1..3)?, part(4..6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = oh * 60 + om;
+            if o[0] == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+    };
+    Some(days * MS_PER_DAY + ((h * 60 + mi - offset_min) * 60 + sec) * 1000 + milli)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_parses_strictly() {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T00:04:15.123Z"),
+            Some(1_795_305_855_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T00:04:15Z"),
+            Some(1_795_305_855_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T02:04:15.1+02:00"),
+            Some(1_795_305_855_100)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-21T23:04:15.123456-01:00"),
+            Some(1_795_305_855_123)
+        );
+        for ms in [0, 1_795_305_855_123, -1] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
+        }
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-11-22T00:04:15",
+            "2026-11-22t00:04:15Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T00:04:60Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T00:04:15.Z",
+            "2026-11-22T00:04:15+0200",
+            "2026-11-22T00:04:15z",
+            "2026-11-22T0a:04:15Z",
+            "2026-11-22T00:04:15+02:00x",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn known_dates() {

@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
-use ficus_runtime::{JobError, JobHandler, ProjectionHandle};
+use ficus_runtime::{JobError, JobHandler};
 use ficus_store::{Batch, EventStore, Job, JobQueue, NewBatch, NewJob, StoreError};
 use serde_json::{json, Value};
 
 use crate::money::Money;
 use crate::product::ProductCommand;
 use crate::read_models as rm;
+use crate::read_side::ShopReadSide;
 use crate::service::{Actor, Shop};
 
 /// The queue the shop's bulk jobs run on.
@@ -59,8 +60,7 @@ pub enum BulkJobError {
 #[derive(Clone)]
 pub struct BulkJobs {
     jobs: Arc<dyn JobQueue>,
-    catalog: ProjectionHandle,
-    orders: ProjectionHandle,
+    read: ShopReadSide,
 }
 
 fn text_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, BulkJobError> {
@@ -85,16 +85,8 @@ fn too_many(n: usize) -> BulkJobError {
 }
 
 impl BulkJobs {
-    pub fn new(
-        jobs: Arc<dyn JobQueue>,
-        catalog: ProjectionHandle,
-        orders: ProjectionHandle,
-    ) -> Self {
-        Self {
-            jobs,
-            catalog,
-            orders,
-        }
+    pub fn new(jobs: Arc<dyn JobQueue>, read: ShopReadSide) -> Self {
+        Self { jobs, read }
     }
 
     pub fn queue(&self) -> &Arc<dyn JobQueue> {
@@ -154,9 +146,8 @@ impl BulkJobs {
             })?;
         let seller = actor.user_id.clone();
         let (products, _) = self
-            .catalog
-            .db()
-            .query(move |c| rm::seller_products_in_category(c, &seller, &category))
+            .read
+            .seller_products_in_category(seller, category)
             .await?;
         if products.len() > rm::PLAN_MAX_ROWS as usize {
             return Err(too_many(products.len()));
@@ -215,12 +206,7 @@ impl BulkJobs {
                 "params.message must be at most {MESSAGE_MAX_CHARS} characters"
             )));
         }
-        let lookup = product_id.clone();
-        let (product, _) = self
-            .catalog
-            .db()
-            .query(move |c| rm::get_product(c, &lookup))
-            .await?;
+        let (product, _) = self.read.get_product(product_id.clone()).await?;
         let Some(product) = product.filter(|p| !p.deleted) else {
             return Err(BulkJobError::NotFound(format!("no product {product_id}")));
         };
@@ -229,12 +215,7 @@ impl BulkJobs {
                 "only the product's seller or an admin notifies its buyers".into(),
             ));
         }
-        let lookup = product_id.clone();
-        let (buyers, _) = self
-            .orders
-            .db()
-            .query(move |c| rm::buyers_of_product(c, &lookup))
-            .await?;
+        let (buyers, _) = self.read.buyers_of_product(product_id.clone()).await?;
         if buyers.len() > rm::PLAN_MAX_ROWS as usize {
             return Err(too_many(buyers.len()));
         }
@@ -256,7 +237,8 @@ pub struct ShopJobHandler {
     pub shop: Shop,
     pub store: Arc<dyn EventStore>,
     pub jobs: Arc<dyn JobQueue>,
-    pub orders: ProjectionHandle,
+    /// The read models export items read (the orders of a day).
+    pub read: ShopReadSide,
     /// Where exports are written.
     pub export_dir: PathBuf,
 }
@@ -331,9 +313,8 @@ impl ShopJobHandler {
             .as_i64()
             .ok_or_else(|| permanent("malformed export item"))?;
         let (rows, _) = self
-            .orders
-            .db()
-            .query(move |c| rm::placed_orders_on_day(c, day))
+            .read
+            .placed_orders_on_day(day)
             .await
             .map_err(|e| JobError::Retry(e.to_string()))?;
         let mut csv = String::new();

@@ -3,16 +3,29 @@
 //! The write side is pure: aggregates decide and evolve without I/O or a clock. Time
 //! (`at_ms`, Unix milliseconds UTC) and ids arrive inside the commands.
 
+pub mod account;
 pub mod jobs;
+pub mod ledger;
 pub mod money;
 pub mod order;
 pub mod pg_read_models;
 pub mod product;
 pub mod read_models;
+pub mod read_side;
 pub mod service;
 
+/// The upcasters of every event type the domain has stored over its releases: wrap the
+/// store with them ([`ficus_store::UpcastingStore::wrap`]) and every reader sees the current
+/// shapes.
+pub fn upcasters() -> ficus_core::Upcasters {
+    ficus_core::Upcasters::new()
+        .with::<product::ProductEvent>()
+        .with::<order::OrderEvent>()
+        .with::<account::AccountEvent>()
+}
+
 /// Checks an event appended through the raw stream API to a stream this domain owns
-/// (`product-{id}` or `order-{id}`). Such an event must decode as the aggregate's own event
+/// (`product-{id}`, `order-{id}` or `account-{id}`). Such an event must decode as the aggregate's own event
 /// type and name the stream's id, or the aggregate (and its read models) could no longer be
 /// loaded. Streams outside the domain are not its business: `Ok`.
 pub fn check_raw_event(
@@ -28,6 +41,14 @@ pub fn check_raw_event(
     } else if let Some(id) = stream.strip_prefix("order-") {
         let d = decode::<order::OrderEvent>(event_type, schema_version, payload).map(|_| ());
         (id, "order_id", d)
+    } else if let Some(id) = stream.strip_prefix("account-") {
+        // An older schema version is fine as long as it upcasts to a decodable event.
+        let current = upcasters()
+            .upcast(event_type, schema_version, payload)
+            .map_err(|e| format!("stream {stream} belongs to the ledger: {e}"))?;
+        let (version, current) = current.unwrap_or((schema_version, payload.clone()));
+        let d = decode::<account::AccountEvent>(event_type, version, &current).map(|_| ());
+        (id, "account_id", d)
     } else {
         return Ok(());
     };

@@ -72,6 +72,7 @@ impl ShopError {
             ShopError::Store(StoreError::Invalid(_)) => 400,
             ShopError::Store(StoreError::WrongExpectedVersion { .. }) => 409,
             ShopError::Store(StoreError::Unavailable(_)) => 503,
+            ShopError::Store(StoreError::ClaimLost) => 409,
             ShopError::Store(StoreError::Corrupt(_)) | ShopError::Internal(_) => 500,
         }
     }
@@ -94,6 +95,7 @@ impl ShopError {
             ShopError::Store(StoreError::Invalid(_)) => "invalid_request",
             ShopError::Store(StoreError::WrongExpectedVersion { .. }) => "wrong_expected_version",
             ShopError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            ShopError::Store(StoreError::ClaimLost) => "request_in_progress",
             ShopError::Store(StoreError::Corrupt(_)) | ShopError::Internal(_) => "internal",
         }
     }
@@ -150,6 +152,14 @@ impl Shop {
 
     pub fn repository(&self) -> &Repository {
         &self.repo
+    }
+
+    /// This shop with its commands' appends going to `store` (an idempotency claim's
+    /// [`ficus_store::idempotency::ClaimedAppends`]); reads are the store's business.
+    pub fn on_store(&self, store: std::sync::Arc<dyn ficus_store::EventStore>) -> Shop {
+        Shop {
+            repo: self.repo.with_store(store),
+        }
     }
 
     /// Creates a product owned by the acting seller. Only sellers create products.

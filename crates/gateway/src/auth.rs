@@ -101,10 +101,14 @@ impl Auth {
         mac.update(b".");
         mac.update(p.as_bytes());
         mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+        // A claims set is a JSON object (RFC 7519 §7.2); serde would also read a struct from
+        // an array (`["root"]` as sub = "root"), so the shape is checked first.
         let claims: Claims = B64
             .decode(p)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(serde_json::Value::is_object)
+            .and_then(|v| serde_json::from_value(v).ok())
             .ok_or(AuthError::Malformed)?;
         if claims.sub.is_empty() {
             return Err(AuthError::Malformed);
@@ -206,6 +210,16 @@ mod tests {
         );
         assert_eq!(auth.verify(&none, 0), Err(AuthError::Algorithm));
         assert_eq!(auth.verify("a.b", 0), Err(AuthError::Malformed));
+        // Claims that are an array, not an object, are refused even when properly signed.
+        let header = B64.encode(br#"{"alg":"HS256"}"#);
+        let payload = B64.encode(br#"["root",["admin"]]"#);
+        let mut mac = auth.mac();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        assert_eq!(
+            auth.verify(&format!("{header}.{payload}.{sig}"), 0),
+            Err(AuthError::Malformed)
+        );
         assert_eq!(auth.verify("", 0), Err(AuthError::Malformed));
     }
 }

@@ -3,10 +3,13 @@
 //! Architecture invariant: this is the only crate that knows HTTP. It turns requests into
 //! calls on the runtime and the domain, and their answers into JSON.
 
+mod accounts;
 pub mod auth;
 mod bulk;
+pub mod console;
 mod error;
 mod extract;
+pub mod idempotency;
 pub mod metrics;
 mod openapi;
 pub mod proxy;
@@ -25,7 +28,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ficus_domain::jobs::BulkJobs;
 use ficus_domain::service::Shop;
-use ficus_runtime::{ProjectionHandle, ProjectionState, Shutdown};
+use ficus_runtime::telemetry::{self, TraceContext, TraceParent};
+use ficus_domain::read_side::ShopReadSide;
+use ficus_runtime::{ProjectionState, ReadModelHandle, Shutdown};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use ficus_store::{EventStore, JobQueue};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -51,6 +59,8 @@ pub struct ApiConfig {
     pub max_sse_subscribers: usize,
     /// Interval of SSE keep-alive comments.
     pub sse_keep_alive: Duration,
+    /// Retention, in-flight lease and wait of `Idempotency-Key`s on command routes.
+    pub idempotency: ficus_store::IdempotencyConfig,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +70,7 @@ impl Default for ApiConfig {
             read_your_writes_timeout: Duration::from_secs(5),
             max_sse_subscribers: 256,
             sse_keep_alive: Duration::from_secs(15),
+            idempotency: Default::default(),
         }
     }
 }
@@ -71,8 +82,11 @@ pub struct AppState {
     pub jobs: Arc<dyn JobQueue>,
     pub bulk: BulkJobs,
     pub shop: Shop,
-    pub catalog: ProjectionHandle,
-    pub orders: ProjectionHandle,
+    /// Where commands' idempotency keys live: the event store's own backend, so a key's
+    /// answer commits with the command's events.
+    pub idempotency: Arc<dyn ficus_store::IdempotencyStore>,
+    /// The shop's read models, SQLite or PostgreSQL: what queries read and wait on.
+    pub read: ShopReadSide,
     pub auth: Arc<Auth>,
     pub config: Arc<ApiConfig>,
     pub sse_permits: Arc<Semaphore>,
@@ -96,8 +110,8 @@ pub struct BusState {
 pub const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl AppState {
-    pub fn projections(&self) -> [&ProjectionHandle; 2] {
-        [&self.catalog, &self.orders]
+    pub fn projections(&self) -> [ReadModelHandle; 2] {
+        self.read.projections()
     }
 }
 
@@ -105,7 +119,18 @@ impl AppState {
 #[derive(Clone, Debug)]
 pub struct CorrelationId(pub String);
 
+/// Header carrying the W3C trace context (taken from the request or created; the answer
+/// names this server's span).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 async fn correlation(mut req: Request, next: Next) -> Response {
+    let incoming = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    // This request's own span: a child of the caller's, or the root of a new trace.
+    let own = incoming.map_or_else(TraceParent::new_root, |p| p.child());
     let id = req
         .headers()
         .get(CORRELATION_HEADER)
@@ -118,10 +143,38 @@ async fn correlation(mut req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(CorrelationId(id.clone()));
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = req.uri().path(),
+        correlation_id = id.as_str(),
+        trace_id = own.trace_id_hex(),
+    );
+    if let Some(parent) = &incoming {
+        let _ = span.set_parent(parent.otel_context());
+    }
+    // With an OpenTelemetry exporter the span has its own id, which the answer must name.
+    let otel = span.context().span().span_context().clone();
+    let own = if otel.is_valid() && otel.trace_id().to_bytes() == own.trace_id {
+        TraceParent {
+            span_id: otel.span_id().to_bytes(),
+            ..own
+        }
+    } else {
+        own
+    };
+    let ctx = TraceContext {
+        correlation_id: id.clone(),
+        traceparent: Some(own),
+    };
+    let mut resp = telemetry::scope(ctx, next.run(req).instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&own.header()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(TRACEPARENT_HEADER), v);
     }
     resp
 }
@@ -187,7 +240,8 @@ async fn ready(State(st): State<AppState>) -> Response {
         ok &= healthy;
         checks.insert(
             format!("projection:{}", p.name()),
-            json!({"ok": healthy, "checkpoint": status.checkpoint, "lag_events": p.lag_events()}),
+            json!({"ok": healthy, "checkpoint": status.checkpoint, "lag_events": p.lag_events(),
+                   "state": format!("{:?}", status.state), "mode": p.mode()}),
         );
     }
     let code = if ok {
@@ -199,42 +253,71 @@ async fn ready(State(st): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// What a process without the public API serves (a worker): health, readiness, metrics and
-/// the projection list, as JSON errors elsewhere.
+/// Which parts of the public API a process serves. Every process serves the operations
+/// routes: health, readiness, metrics, the projection list and rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRoutes {
+    /// The shop's commands, the raw streams, bulk jobs and the job queues.
+    pub commands: bool,
+    /// The shop's queries on its read models.
+    pub queries: bool,
+}
+
+impl ApiRoutes {
+    pub const ALL: ApiRoutes = ApiRoutes {
+        commands: true,
+        queries: true,
+    };
+    pub const OPS_ONLY: ApiRoutes = ApiRoutes {
+        commands: false,
+        queries: false,
+    };
+}
+
+/// What a process without the public API serves (a worker or a projector): health,
+/// readiness, metrics and the projections, as JSON errors elsewhere.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics::render))
-        .route("/v1/projections", get(streams::list_projections))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .layer(axum::middleware::from_fn(correlation))
-        .with_state(state)
+    router_for(state, ApiRoutes::OPS_ONLY)
 }
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    router_for(state, ApiRoutes::ALL)
+}
+
+/// The operations routes plus the parts of the API `routes` selects.
+pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let mut app = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics::render))
-        .route("/v1/openapi.json", get(openapi::document))
-        .merge(streams::routes())
-        .merge(bulk::routes())
-        .merge(shop::routes())
-        .merge(queues::routes())
         .route("/v1/projections", get(streams::list_projections))
         .route(
             "/v1/projections/{name}/rebuild",
             post(streams::rebuild_projection),
-        )
-        .fallback(not_found)
+        );
+    if routes != ApiRoutes::OPS_ONLY {
+        app = app.route("/v1/openapi.json", get(openapi::document));
+    }
+    if routes.commands {
+        app = app
+            .merge(streams::routes())
+            .merge(bulk::routes())
+            .merge(
+                shop::command_routes().route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    idempotency::guard,
+                )),
+            )
+            .merge(queues::routes())
+            .merge(accounts::routes())
+            .merge(console::routes());
+    }
+    if routes.queries {
+        app = app.merge(shop::query_routes());
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(

@@ -29,10 +29,107 @@ struct Series {
     buckets: [AtomicU64; BUCKETS_S.len()],
 }
 
+/// Upper bounds of the append batch-size histogram, events per committed batch.
+const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
 /// HTTP request counters by route pattern, method and status.
 #[derive(Default)]
 pub struct HttpMetrics {
     series: Mutex<BTreeMap<(String, String, u16), Arc<Series>>>,
+    /// Requests being served now, by route pattern (saturation); bounded by [`MAX_SERIES`].
+    in_flight: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    /// Committed append batches, as the store's live feed delivers them.
+    pub appends: AppendStats,
+}
+
+/// Append throughput and group-commit batch sizes.
+#[derive(Default)]
+pub struct AppendStats {
+    batches: AtomicU64,
+    events: AtomicU64,
+    /// Batches the watcher missed because it fell behind the live feed (not counted above).
+    missed_batches: AtomicU64,
+    buckets: [AtomicU64; BATCH_BUCKETS.len()],
+}
+
+impl AppendStats {
+    fn record(&self, events: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        for (i, b) in BATCH_BUCKETS.iter().enumerate() {
+            if events as u64 <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            out,
+            "ficus_append_batches_total",
+            "Committed append batches (group commits) seen on the live feed.",
+            &[(String::new(), load(&self.batches) as f64)],
+        );
+        gauge(
+            out,
+            "ficus_appended_events_total",
+            "Events in those batches (append throughput).",
+            &[(String::new(), load(&self.events) as f64)],
+        );
+        gauge(
+            out,
+            "ficus_append_batches_missed_total",
+            "Batches not counted because the metrics watcher fell behind the live feed.",
+            &[(String::new(), load(&self.missed_batches) as f64)],
+        );
+        let name = "ficus_append_batch_events";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events per committed append batch.\n# TYPE {name} histogram"
+        );
+        let n = load(&self.batches);
+        for (le, b) in BATCH_BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", load(b));
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(out, "{name}_sum {}", load(&self.events));
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// Counts the store's committed batches into [`HttpMetrics::appends`] until shutdown.
+pub fn watch_appends(st: &AppState) -> tokio::task::JoinHandle<()> {
+    let (metrics, shutdown) = (st.http_metrics.clone(), st.shutdown.clone());
+    let mut live = st.store.live();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.wait() => return,
+                n = live.recv() => n,
+            };
+            match next {
+                Ok(batch) => metrics.appends.record(batch.len()),
+                Err(RecvError::Lagged(n)) => {
+                    metrics
+                        .appends
+                        .missed_batches
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// Decrements a route's in-flight gauge when the request ends (or is dropped).
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HttpMetrics {
@@ -44,6 +141,18 @@ impl HttpMetrics {
             (route.to_owned(), method.to_owned(), status)
         };
         m.entry(key).or_default().clone()
+    }
+
+    fn enter(&self, route: &str) -> InFlight {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if m.len() >= MAX_SERIES && !m.contains_key(route) {
+            "other"
+        } else {
+            route
+        };
+        let g = m.entry(key.to_owned()).or_default().clone();
+        g.fetch_add(1, Ordering::Relaxed);
+        InFlight(g)
     }
 
     fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
@@ -71,6 +180,38 @@ impl HttpMetrics {
                 s.count.load(Ordering::Relaxed)
             );
         }
+        // Errors are the 5xx answers (the server's fault); 4xx are the caller's and stay in
+        // the requests counter by status.
+        let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for ((route, method, status), s) in m.iter() {
+            let e = errors.entry((route, method)).or_default();
+            if *status >= 500 {
+                *e += s.count.load(Ordering::Relaxed);
+            }
+        }
+        let samples: Vec<(String, f64)> = errors
+            .into_iter()
+            .map(|((r, m), n)| (format!("route=\"{r}\",method=\"{m}\""), n as f64))
+            .collect();
+        gauge(
+            out,
+            "ficus_http_errors_total",
+            "5xx answers by route and method.",
+            &samples,
+        );
+        let samples: Vec<(String, f64)> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, n)| (format!("route=\"{r}\""), n.load(Ordering::Relaxed) as f64))
+            .collect();
+        gauge(
+            out,
+            "ficus_http_requests_in_flight",
+            "Requests being served now, by route (saturation).",
+            &samples,
+        );
         out.push_str(
             "# HELP ficus_http_request_duration_seconds API latency by route and method.\n",
         );
@@ -128,6 +269,7 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
         .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
+    let _in_flight = st.http_metrics.enter(&route);
     let resp = next.run(req).await;
     st.http_metrics.observe(
         &route,
@@ -158,6 +300,23 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
 pub async fn render(State(st): State<AppState>) -> Response {
     let mut out = String::new();
     st.http_metrics.render(&mut out);
+    st.http_metrics.appends.render(&mut out);
+    let sse_in_use = st
+        .config
+        .max_sse_subscribers
+        .saturating_sub(st.sse_permits.available_permits());
+    gauge(
+        &mut out,
+        "ficus_sse_subscribers",
+        "Live SSE subscribers served now (saturation; the limit is ficus_sse_subscribers_limit).",
+        &[(String::new(), sse_in_use as f64)],
+    );
+    gauge(
+        &mut out,
+        "ficus_sse_subscribers_limit",
+        "Live SSE subscribers served at most.",
+        &[(String::new(), st.config.max_sse_subscribers as f64)],
+    );
     gauge(
         &mut out,
         "ficus_event_store_head_position",
@@ -165,7 +324,7 @@ pub async fn render(State(st): State<AppState>) -> Response {
         &[(String::new(), st.store.head_position() as f64)],
     );
     let p = st.projections();
-    let by = |f: &dyn Fn(&ficus_runtime::ProjectionHandle) -> f64| -> Vec<(String, f64)> {
+    let by = |f: &dyn Fn(&ficus_runtime::ReadModelHandle) -> f64| -> Vec<(String, f64)> {
         p.iter()
             .map(|h| (format!("projection=\"{}\"", h.name()), f(h)))
             .collect()

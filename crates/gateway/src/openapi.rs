@@ -128,6 +128,7 @@ fn header_component(name: &str) -> &'static str {
         "Ficus-Position" => "FicusPosition",
         "ETag" => "ETag",
         "Retry-After" => "RetryAfter",
+        "Idempotent-Replayed" => "IdempotentReplayed",
         other => panic!("no header component for {other}"),
     }
 }
@@ -163,7 +164,22 @@ struct Op {
     success: Option<(u16, Value)>,
     /// Error statuses, each with the `code`s it may carry ("" for the component's text).
     errors: Vec<(u16, &'static str)>,
+    /// Takes `Idempotency-Key` (a command whose effect is recorded with the key).
+    idempotent: bool,
 }
+
+/// What an `Idempotency-Key` adds to a command's errors.
+const IDEMPOTENCY_ERRORS: [(u16, &str); 3] = [
+    (400, "`invalid_idempotency_key`"),
+    (
+        409,
+        "`request_in_progress`: a request with this key is still in flight (after a bounded wait)",
+    ),
+    (
+        422,
+        "`idempotency_key_reused`: the key was used for another method, path or body",
+    ),
+];
 
 impl Op {
     fn new(id: &'static str, tag: &'static str, summary: &'static str) -> Self {
@@ -177,7 +193,13 @@ impl Op {
             body: None,
             success: None,
             errors: Vec::new(),
+            idempotent: false,
         }
+    }
+
+    fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
     }
 
     fn describe(mut self, text: &'static str) -> Self {
@@ -234,6 +256,27 @@ impl Op {
             }
             responses.insert(status.to_string(), Value::Object(r));
         }
+        if self.idempotent {
+            for (status, code) in IDEMPOTENCY_ERRORS {
+                let r = responses.entry(status.to_string()).or_insert_with(|| {
+                    json!({"$ref": format!("#/components/responses/{}", error_component(status))})
+                });
+                let text = match r["description"].as_str() {
+                    Some(codes) => format!("{codes} {code}."),
+                    None => format!("{code}."),
+                };
+                r["description"] = json!(text);
+            }
+            let ok = responses
+                .get_mut(&status.to_string())
+                .expect("the success answer");
+            if let Some(h) = ok["headers"].as_object_mut() {
+                h.insert(
+                    "Idempotent-Replayed".into(),
+                    header_ref(header_component("Idempotent-Replayed")),
+                );
+            }
+        }
         let mut op = Map::new();
         op.insert("operationId".into(), json!(self.id));
         op.insert("tags".into(), json!([self.tag]));
@@ -242,6 +285,9 @@ impl Op {
             op.insert("description".into(), json!(d));
         }
         let mut params = self.params;
+        if self.idempotent {
+            params.push(param_ref("IdempotencyKey"));
+        }
         params.push(param_ref("XCorrelationId"));
         op.insert("parameters".into(), Value::Array(params));
         if let Some(b) = self.body {
@@ -503,6 +549,7 @@ fn product_paths() -> Vec<(&'static str, Value)> {
                     Op::new("createProduct", "products", "Create a product")
                         .describe("Creates a product owned by the caller, with a new id. Needs the seller role.")
                         .secured()
+                        .idempotent()
                         .body(json_body("CreateProduct", true))
                         .success(201, success(
                             "Created; the new product's id, version and position. `ETag` is the version.",
@@ -592,6 +639,7 @@ fn product_paths() -> Vec<(&'static str, Value)> {
                     Op::new("deleteProduct", "products", "Delete a product")
                         .describe("Marks the product deleted. Only its seller may.")
                         .secured()
+                        .idempotent()
                         .param(param_ref("ProductId"))
                         .param(param_ref("IfMatch"))
                         .body(json_body("Delete", true))
@@ -617,6 +665,7 @@ fn product_paths() -> Vec<(&'static str, Value)> {
                 Op::new("changePrice", "products", "Change a product's price")
                     .describe("Only its seller may. The price bounds and the largest cut allowed at once are business rules (422).")
                     .secured()
+                        .idempotent()
                     .param(param_ref("ProductId"))
                     .param(param_ref("IfMatch"))
                     .body(json_body("Price", true))
@@ -641,6 +690,7 @@ fn product_paths() -> Vec<(&'static str, Value)> {
                 Op::new("adjustStock", "products", "Adjust a product's stock")
                     .describe("Adds `delta` (negative to remove) to the stock of one warehouse. Only its seller may.")
                     .secured()
+                        .idempotent()
                     .param(param_ref("ProductId"))
                     .param(param_ref("IfMatch"))
                     .body(json_body("Stock", true))
@@ -678,6 +728,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
                 Op::new("createOrder", "orders", "Create an order")
                     .describe("Opens a draft order for the caller, with a new id, at the products' current prices. `items` may be empty. Needs the customer role.")
                     .secured()
+                        .idempotent()
                     .body(json_body("CreateOrder", true))
                     .success(201, success(
                         "Created; the new order's id, version and position. `ETag` is the version.",
@@ -703,6 +754,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
                 Op::new("addItem", "orders", "Add an item to a draft order")
                     .describe("Adds units of a product at its current price. Only the order's customer may.")
                     .secured()
+                        .idempotent()
                     .param(param_ref("OrderId"))
                     .param(param_ref("IfMatch"))
                     .body(json_body("Item", true))
@@ -727,6 +779,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
                 Op::new("placeOrder", "orders", "Place a draft order")
                     .describe("No body. Only the order's customer may.")
                     .secured()
+                        .idempotent()
                     .param(param_ref("OrderId"))
                     .param(param_ref("IfMatch"))
                     .success(200, command_ok())
@@ -748,6 +801,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
                 Op::new("cancelOrder", "orders", "Cancel an order")
                     .describe("Cancels a draft or placed order. The body is optional (an empty body is no reason); when sent it must be JSON. Only the order's customer may.")
                     .secured()
+                        .idempotent()
                     .param(param_ref("OrderId"))
                     .param(param_ref("IfMatch"))
                     .body(json_body("Cancel", false))
@@ -998,6 +1052,21 @@ fn parameters() -> Value {
                 is bounded; past it the answer is 503 `read_model_lagging`.",
             "schema": {"type": "integer", "minimum": 0},
         },
+        "IdempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": "Makes the command safe to retry: 1 to 255 printable ASCII characters, \
+                scoped to the caller (the token's `sub`). The first request runs and its answer \
+                (status and body, also a refusal) is recorded in the same transaction as its \
+                events; a repeat with the same method, path and body within the retention \
+                window (48 h by default) gets that answer with `Idempotent-Replayed: true` and \
+                does nothing. A repeat while the first is in flight waits (bounded), then 409 \
+                `request_in_progress`; the same key with another request is 422 \
+                `idempotency_key_reused`; a bad key is 400 `invalid_idempotency_key`. Conflicts \
+                (409) and server errors (5xx) are not recorded: a retry runs the command again.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+        },
         "IfMatch": {
             "name": "If-Match",
             "in": "header",
@@ -1081,6 +1150,11 @@ fn headers() -> Value {
         "RetryAfter": {
             "description": "Seconds to wait before retrying.",
             "schema": {"type": "integer", "minimum": 0},
+        },
+        "IdempotentReplayed": {
+            "description": "`true` when the answer is the recorded one of an earlier request \
+                with the same `Idempotency-Key` (nothing was done again).",
+            "schema": {"type": "string", "enum": ["true"]},
         },
         "XCorrelationId": {
             "description": "Correlation id of the request (the one sent, or a new one).",
@@ -1721,6 +1795,23 @@ mod tests {
             if entity_command {
                 assert!(success["headers"].get("ETag").is_some());
             }
+            // Shop commands, and only they, take Idempotency-Key (its effect commits with
+            // the record) and document its codes.
+            let keyed = params.iter().any(|p| p["name"] == "Idempotency-Key");
+            let shop_command = method != "get"
+                && (path.starts_with("/v1/products") || path.starts_with("/v1/orders"));
+            assert_eq!(keyed, shop_command, "Idempotency-Key of {method} {path}");
+            if keyed {
+                assert!(success["headers"].get("Idempotent-Replayed").is_some());
+                for (status, code) in [
+                    ("400", "invalid_idempotency_key"),
+                    ("409", "request_in_progress"),
+                    ("422", "idempotency_key_reused"),
+                ] {
+                    let text = responses[status]["description"].as_str().unwrap_or("");
+                    assert!(text.contains(code), "{method} {path} {status}: {text}");
+                }
+            }
             // Every 503 carries Retry-After (readiness aside, which is not an Error).
             if let Some(r) = responses.get("503") {
                 if path != "/health/ready" {
@@ -1728,9 +1819,6 @@ mod tests {
                 }
             }
         }
-        assert!(!serde_json::to_string(spec())
-            .unwrap()
-            .contains("Idempotency-Key"));
         let subscribe = &spec()["paths"]["/v1/subscribe"]["get"];
         assert!(subscribe["responses"]["200"]["content"]
             .get("text/event-stream")

@@ -1,38 +1,48 @@
 //! The reference domain over HTTP: product and order commands, and the queries on their read
 //! models with read-your-own-writes (`min_position`) and `Ficus-Position` on every answer.
 
+use std::sync::Arc;
+
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ficus_core::{Metadata, Position};
 use ficus_domain::money::{Currency, Money};
 use ficus_domain::order::OrderCommand;
 use ficus_domain::product::ProductCommand;
 use ficus_domain::read_models::{self as rm, ProductSearch, ProductView};
-use ficus_domain::service::{NewProduct, RequestedItem, DEFAULT_WAREHOUSE};
-use ficus_runtime::projection::QueryConnection;
-use ficus_runtime::{CommandOutcome, ProjectionHandle};
-use ficus_store::StoreError;
+use ficus_domain::service::{NewProduct, RequestedItem, Shop, DEFAULT_WAREHOUSE};
+use ficus_runtime::{CommandOutcome, ReadModelHandle};
+use ficus_store::{AppendResult, StoreError, StoredResponse};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{if_match, JsonBody, OptionalJsonBody, PathParams, QueryParams};
+use crate::idempotency::KeyHold;
 use crate::{AppState, CorrelationId, POSITION_HEADER};
 
-pub fn routes() -> Router<AppState> {
+/// The shop's commands: what a command process serves.
+pub fn command_routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/products", post(create_product).get(search_products))
-        .route("/v1/products/{id}", get(get_product).delete(delete_product))
+        .route("/v1/products", post(create_product))
+        .route("/v1/products/{id}", delete(delete_product))
         .route("/v1/products/{id}/price", put(change_price))
         .route("/v1/products/{id}/stock", post(adjust_stock))
         .route("/v1/orders", post(create_order))
         .route("/v1/orders/{id}/items", post(add_item))
         .route("/v1/orders/{id}/place", post(place_order))
         .route("/v1/orders/{id}/cancel", post(cancel_order))
+}
+
+/// The shop's queries on its read models: what a query process serves.
+pub fn query_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/products", get(search_products))
+        .route("/v1/products/{id}", get(get_product))
         .route("/v1/customers/{id}/orders", get(customer_orders))
         .route("/v1/analytics/orders", get(order_analytics))
 }
@@ -42,7 +52,7 @@ pub fn routes() -> Router<AppState> {
 // through a float; written back as a JSON number from the exact minor units.
 
 /// An amount as it appears in a response: a JSON number like `19.99`.
-struct Amount(i64);
+pub(crate) struct Amount(pub(crate) i64);
 
 impl Serialize for Amount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -53,7 +63,7 @@ impl Serialize for Amount {
     }
 }
 
-fn parse_amount(raw: &RawValue, field: &str) -> Result<Money, ApiError> {
+pub(crate) fn parse_amount(raw: &RawValue, field: &str) -> Result<Money, ApiError> {
     let text = raw.get().trim();
     if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         return Err(ApiError::bad_request(
@@ -73,13 +83,18 @@ fn parse_amount_param(text: &str, field: &str) -> Result<i64, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-fn metadata(caller: &Caller, corr: &CorrelationId) -> Metadata {
-    Metadata {
+pub(crate) fn metadata(caller: &Caller, corr: &CorrelationId) -> Metadata {
+    let mut m = Metadata {
         correlation_id: Some(corr.0.clone()),
         causation_id: None,
         user_id: Some(caller.0.user_id.clone()),
         extra: Default::default(),
+    };
+    // The request's trace context (set by the correlation middleware) goes next to it.
+    if let Some(ctx) = ficus_runtime::telemetry::current() {
+        ctx.stamp_metadata(&mut m);
     }
+    m
 }
 
 #[derive(Serialize)]
@@ -89,7 +104,7 @@ struct CommandAnswer {
     position: Position,
 }
 
-fn answer(status: StatusCode, id: &str, out: CommandOutcome) -> Response {
+pub(crate) fn answer(status: StatusCode, id: &str, out: CommandOutcome) -> Response {
     let mut resp = (
         status,
         Json(CommandAnswer {
@@ -103,6 +118,32 @@ fn answer(status: StatusCode, id: &str, out: CommandOutcome) -> Response {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp
+}
+
+/// What a request's idempotency claim (if any) is, as a handler argument.
+type Hold = Option<Extension<KeyHold>>;
+
+/// The shop a command runs on. With an idempotency claim, its append records the answer
+/// `status {id, version, position}` in the same transaction (the very body [`answer`] sends).
+fn shop_for(st: &AppState, hold: &Hold, status: StatusCode, id: &str) -> Shop {
+    let Some(Extension(hold)) = hold else {
+        return st.shop.clone();
+    };
+    let id = id.to_owned();
+    hold.shop(
+        st,
+        Arc::new(move |r: &AppendResult| {
+            let body = CommandAnswer {
+                id: id.clone(),
+                version: r.last_version,
+                position: r.last_position,
+            };
+            StoredResponse {
+                status: status.as_u16(),
+                body: serde_json::to_string(&body).expect("a command answer serializes"),
+            }
+        }),
+    )
 }
 
 fn now_ms() -> i64 {
@@ -126,6 +167,7 @@ async fn create_product(
     State(st): State<AppState>,
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
+    hold: Hold,
     JsonBody(body): JsonBody<CreateProductDto>,
 ) -> Result<Response, ApiError> {
     caller.require_role("seller")?;
@@ -141,8 +183,7 @@ async fn create_product(
         currency,
         stock: body.stock.map(|q| (DEFAULT_WAREHOUSE.to_owned(), q)),
     };
-    let out = st
-        .shop
+    let out = shop_for(&st, &hold, StatusCode::CREATED, &id)
         .create_product(&caller.0, &id, input, now_ms(), &metadata(&caller, &corr))
         .await?;
     Ok(answer(StatusCode::CREATED, &id, out))
@@ -154,12 +195,12 @@ async fn product_command(
     caller: &Caller,
     corr: &CorrelationId,
     headers: &HeaderMap,
+    hold: &Hold,
     id: &str,
     cmd: ProductCommand,
 ) -> Result<Response, ApiError> {
     let meta = metadata(caller, corr);
-    let out = st
-        .shop
+    let out = shop_for(st, hold, StatusCode::OK, id)
         .product_command(id, cmd, &meta, if_match(headers)?)
         .await?;
     Ok(answer(StatusCode::OK, id, out))
@@ -171,12 +212,12 @@ async fn order_command(
     caller: &Caller,
     corr: &CorrelationId,
     headers: &HeaderMap,
+    hold: &Hold,
     id: &str,
     cmd: OrderCommand,
 ) -> Result<Response, ApiError> {
     let meta = metadata(caller, corr);
-    let out = st
-        .shop
+    let out = shop_for(st, hold, StatusCode::OK, id)
         .order_command(id, cmd, &meta, if_match(headers)?)
         .await?;
     Ok(answer(StatusCode::OK, id, out))
@@ -193,6 +234,7 @@ async fn change_price(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<PriceDto>,
 ) -> Result<Response, ApiError> {
@@ -202,7 +244,7 @@ async fn change_price(
         new_price,
         at_ms: now_ms(),
     };
-    product_command(&st, &caller, &corr, &headers, &id, cmd).await
+    product_command(&st, &caller, &corr, &headers, &hold, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -217,6 +259,7 @@ async fn adjust_stock(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<StockDto>,
 ) -> Result<Response, ApiError> {
@@ -226,7 +269,7 @@ async fn adjust_stock(
         delta: body.delta,
         at_ms: now_ms(),
     };
-    product_command(&st, &caller, &corr, &headers, &id, cmd).await
+    product_command(&st, &caller, &corr, &headers, &hold, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -240,6 +283,7 @@ async fn delete_product(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<DeleteDto>,
 ) -> Result<Response, ApiError> {
@@ -248,7 +292,7 @@ async fn delete_product(
         reason: body.reason,
         at_ms: now_ms(),
     };
-    product_command(&st, &caller, &corr, &headers, &id, cmd).await
+    product_command(&st, &caller, &corr, &headers, &hold, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -279,13 +323,13 @@ async fn create_order(
     State(st): State<AppState>,
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
+    hold: Hold,
     JsonBody(body): JsonBody<CreateOrderDto>,
 ) -> Result<Response, ApiError> {
     caller.require_role("customer")?;
     let items: Vec<RequestedItem> = body.items.into_iter().map(ItemDto::into_item).collect();
     let id = uuid::Uuid::now_v7().to_string();
-    let out = st
-        .shop
+    let out = shop_for(&st, &hold, StatusCode::CREATED, &id)
         .create_order(&caller.0, &id, &items, now_ms(), &metadata(&caller, &corr))
         .await?;
     Ok(answer(StatusCode::CREATED, &id, out))
@@ -296,11 +340,11 @@ async fn add_item(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<ItemDto>,
 ) -> Result<Response, ApiError> {
-    let out = st
-        .shop
+    let out = shop_for(&st, &hold, StatusCode::OK, &id)
         .add_item(
             &caller.0,
             &id,
@@ -318,13 +362,14 @@ async fn place_order(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let cmd = OrderCommand::Place {
         actor_id: caller.0.user_id.clone(),
         at_ms: now_ms(),
     };
-    order_command(&st, &caller, &corr, &headers, &id, cmd).await
+    order_command(&st, &caller, &corr, &headers, &hold, &id, cmd).await
 }
 
 #[derive(Deserialize)]
@@ -339,6 +384,7 @@ async fn cancel_order(
     caller: Caller,
     Extension(corr): Extension<CorrelationId>,
     headers: HeaderMap,
+    hold: Hold,
     PathParams(id): PathParams<String>,
     OptionalJsonBody(body): OptionalJsonBody<CancelDto>,
 ) -> Result<Response, ApiError> {
@@ -347,26 +393,26 @@ async fn cancel_order(
         reason: body.and_then(|b| b.reason),
         at_ms: now_ms(),
     };
-    order_command(&st, &caller, &corr, &headers, &id, cmd).await
+    order_command(&st, &caller, &corr, &headers, &hold, &id, cmd).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Queries
 
-/// Waits for `min_position` (bounded), runs `f` on the read model, and answers with the
-/// position the result reflects in `Ficus-Position`.
-async fn query<T: Send + 'static>(
+/// Waits for `min_position` (bounded) on `model`, then runs `read` on the read side (SQLite or
+/// PostgreSQL), which returns the result with the position it reflects, for `Ficus-Position`.
+async fn query<T>(
     st: &AppState,
-    handle: &ProjectionHandle,
+    model: ReadModelHandle,
     min_position: Option<Position>,
-    f: impl FnOnce(&QueryConnection) -> Result<T, StoreError> + Send + 'static,
+    read: impl std::future::Future<Output = Result<(T, Position), StoreError>>,
 ) -> Result<(T, Position), ApiError> {
     if let Some(p) = min_position {
-        handle
+        model
             .wait_for(p, st.config.read_your_writes_timeout)
             .await?;
     }
-    Ok(handle.db().query(f).await?)
+    Ok(read.await?)
 }
 
 fn with_position(mut resp: Response, position: Position) -> Response {
@@ -421,11 +467,8 @@ async fn get_product(
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let lookup = id.clone();
-    let (found, position) = query(&st, &st.catalog, q.min_position, move |c| {
-        rm::get_product(c, &lookup)
-    })
-    .await?;
+    let read = st.read.get_product(id.clone());
+    let (found, position) = query(&st, st.read.catalog(), q.min_position, read).await?;
     let Some(p) = found.filter(|p| !p.deleted) else {
         return Err(ApiError::not_found(
             "product_not_found",
@@ -506,10 +549,9 @@ async fn search_products(
         limit,
         offset,
     };
-    let ((total, products), position) = query(&st, &st.catalog, q.min_position, move |c| {
-        rm::search_products(c, &search)
-    })
-    .await?;
+    let read = st.read.search_products(search);
+    let ((total, products), position) =
+        query(&st, st.read.catalog(), q.min_position, read).await?;
     let body = SearchDto {
         total,
         products: products.into_iter().map(ProductDto::from).collect(),
@@ -557,10 +599,8 @@ async fn customer_orders(
             format!("limit must be between 1 and {}", rm::ORDERS_MAX_LIMIT),
         ));
     }
-    let (orders, position) = query(&st, &st.orders, q.min_position, move |c| {
-        rm::customer_orders(c, &customer, limit)
-    })
-    .await?;
+    let read = st.read.customer_orders(customer, limit);
+    let (orders, position) = query(&st, st.read.orders(), q.min_position, read).await?;
     let body = OrdersDto {
         orders: orders
             .into_iter()
@@ -619,10 +659,8 @@ async fn order_analytics(
             ),
         ));
     }
-    let (days, position) = query(&st, &st.orders, q.min_position, move |c| {
-        rm::order_analytics(c, from, to)
-    })
-    .await?;
+    let read = st.read.order_analytics(from, to);
+    let (days, position) = query(&st, st.read.orders(), q.min_position, read).await?;
     let body = AnalyticsDto {
         days: days
             .into_iter()

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
+use ficus_runtime::PgRebuildError;
 use ficus_store::{Subscription, SubscriptionError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -300,6 +301,7 @@ pub async fn list_projections(
                 "lag_events": p.lag_events(),
                 "last_lag_ms": s.last_lag_ms,
                 "events_applied": s.events_applied,
+                "mode": p.mode(),
             })
         })
         .collect();
@@ -307,6 +309,10 @@ pub async fn list_projections(
         json!({"projections": list, "head_position": st.store.head_position()}),
     ))
 }
+
+/// Longest a rebuild request waits for the active runner (in any process, on PostgreSQL) to
+/// reset the read model before answering 503 `rebuild_pending`.
+const REBUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn rebuild_projection(
     State(st): State<AppState>,
@@ -322,9 +328,14 @@ pub async fn rebuild_projection(
             ApiError::not_found("projection_not_found", format!("no projection {name}"))
         })?;
     handle
-        .rebuild()
+        .rebuild(REBUILD_WAIT)
         .await
-        .map_err(|m| ApiError::unavailable("rebuild_failed", m))?;
+        .map_err(|e| match e {
+            // Recorded: whichever runner leads next performs it.
+            PgRebuildError::Pending { .. } => ApiError::unavailable("rebuild_pending", e.to_string()),
+            PgRebuildError::Store(e) => e.into(),
+            PgRebuildError::Stopped(m) => ApiError::unavailable("rebuild_failed", m),
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"name": name, "target_position": st.store.head_position()})),

@@ -7,20 +7,25 @@
 /// Retry delays: exponential backoff with full jitter (kept in the store crate, whose bus
 /// relay retries with it too).
 pub use ficus_store::backoff;
+pub mod idempotency;
 pub mod pg_projection;
 pub mod projection;
 pub mod repository;
 pub mod shutdown;
+pub mod telemetry;
 pub mod workers;
 
 pub use pg_projection::{
     PgProjection, PgProjectionHandle, PgProjectionRunner, PgProjectionStatus, PgRebuildError,
-    PG_PROJECTION_BATCH_EVENTS,
+    ReadModelHandle, PG_PROJECTION_BATCH_EVENTS,
 };
 pub use projection::{
     ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
     ReadModelDb, SqliteProjection, WaitError, PROJECTION_BATCH_EVENTS,
 };
-pub use repository::{CommandError, CommandOutcome, Loaded, Repository, MAX_CONFLICT_RETRIES};
+pub use repository::{
+    AsOf, CommandError, CommandOutcome, Loaded, Repository, MAX_CONFLICT_RETRIES,
+    SNAPSHOT_WRITES_IN_FLIGHT,
+};
 pub use shutdown::Shutdown;
 pub use workers::{JobError, JobHandler, PoolConfig, PoolStats, WorkerPool};

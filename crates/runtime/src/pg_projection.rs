@@ -65,7 +65,9 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 
 use crate::backoff::Backoff;
-use crate::projection::{ProjectionError, ProjectionState, WaitError};
+use crate::projection::{
+    ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, WaitError,
+};
 use crate::Shutdown;
 
 /// Most events applied in one read-model transaction. Each event is at least one round trip
@@ -202,6 +204,9 @@ pub enum PgRebuildError {
     /// pending: the next active runner performs it. (503 `read_model_lagging`)
     #[error("rebuild requested but not performed within {waited_ms} ms; it stays pending")]
     Pending { waited_ms: u64 },
+    /// The embedded runner of this process refused or has stopped. (503 `rebuild_failed`)
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// A handle on a projection run by this process and its competitors: status, lag,
@@ -214,11 +219,71 @@ pub struct PgProjectionHandle {
     status: watch::Receiver<PgProjectionStatus>,
     /// Wakes the local runner to look at the checkpoint row now (after a rebuild request).
     poke: Arc<Notify>,
+    /// Whether a runner in this process competes for the projection (false for a handle
+    /// from [`PgProjectionHandle::follow`]: a query process only reads what others apply).
+    runs_here: bool,
 }
 
 impl PgProjectionHandle {
+    /// A handle on projection `name` for a process that runs no runner for it (a query
+    /// process): reads, waits and rebuild requests go through the checkpoint table, where the
+    /// active runner of another process commits. A task refreshes the published status from
+    /// the table every [`STANDBY_RETRY_INTERVAL`] (state `Standby`, or `Failed` while the
+    /// table cannot be read), so that readiness and lag stay true without a runner here.
+    pub fn follow(
+        name: &str,
+        pool: Pool,
+        store: Arc<dyn EventStore>,
+        shutdown: Shutdown,
+    ) -> (PgProjectionHandle, JoinHandle<()>) {
+        let (status_tx, status_rx) = watch::channel(PgProjectionStatus {
+            state: ProjectionState::Standby,
+            checkpoint: 0,
+            generation: None,
+            last_lag_ms: 0,
+            events_applied: 0,
+        });
+        let handle = PgProjectionHandle {
+            name: name.into(),
+            pool,
+            store,
+            status: status_rx,
+            poke: Arc::new(Notify::new()),
+            runs_here: false,
+        };
+        let reader = handle.clone();
+        let task = tokio::spawn(async move {
+            while !shutdown.is_triggered() {
+                let read = tokio::time::timeout(SESSION_OP_TIMEOUT, reader.checkpoint()).await;
+                status_tx.send_modify(|s| match read {
+                    Ok(Ok(checkpoint)) => {
+                        s.checkpoint = checkpoint;
+                        s.state = ProjectionState::Standby;
+                    }
+                    Ok(Err(e)) => s.state = ProjectionState::Failed { error: e.to_string() },
+                    Err(_) => {
+                        s.state = ProjectionState::Failed {
+                            error: format!("no answer within {SESSION_OP_TIMEOUT:?}"),
+                        }
+                    }
+                });
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(standby_pause()) => {}
+                }
+            }
+            status_tx.send_modify(|s| s.state = ProjectionState::Stopped);
+        });
+        (handle, task)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this process runs the projection (active or standby), rather than follows it.
+    pub fn runs_here(&self) -> bool {
+        self.runs_here
     }
 
     /// The pool the read model is queried through.
@@ -270,11 +335,14 @@ impl PgProjectionHandle {
                     s.state == ProjectionState::Stopped,
                 )
             };
-            best = best.max(local);
-            if best >= position {
-                return Ok(best);
-            }
-            if !active {
+            // Only an active runner's own checkpoint is exact; any other copy may be stale
+            // (a rebuild elsewhere resets the table), so the table decides.
+            if active {
+                best = best.max(local);
+                if best >= position {
+                    return Ok(best);
+                }
+            } else {
                 if let Ok(c) = self.checkpoint().await {
                     best = best.max(c);
                     if best >= position {
@@ -358,6 +426,90 @@ impl PgProjectionHandle {
             }
             tokio::time::sleep(WAIT_POLL_INTERVAL.min(timeout.saturating_sub(started.elapsed())))
                 .await;
+        }
+    }
+}
+
+/// A read model's handle, whichever backend runs it: what the query side waits on and what
+/// the operations endpoints (readiness, `/v1/projections`, `/metrics`, rebuild) report.
+#[derive(Clone)]
+pub enum ReadModelHandle {
+    /// An SQLite read model run by this process.
+    Sqlite(ProjectionHandle),
+    /// A PostgreSQL read model, run here (active or standby) or followed.
+    Postgres(PgProjectionHandle),
+}
+
+impl ReadModelHandle {
+    pub fn name(&self) -> &str {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.name(),
+            ReadModelHandle::Postgres(h) => h.name(),
+        }
+    }
+
+    /// The published status, in the SQLite runner's terms (a PostgreSQL standby or follower
+    /// shows `Standby` and the table's checkpoint, refreshed every [`STANDBY_RETRY_INTERVAL`]).
+    pub fn status(&self) -> ProjectionStatus {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.status(),
+            ReadModelHandle::Postgres(h) => {
+                let s = h.status();
+                ProjectionStatus {
+                    checkpoint: s.checkpoint,
+                    state: s.state,
+                    last_lag_ms: s.last_lag_ms,
+                    events_applied: s.events_applied,
+                }
+            }
+        }
+    }
+
+    /// How this process takes part: `local` (SQLite, the only runner), `active` or `standby`
+    /// (PostgreSQL, a runner here), or `follower` (PostgreSQL, no runner here).
+    pub fn mode(&self) -> &'static str {
+        match self {
+            ReadModelHandle::Sqlite(_) => "local",
+            ReadModelHandle::Postgres(h) if !h.runs_here() => "follower",
+            ReadModelHandle::Postgres(h) if h.status().is_active() => "active",
+            ReadModelHandle::Postgres(_) => "standby",
+        }
+    }
+
+    pub fn lag_events(&self) -> u64 {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.lag_events(),
+            ReadModelHandle::Postgres(h) => h.lag_events(),
+        }
+    }
+
+    /// The committed checkpoint, read from the read model's storage now.
+    pub async fn checkpoint(&self) -> Result<Position, StoreError> {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.db().checkpoint(),
+            ReadModelHandle::Postgres(h) => h.checkpoint().await,
+        }
+    }
+
+    /// Waits until the read model has applied `position`, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Position, WaitError> {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.wait_for(position, timeout).await,
+            ReadModelHandle::Postgres(h) => h.wait_for(position, timeout).await,
+        }
+    }
+
+    /// Resets the read model and replays the log; returns once the reset is committed. On
+    /// PostgreSQL the active runner, in whichever process, performs it; `timeout` bounds the
+    /// wait for that runner.
+    pub async fn rebuild(&self, timeout: Duration) -> Result<(), PgRebuildError> {
+        match self {
+            ReadModelHandle::Sqlite(h) => h.rebuild().await.map_err(PgRebuildError::Stopped),
+            ReadModelHandle::Postgres(h) => h.rebuild(timeout).await,
         }
     }
 }
@@ -481,6 +633,7 @@ impl PgProjectionRunner {
             store: store.clone(),
             status: status_rx,
             poke: poke.clone(),
+            runs_here: true,
         };
         let runner = PgProjectionRunner {
             projection,

@@ -159,7 +159,18 @@ impl ReadModelDb {
             events[0].position
         );
         for e in events {
+            // One span per event, carrying the correlation and trace ids of the request that
+            // appended it, so its log lines (and exported span) join that request's.
+            let span = crate::telemetry::event_span(projection.name(), &e.metadata, e.position);
+            let _entered = span.enter();
             projection.apply(&tx, e)?;
+            tracing::debug!(
+                projection = projection.name(),
+                position = e.position,
+                event_type = e.event_type.as_str(),
+                stream = %e.stream_id,
+                "applied event"
+            );
         }
         tx.execute(
             "INSERT INTO ficus_checkpoint (id, position, updated_at_ms) VALUES (1, ?1, ?2)

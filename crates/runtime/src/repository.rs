@@ -6,12 +6,55 @@ use std::sync::Arc;
 
 use ficus_core::codec::{self, CodecError};
 use ficus_core::{
-    Aggregate, ExpectedVersion, Metadata, NewEvent, Position, StreamId, ValidationError, Version,
+    Aggregate, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, SnapshotPolicy,
+    StreamId, ValidationError, Version,
 };
-use ficus_store::{EventStore, StoreError, MAX_READ_LIMIT};
+use ficus_store::{AppendResult, EventStore, Snapshot, SnapshotStore, StoreError, MAX_READ_LIMIT};
+use tokio::sync::Semaphore;
 
 /// Times a command is decided again after losing an optimistic-concurrency race.
 pub const MAX_CONFLICT_RETRIES: usize = 3;
+
+/// Snapshot writes one repository runs in the background at once. Past it a snapshot is
+/// skipped, not queued: the next load that finds a long tail takes it.
+pub const SNAPSHOT_WRITES_IN_FLIGHT: usize = 8;
+
+/// Which past state [`Repository::load_as_of`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// After the event with this stream version (0: before the first event).
+    Version(Version),
+    /// After the last event committed at or before this instant (ms since the Unix epoch,
+    /// UTC). Commit times within a stream are taken as never decreasing: the first event
+    /// committed later ends the fold.
+    Time(i64),
+}
+
+impl AsOf {
+    /// Whether `e` lies beyond this bound.
+    fn excludes(self, e: &RecordedEvent) -> bool {
+        match self {
+            AsOf::Version(v) => e.version > v,
+            AsOf::Time(ms) => e.recorded_at_ms > ms,
+        }
+    }
+}
+
+/// The snapshot store a repository reads and feeds, and its bound on background writes.
+#[derive(Clone)]
+struct Snapshots {
+    store: Arc<dyn SnapshotStore>,
+    writes: Arc<Semaphore>,
+}
+
+/// A fold of a stream, with what snapshotting needs to know about it.
+struct Folded<A> {
+    loaded: Loaded<A>,
+    /// Commit time of the last event folded (0 when none).
+    recorded_at_ms: i64,
+    /// Events folded from the log (after the snapshot, when one was used).
+    tail_events: u64,
+}
 
 /// Why a command did not commit. Each variant's doc names its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +105,43 @@ pub struct CommandOutcome {
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn EventStore>,
+    snapshots: Option<Snapshots>,
 }
 
 impl Repository {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            snapshots: None,
+        }
+    }
+
+    /// This repository reading and writing snapshots of the aggregates that declare a
+    /// [`SnapshotPolicy`] in `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        self.snapshots = Some(Snapshots {
+            store: snapshots,
+            writes: Arc::new(Semaphore::new(SNAPSHOT_WRITES_IN_FLIGHT)),
+        });
+        self
+    }
+
+    /// The snapshot store, when one is configured.
+    pub fn snapshot_store(&self) -> Option<&Arc<dyn SnapshotStore>> {
+        self.snapshots.as_ref().map(|s| &s.store)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// This repository with its appends going to `store` instead (everything else kept): how
+    /// a command's append is routed through an idempotency claim
+    /// ([`ficus_store::idempotency::ClaimedAppends`]).
+    pub fn with_store(&self, store: Arc<dyn EventStore>) -> Repository {
+        let mut repo = self.clone();
+        repo.store = store;
+        repo
     }
 
     pub fn stream_of<A: Aggregate>(id: &str) -> Result<StreamId, ValidationError> {
@@ -83,33 +154,239 @@ impl Repository {
         self.load_stream(&stream).await
     }
 
+    /// The aggregate's state as it was at a past version or instant: time travel. A bound
+    /// beyond the stream's end gives the current state; compare `version` with what was asked.
+    pub async fn load_as_of<A: Aggregate>(
+        &self,
+        id: &str,
+        as_of: AsOf,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let stream = Self::stream_of::<A>(id)?;
+        Ok(self.fold::<A>(&stream, Some(as_of)).await?.loaded)
+    }
+
+    /// Folds the aggregate and saves its snapshot now (not in the background), whatever the
+    /// policy's interval. Returns the version snapshotted, `None` when the aggregate declares
+    /// no policy, no snapshot store is configured or the stream is empty.
+    pub async fn snapshot<A: Aggregate>(
+        &self,
+        id: &str,
+    ) -> Result<Option<Version>, CommandError<A::Error>> {
+        let stream = Self::stream_of::<A>(id)?;
+        let (Some(snapshots), Some(policy)) = (&self.snapshots, A::snapshot_policy()) else {
+            return Ok(None);
+        };
+        let folded = self.fold::<A>(&stream, None).await?;
+        if folded.loaded.version == 0 {
+            return Ok(None);
+        }
+        let Some(snapshot) = encode_snapshot(&policy, &stream, &folded) else {
+            return Ok(None);
+        };
+        snapshots
+            .store
+            .save(&snapshot)
+            .await
+            .map_err(CommandError::Store)?;
+        Ok(Some(snapshot.version))
+    }
+
     async fn load_stream<A: Aggregate>(
         &self,
         stream: &StreamId,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-            position: 0,
+        let folded = self.fold::<A>(stream, None).await?;
+        if let Some(policy) = A::snapshot_policy() {
+            // A long tail means the last snapshot is missing, stale or was discarded.
+            if folded.tail_events >= policy.every_events.max(1) {
+                self.save_in_background(&policy, stream, &folded);
+            }
+        }
+        Ok(folded.loaded)
+    }
+
+    /// Folds the stream up to `until` (its end when `None`), from the latest usable snapshot
+    /// when there is one.
+    async fn fold<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        until: Option<AsOf>,
+    ) -> Result<Folded<A>, CommandError<A::Error>> {
+        if let Some((state, snapshot)) = self.usable_snapshot::<A>(stream, until).await {
+            if let Some(folded) = self
+                .fold_from(stream, state, Some(&snapshot), until)
+                .await?
+            {
+                return Ok(folded);
+            }
+            tracing::warn!(%stream, version = snapshot.version, position = snapshot.position,
+                "snapshot does not match the event log; rebuilding from events");
+        }
+        let folded = self.fold_from(stream, A::default(), None, until).await?;
+        Ok(folded.expect("a fold without a snapshot has nothing to mismatch"))
+    }
+
+    /// The latest snapshot, decoded, if it can stand in for the events it covers. Anything
+    /// else (none, unreadable, another schema version, undecodable, past `until`) is `None`:
+    /// the caller folds from the first event instead. Never an error: a snapshot is a cache.
+    async fn usable_snapshot<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        until: Option<AsOf>,
+    ) -> Option<(A, Snapshot)> {
+        let (snapshots, policy) = (self.snapshots.as_ref()?, A::snapshot_policy()?);
+        let mut snapshot = match snapshots.store.load(stream).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot unreadable; folding from events");
+                return None;
+            }
         };
+        if snapshot.schema_version != policy.schema_version {
+            tracing::info!(%stream, stored = snapshot.schema_version, current = policy.schema_version,
+                "snapshot of an older shape discarded; rebuilding from events");
+            return None;
+        }
+        let beyond = match until {
+            Some(AsOf::Version(v)) => snapshot.version > v,
+            Some(AsOf::Time(ms)) => snapshot.recorded_at_ms > ms,
+            None => false,
+        };
+        if beyond {
+            return None;
+        }
+        match (policy.decode)(std::mem::take(&mut snapshot.state)) {
+            Ok(state) => Some((state, snapshot)),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot no longer decodes; rebuilding from events");
+                None
+            }
+        }
+    }
+
+    /// Folds the events after `base` (all of them without one) into `state`, up to `until`.
+    /// `None` when the log does not hold the snapshot's last event at the snapshot's position:
+    /// the snapshot belongs to another log (or a rewritten one) and must not be trusted.
+    async fn fold_from<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        state: A,
+        base: Option<&Snapshot>,
+        until: Option<AsOf>,
+    ) -> Result<Option<Folded<A>>, CommandError<A::Error>> {
+        let mut folded = Folded {
+            loaded: Loaded {
+                state,
+                version: 0,
+                position: 0,
+            },
+            recorded_at_ms: 0,
+            tail_events: 0,
+        };
+        // The snapshot's own last event is read again, to check it.
+        let mut check = None;
+        let mut from = 1;
+        if let Some(s) = base {
+            folded.loaded.version = s.version;
+            folded.loaded.position = s.position;
+            folded.recorded_at_ms = s.recorded_at_ms;
+            check = Some((s.version, s.position));
+            from = s.version;
+        }
         loop {
             let page = self
                 .store
-                .read_stream(stream, loaded.version + 1, MAX_READ_LIMIT)
+                .read_stream(stream, from, MAX_READ_LIMIT)
                 .await
                 .map_err(CommandError::Store)?;
-            let done = page.len() < MAX_READ_LIMIT;
-            for e in &page {
+            let full = page.len() >= MAX_READ_LIMIT;
+            let mut events = page.iter();
+            if let Some((version, position)) = check.take() {
+                match events.next() {
+                    Some(e) if e.version == version && e.position == position => {}
+                    _ => return Ok(None),
+                }
+            }
+            for e in events {
+                if until.is_some_and(|u| u.excludes(e)) {
+                    return Ok(Some(folded));
+                }
                 let event: A::Event =
                     codec::decode(e.event_type.as_str(), e.schema_version, &e.payload)?;
-                loaded.state.evolve(&event);
-                loaded.version = e.version;
-                loaded.position = e.position;
+                folded.loaded.state.evolve(&event);
+                folded.loaded.version = e.version;
+                folded.loaded.position = e.position;
+                folded.recorded_at_ms = e.recorded_at_ms;
+                folded.tail_events += 1;
             }
-            if done {
-                return Ok(loaded);
+            match page.last() {
+                Some(last) if full => from = last.version + 1,
+                _ => return Ok(Some(folded)),
             }
         }
+    }
+
+    /// Saves a snapshot of `folded` in a background task: a snapshot is a cache, so the
+    /// command that caused it does not wait for it. Skipped when
+    /// [`SNAPSHOT_WRITES_IN_FLIGHT`] writes are already running.
+    fn save_in_background<A: Aggregate>(
+        &self,
+        policy: &SnapshotPolicy<A>,
+        stream: &StreamId,
+        folded: &Folded<A>,
+    ) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let Ok(permit) = snapshots.writes.clone().try_acquire_owned() else {
+            tracing::debug!(%stream, "snapshot skipped: too many snapshot writes in flight");
+            return;
+        };
+        let Some(snapshot) = encode_snapshot(policy, stream, folded) else {
+            return;
+        };
+        let store = snapshots.store.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = store.save(&snapshot).await {
+                tracing::warn!(stream = %snapshot.stream, error = %e, "snapshot not saved");
+            }
+        });
+    }
+
+    /// After a committed append: snapshots the new state when the stream's version crossed a
+    /// multiple of the policy's interval.
+    fn snapshot_after_append<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        before: &Loaded<A>,
+        events: &[A::Event],
+        appended: &AppendResult,
+    ) {
+        let (Some(_), Some(policy)) = (&self.snapshots, A::snapshot_policy()) else {
+            return;
+        };
+        let every = policy.every_events.max(1);
+        if before.version / every == appended.last_version / every {
+            return;
+        }
+        let mut state = before.state.clone();
+        for e in events {
+            state.evolve(e);
+        }
+        let folded = Folded {
+            loaded: Loaded {
+                state,
+                version: appended.last_version,
+                position: appended.last_position,
+            },
+            // Read after the acknowledgement, so never earlier than the commit's own stamp:
+            // time travel may skip this snapshot for an instant it covers, never use it for
+            // one it does not.
+            recorded_at_ms: ficus_store::now_ms(),
+            tail_events: 0,
+        };
+        self.save_in_background(&policy, stream, &folded);
     }
 
     /// Decides `command` on the aggregate `id` and appends the resulting events.
@@ -164,12 +441,13 @@ impl Repository {
                 .await
             {
                 Ok(r) => {
+                    self.snapshot_after_append::<A>(&stream, &loaded, &events, &r);
                     return Ok(CommandOutcome {
                         stream,
                         version: r.last_version,
                         position: r.last_position,
                         events_appended: events.len(),
-                    })
+                    });
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. })
                     if expected.is_none() && attempt < MAX_CONFLICT_RETRIES =>
@@ -186,6 +464,28 @@ impl Repository {
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
+        }
+    }
+}
+
+/// The snapshot of `folded` under `policy`, or `None` (logged) when the state does not encode.
+fn encode_snapshot<A>(
+    policy: &SnapshotPolicy<A>,
+    stream: &StreamId,
+    folded: &Folded<A>,
+) -> Option<Snapshot> {
+    match (policy.encode)(&folded.loaded.state) {
+        Ok(state) => Some(Snapshot {
+            stream: stream.clone(),
+            version: folded.loaded.version,
+            position: folded.loaded.position,
+            recorded_at_ms: folded.recorded_at_ms,
+            schema_version: policy.schema_version,
+            state,
+        }),
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "aggregate state does not encode as a snapshot");
+            None
         }
     }
 }

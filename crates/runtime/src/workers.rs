@@ -410,7 +410,10 @@ async fn run_one(
     };
     let visibility_ms = config.visibility.as_millis() as i64;
     let renew_every = (config.visibility / 3).max(Duration::from_millis(10));
-    let work = handler.handle(&job);
+    // The job's span carries the correlation and trace ids it was enqueued with, so every
+    // line the handler logs can be found by the id of the request that caused it.
+    let span = crate::telemetry::job_span(&job);
+    let work = tracing::Instrument::instrument(handler.handle(&job), span.clone());
     tokio::pin!(work);
     let result = loop {
         tokio::select! {
@@ -426,6 +429,12 @@ async fn run_one(
             }
         }
     };
+    match &result {
+        Ok(()) => span.in_scope(|| tracing::debug!(job = job.id, kind = %job.kind, "job done")),
+        Err(e) => span.in_scope(
+            || tracing::info!(job = job.id, kind = %job.kind, error = %e, "job attempt failed"),
+        ),
+    }
     match result {
         Ok(()) => {
             let _ = done.send(lease).await;

@@ -10,7 +10,12 @@ use ficus_domain::jobs::{BulkJobs, ShopJobHandler, SHOP_QUEUE};
 use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
-use ficus_runtime::{PoolConfig, ProjectionRunner, Repository, Shutdown, WorkerPool};
+use ficus_domain::pg_read_models::{PgCatalogProjection, PgOrdersProjection};
+use ficus_domain::read_side::ShopReadSide;
+use ficus_runtime::{
+    PgProjection, PgProjectionHandle, PgProjectionRunner, PoolConfig, ProjectionRunner,
+    Repository, Shutdown, WorkerPool,
+};
 use ficus_store::nats::{BusConfig, BusSubscriber, NatsBus};
 use ficus_store::postgres::{
     announce_from_bus, OutboxRelay, PgConfig, PgEventStore, PgJobQueue, RelayConfig,
@@ -22,6 +27,10 @@ use tokio::task::JoinHandle;
 
 /// Environment variable holding the HS256 secret that signs bearer tokens.
 pub const SECRET_ENV: &str = "FICUS_AUTH_HS256_SECRET";
+
+/// Longest a client may take to send a request's headers; a slower one (slowloris) has its
+/// connection closed, so it cannot hold a connection and its task open for free.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Everything `ficus serve` needs.
 #[derive(Debug, Clone)]
@@ -42,6 +51,8 @@ pub struct ServerConfig {
     pub bus: Option<String>,
     /// Also run the strangler-fig gateway in this process: its route file and address.
     pub gateway: Option<(PathBuf, SocketAddr)>,
+    /// Longest a client may take to send request headers ([`HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -58,39 +69,87 @@ impl ServerConfig {
                 ..PoolConfig::new(SHOP_QUEUE)
             },
             gateway: None,
-            role: Role::All,
+            role: Role::ALL,
             bus: None,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
 
-/// What one `ficus serve` process runs. With PostgreSQL, run as many of each as needed: API
-/// processes take HTTP traffic, worker processes compete for the job queue's items. Every
-/// process keeps its own copy of the read models, built from the shared log.
+/// What one `ficus serve` process runs: any combination of the four parts below (`--role
+/// worker,projector`). With PostgreSQL, run as many processes of each as needed, the point of
+/// CQRS: command processes take writes, query processes answer reads from the PostgreSQL read
+/// models, projector processes compete to apply events to those read models (one active per
+/// projection, the others standby), worker processes compete for the job queue's items. On
+/// the embedded SQLite store one process holds everything: only `all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The HTTP API and the worker pool.
-    All,
-    /// The HTTP API (commands and queries); no worker pool.
-    Api,
-    /// The worker pool, with only health, readiness and metrics over HTTP.
-    Worker,
+pub struct Role {
+    /// The commands, raw streams, bulk job submission and job queue endpoints.
+    pub command: bool,
+    /// The query endpoints on the read models.
+    pub query: bool,
+    /// The projection runners (PostgreSQL: competing for each projection's lock).
+    pub projector: bool,
+    /// The job worker pool.
+    pub worker: bool,
 }
 
 impl Role {
+    /// Everything in one process (the only role on the embedded store).
+    pub const ALL: Role = Role {
+        command: true,
+        query: true,
+        projector: true,
+        worker: true,
+    };
+
+    /// `all`, or a comma-separated list of `command`, `query`, `projector`, `worker` and
+    /// `api` (an alias of `command,query`).
     pub fn parse(s: &str) -> anyhow::Result<Role> {
-        match s {
-            "all" => Ok(Role::All),
-            "api" => Ok(Role::Api),
-            "worker" => Ok(Role::Worker),
-            other => anyhow::bail!("--role takes all, api or worker, got {other:?}"),
+        let mut role = Role {
+            command: false,
+            query: false,
+            projector: false,
+            worker: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "all" => role = Role::ALL,
+                "api" => (role.command, role.query) = (true, true),
+                "command" => role.command = true,
+                "query" => role.query = true,
+                "projector" => role.projector = true,
+                "worker" => role.worker = true,
+                other => anyhow::bail!(
+                    "--role takes all, or a comma-separated list of command, query, projector, \
+                     worker and api (command + query); got {other:?}"
+                ),
+            }
         }
+        anyhow::ensure!(
+            role.command || role.query || role.projector || role.worker,
+            "--role needs at least one of all, command, query, projector, worker"
+        );
+        Ok(role)
     }
 
     fn runs_workers(self) -> bool {
-        matches!(self, Role::All | Role::Worker)
+        self.worker
+    }
+
+    /// The public routes this role serves (every role serves the operations routes).
+    fn api_routes(self) -> ficus_gateway::ApiRoutes {
+        ficus_gateway::ApiRoutes {
+            commands: self.command,
+            queries: self.query,
+        }
     }
 }
+
+/// Connections of the pool the PostgreSQL read models use: one session per active projection
+/// runner (two) and the rest for queries, apart from the event store's pool so that reads
+/// never starve appends.
+pub const PG_READ_MODEL_POOL_SIZE: usize = 8;
 
 /// The backend of the event log and the job queue.
 #[derive(Debug, Clone)]
@@ -112,6 +171,65 @@ impl StoreConfig {
             Ok(StoreConfig::Postgres(PgConfig::new(s)))
         } else {
             anyhow::bail!("--store takes `sqlite` or a postgres:// URL, got {s:?}")
+        }
+    }
+}
+
+/// Starts the shop's read side. Embedded: the SQLite projection runners. PostgreSQL: the
+/// projection runners competing with other processes' (projector role), or followers that
+/// only track the checkpoints other processes commit (any other role: queries, bulk-job
+/// planning and export items still read the PostgreSQL read models).
+fn start_read_side(
+    cfg: &ServerConfig,
+    store: &OpenStore,
+    dyn_store: &Arc<dyn EventStore>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(ShopReadSide, Vec<JoinHandle<()>>)> {
+    match store {
+        OpenStore::Sqlite(_) => {
+            let read_dir = cfg.data_dir.join("read-models");
+            let (catalog, catalog_task) = ProjectionRunner::spawn(
+                Arc::new(CatalogProjection),
+                &read_dir,
+                dyn_store.clone(),
+                shutdown.clone(),
+            )?;
+            let (orders, orders_task) = ProjectionRunner::spawn(
+                Arc::new(OrdersProjection),
+                &read_dir,
+                dyn_store.clone(),
+                shutdown.clone(),
+            )?;
+            Ok((
+                ShopReadSide::Sqlite { catalog, orders },
+                vec![catalog_task, orders_task],
+            ))
+        }
+        OpenStore::Postgres(pg) => {
+            let pool = ficus_store::postgres::pool(&PgConfig {
+                pool_size: PG_READ_MODEL_POOL_SIZE,
+                ..pg.config().clone()
+            })
+            .context("creating the read-model pool")?;
+            let start = |p: Arc<dyn PgProjection>| {
+                if cfg.role.projector {
+                    PgProjectionRunner::spawn(p, pool.clone(), dyn_store.clone(), shutdown.clone())
+                } else {
+                    let name = p.name().to_owned();
+                    PgProjectionHandle::follow(
+                        &name,
+                        pool.clone(),
+                        dyn_store.clone(),
+                        shutdown.clone(),
+                    )
+                }
+            };
+            let (catalog, catalog_task) = start(Arc::new(PgCatalogProjection));
+            let (orders, orders_task) = start(Arc::new(PgOrdersProjection));
+            Ok((
+                ShopReadSide::Postgres { catalog, orders },
+                vec![catalog_task, orders_task],
+            ))
         }
     }
 }
@@ -183,6 +301,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 cfg.bus.is_none(),
                 "a bus joins several processes on PostgreSQL: use --store postgres://... with --bus"
             );
+            anyhow::ensure!(
+                cfg.role == Role::ALL,
+                "on the embedded SQLite store one process runs everything: use --role all \
+                 (the command, query, projector and worker roles need --store postgres://...)"
+            );
             let store = Arc::new(
                 SqliteEventStore::open(cfg.data_dir.join("events.db"), sqlite.clone())
                     .context("opening the event store")?,
@@ -236,26 +359,27 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             )
         }
     };
+    // Every reader (aggregates, projections, HTTP stream reads, SSE) sees events of older
+    // schema versions in their current shape (docs/adr/0009).
+    let dyn_store = ficus_store::UpcastingStore::wrap(dyn_store, ficus_domain::upcasters());
+    // Snapshots: a cache beside the log (a side file on SQLite, a table on PostgreSQL).
+    let snapshots: Arc<dyn ficus_store::SnapshotStore> = match &store {
+        OpenStore::Sqlite(_) => Arc::new(
+            ficus_store::sqlite::SqliteSnapshotStore::open(cfg.data_dir.join("snapshots.db"))
+                .context("opening the snapshot file")?,
+        ),
+        OpenStore::Postgres(s) => Arc::new(ficus_store::postgres::PgSnapshotStore::for_store(s)),
+    };
+    // Jobs enqueued while serving a request carry its correlation and trace ids.
+    let jobs: Arc<dyn JobQueue> = Arc::new(ficus_runtime::telemetry::TracedJobQueue::new(jobs));
     let shutdown = Shutdown::new();
-    let read_dir = cfg.data_dir.join("read-models");
-    let (catalog, catalog_task) = ProjectionRunner::spawn(
-        Arc::new(CatalogProjection),
-        &read_dir,
-        dyn_store.clone(),
-        shutdown.clone(),
-    )?;
-    let (orders, orders_task) = ProjectionRunner::spawn(
-        Arc::new(OrdersProjection),
-        &read_dir,
-        dyn_store.clone(),
-        shutdown.clone(),
-    )?;
-    let shop = Shop::new(Repository::new(dyn_store.clone()));
+    let (read, projections) = start_read_side(&cfg, &store, &dyn_store, &shutdown)?;
+    let shop = Shop::new(Repository::new(dyn_store.clone()).with_snapshots(snapshots));
     let handler = Arc::new(ShopJobHandler {
         shop: shop.clone(),
         store: dyn_store.clone(),
         jobs: jobs.clone(),
-        orders: orders.clone(),
+        read: read.clone(),
         export_dir: cfg.data_dir.join("exports"),
     });
     let pool = cfg.role.runs_workers().then(|| {
@@ -267,13 +391,24 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             shutdown.clone(),
         )
     });
+    // Keys live in the event store's backend: a key's answer commits with the events.
+    let idempotency: Arc<dyn ficus_store::IdempotencyStore> = match &store {
+        OpenStore::Sqlite(s) => s.clone(),
+        OpenStore::Postgres(s) => s.clone(),
+    };
+    // Ends with the shutdown signal; a sweep cut short by the store closing is redone later.
+    ficus_runtime::idempotency::spawn_idempotency_purger(
+        idempotency.clone(),
+        cfg.api.idempotency.clone(),
+        shutdown.clone(),
+    );
     let state = AppState {
         store: dyn_store.clone(),
-        bulk: BulkJobs::new(jobs.clone(), catalog.clone(), orders.clone()),
+        bulk: BulkJobs::new(jobs.clone(), read.clone()),
         jobs,
         shop,
-        catalog,
-        orders,
+        idempotency: idempotency.clone(),
+        read,
         auth: Arc::new(Auth::new(secret)),
         sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
         config: Arc::new(cfg.api.clone()),
@@ -282,20 +417,19 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         backend,
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
     };
+    // Append throughput and batch sizes for /metrics; ends with the shutdown signal.
+    ficus_gateway::metrics::watch_appends(&state);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let app = match cfg.role {
-        Role::All | Role::Api => ficus_gateway::router(state.clone()),
-        Role::Worker => ficus_gateway::ops_router(state.clone()),
-    };
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-    });
+    let app = ficus_gateway::router_for(state.clone(), cfg.role.api_routes());
+    let server = tokio::spawn(serve_http(
+        listener,
+        app,
+        cfg.header_read_timeout,
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, backend, role = ?cfg.role, data_dir = %cfg.data_dir.display(), "ficus is serving");
     let gateway = match &cfg.gateway {
         Some((routes, listen)) => {
@@ -309,7 +443,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown,
         store,
         server,
-        projections: vec![catalog_task, orders_task],
+        projections,
         pool,
         bus: bus_parts.map(|(_, announcer)| announcer),
         gateway,
@@ -358,4 +492,45 @@ pub fn mint(auth: &Auth, sub: &str, roles: &[&str], ttl_secs: i64) -> String {
         exp: Some(ficus_store::now_ms() / 1000 + ttl_secs),
         nbf: None,
     })
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open connections finish. Written
+/// over hyper rather than `axum::serve` for one reason: the header-read timeout, which
+/// `axum::serve` cannot set (it gives hyper no timer).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

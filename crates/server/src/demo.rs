@@ -259,8 +259,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             c - last.0,
             q - last.1,
             st.store.head_position(),
-            st.catalog.lag_events(),
-            st.orders.lag_events(),
+            st.read.catalog().lag_events(),
+            st.read.orders().lag_events(),
             stats.refused.load(Ordering::Relaxed),
             stats.errors.load(Ordering::Relaxed),
         );

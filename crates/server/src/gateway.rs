@@ -77,7 +77,9 @@ pub async fn start(
                         .build()?;
                     rt.block_on(async move {
                         let listener = tokio::net::TcpListener::from_std(listener)?;
-                        let app = proxy::router(gateway);
+                        // The console is served here too: on this address the façade's
+                        // admin API (routes, weights) is same-origin for it.
+                        let app = proxy::router(gateway).merge(ficus_gateway::console::routes());
                         axum::serve(
                             listener,
                             app.into_make_service_with_connect_info::<SocketAddr>(),

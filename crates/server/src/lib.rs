@@ -7,3 +7,4 @@ pub mod client;
 pub mod demo;
 pub mod gateway;
 pub mod legacy;
+pub mod logs;

@@ -25,6 +25,10 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "FICUS_LOG_FORMAT")]
     log_format: LogFormat,
+    /// OTLP/HTTP endpoint to export OpenTelemetry spans to (e.g. http://127.0.0.1:4318);
+    /// unset, no spans leave the process.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,8 +50,12 @@ enum Command {
         /// The PostgreSQL schema holding Ficus's tables.
         #[arg(long, env = "FICUS_PG_SCHEMA", default_value = "ficus")]
         pg_schema: String,
-        /// What this process runs: `all`, `api` (HTTP API, no workers) or `worker` (the
-        /// worker pool, with health and metrics only over HTTP).
+        /// What this process runs: `all`, or a comma-separated list of `command` (command,
+        /// stream, bulk-job and queue endpoints), `query` (query endpoints on the read
+        /// models), `projector` (the projection runners, one active per projection across
+        /// processes), `worker` (the job worker pool); `api` means `command,query`. Every
+        /// process serves health, readiness, metrics and the projections. PostgreSQL only,
+        /// except `all`.
         #[arg(long, env = "FICUS_ROLE", default_value = "all")]
         role: String,
         /// A `nats://` URL: publish committed events to NATS JetStream through the outbox and
@@ -88,6 +96,9 @@ enum Command {
         /// The most job items running at once; the pool grows toward it under a backlog.
         #[arg(long, env = "FICUS_JOB_MAX_CONCURRENCY", default_value_t = 64)]
         job_max_concurrency: usize,
+        /// Longest a client may take to send request headers, in milliseconds.
+        #[arg(long, env = "FICUS_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+        header_read_timeout_ms: u64,
     },
     /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
     Migrate {
@@ -338,16 +349,18 @@ enum DebugCommand {
     },
 }
 
-fn init_logs(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FICUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Installs logging (and span export when an OTLP endpoint is set); keep the guard until
+/// exit so buffered spans are flushed.
+fn init_logs(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    default_level: &str,
+) -> anyhow::Result<ficus_server::logs::LogGuard> {
+    ficus_server::logs::init(&ficus_server::logs::LogConfig {
+        json: matches!(format, LogFormat::Json),
+        default_filter: default_level.to_owned(),
+        otlp_endpoint: otlp_endpoint.map(str::to_owned),
+    })
 }
 
 fn temp_dir(prefix: &str) -> PathBuf {
@@ -377,7 +390,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate { store, pg_schema } => {
-            init_logs(LogFormat::Text, "info");
+            let _logs = init_logs(LogFormat::Text, None, "info")?;
             let StoreConfig::Postgres(pg) = StoreConfig::parse(&store)? else {
                 anyhow::bail!("migrate needs a postgres:// URL in --store");
             };
@@ -405,8 +418,9 @@ async fn main() -> anyhow::Result<()> {
             job_max_concurrency,
             gateway_routes,
             gateway_listen,
+            header_read_timeout_ms,
         } => {
-            init_logs(cli.log_format, "info");
+            let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let mut cfg = ServerConfig::new(data_dir, listen);
             cfg.store = match StoreConfig::parse(&store)? {
                 StoreConfig::Postgres(pg) => StoreConfig::Postgres(PgConfig {
@@ -424,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.shop_pool.concurrency = job_concurrency.max(1);
             cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
             cfg.gateway = gateway_routes.map(|r| (r, gateway_listen));
+            cfg.header_read_timeout = Duration::from_millis(header_read_timeout_ms.max(100));
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
@@ -436,7 +451,7 @@ async fn main() -> anyhow::Result<()> {
             clients,
             exit_after_traffic,
         } => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
             let (dir, remove) = match data_dir {
                 Some(d) => (d, false),
                 None => (temp_dir("ficus-demo"), true),
@@ -471,7 +486,7 @@ async fn main() -> anyhow::Result<()> {
                     store,
                 },
         } => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
             let (dir, remove) = match dir {
                 Some(d) => (d, false),
                 None => (temp_dir("ficus-bench"), true),
@@ -516,7 +531,7 @@ async fn main() -> anyhow::Result<()> {
                     pg_gather_yields,
                 },
         } => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
             let (dir, remove) = match dir {
                 Some(d) => (d, false),
                 None => (temp_dir("ficus-bench"), true),
@@ -562,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
         } => {
-            init_logs(cli.log_format, "info");
+            let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let secret = app::resolve_secret(&data_dir, std::env::var(SECRET_ENV).ok().as_deref())?;
             let auth = std::sync::Arc::new(ficus_gateway::Auth::new(secret));
             let running = ficus_server::gateway::start(routes, listen, auth).await?;
@@ -608,7 +623,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::LegacyShop { listen, db } => {
-            init_logs(cli.log_format, "info");
+            let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let shop = ficus_server::legacy::start(&db, listen).await?;
             eprintln!("legacy shop serving on {}", shop.url());
             shutdown_signal().await;

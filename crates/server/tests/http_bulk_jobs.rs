@@ -621,7 +621,7 @@ async fn a_redelivered_notification_item_notifies_once(b: Backend) {
         shop: st.shop.clone(),
         store: st.store.clone(),
         jobs: st.jobs.clone(),
-        orders: st.orders.clone(),
+        read: st.read.clone(),
         export_dir: s.data.dir.path().join("direct-exports"),
     };
     // A queue of its own, so the server's pool leaves the item to this test.

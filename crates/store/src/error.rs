@@ -20,6 +20,10 @@ pub enum StoreError {
     /// A stored record failed to decode: a loud error, never a silent skip. (500)
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The idempotency key's claim passed to a later request (this one outlived its lease);
+    /// nothing was written. (409 `request_in_progress`)
+    #[error("the idempotency key was taken over by a later request; nothing was written")]
+    ClaimLost,
 }
 
 /// Why a subscription stopped delivering.

@@ -9,21 +9,30 @@
 pub mod backoff;
 pub mod conformance;
 mod error;
+pub mod idempotency;
 pub mod jobs;
 pub mod mem;
 pub mod nats;
 mod port;
+pub mod snapshots;
 pub mod postgres;
 pub mod sqlite;
 mod subscription;
+pub mod upcasting;
 
 pub use error::{StoreError, SubscriptionError};
+pub use idempotency::{
+    Claim, ClaimRequest, IdempotencyConfig, IdempotencyRecord, IdempotencyStore, Responder,
+    StoredResponse, Ticket,
+};
 pub use jobs::{
     Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
     NewBatch, NewJob, QueueStats,
 };
 pub use port::{event_json, new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
+pub use snapshots::{MemSnapshotStore, Snapshot, SnapshotStore, MAX_SNAPSHOT_BYTES};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};
+pub use upcasting::UpcastingStore;
 
 /// Runs `cleanup` to completion on a thread with its own small runtime, and waits for it. For
 /// the `Drop` of test guards, which may run inside a runtime (where blocking on it is not

@@ -102,6 +102,11 @@ pub struct RouteStats {
     pub legacy: SideStats,
     pub new: SideStats,
     pub shadow: shadow::ShadowStats,
+    /// Requests refused before reaching an upstream: by the rate limit, an open breaker, a
+    /// full bulkhead.
+    pub rate_limited: AtomicU64,
+    pub breaker_refused: AtomicU64,
+    pub bulkhead_full: AtomicU64,
     /// Last good answers by path and query, for `fallback_last_good`.
     last_good: std::sync::Mutex<HashMap<String, LastGood>>,
 }
@@ -709,6 +714,7 @@ impl Gateway {
             let decision = limiter.check(&key, Instant::now());
             let (policy, state) = limiter.headers(&decision);
             if !decision.allowed {
+                table.stats[i].rate_limited.fetch_add(1, Ordering::Relaxed);
                 let mut resp = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -733,6 +739,7 @@ impl Gateway {
             None => None,
             Some(Ok(a)) => Some(a),
             Some(Err(wait)) => {
+                table.stats[i].breaker_refused.fetch_add(1, Ordering::Relaxed);
                 return self.unavailable(
                     route,
                     "circuit_open",
@@ -748,6 +755,7 @@ impl Gateway {
                 match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
+                        table.stats[i].bulkhead_full.fetch_add(1, Ordering::Relaxed);
                         return self.unavailable(
                             route,
                             "bulkhead_full",
@@ -1217,6 +1225,54 @@ impl Gateway {
                     r.name,
                     get(&table.stats[i].shadow)
                 );
+            }
+        }
+        let name = "ficus_gateway_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests refused before any upstream, by reason.\n# TYPE {name} counter"
+        );
+        for (i, r) in table.config.routes.iter().enumerate() {
+            let st = &table.stats[i];
+            for (reason, n) in [
+                ("rate_limited", &st.rate_limited),
+                ("circuit_open", &st.breaker_refused),
+                ("bulkhead_full", &st.bulkhead_full),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",reason=\"{reason}\"}} {}",
+                    r.name,
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let name = "ficus_gateway_bulkhead_in_use";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests holding a bulkhead slot, by route and side (of ficus_gateway_bulkhead_capacity).\n# TYPE {name} gauge"
+        );
+        for (i, r) in table.config.routes.iter().enumerate() {
+            let (Some(cfg), guards) = (&r.bulkhead, &table.guards[i]) else {
+                continue;
+            };
+            for side in [Side::Legacy, Side::New] {
+                if let Some(sem) = &guards.bulkheads[side.index()] {
+                    let used = cfg.max_concurrent.saturating_sub(sem.available_permits());
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",side=\"{}\"}} {used}",
+                        r.name,
+                        side.as_str()
+                    );
+                }
+            }
+        }
+        let name = "ficus_gateway_bulkhead_capacity";
+        let _ = writeln!(out, "# HELP {name} Bulkhead slots per route and side.\n# TYPE {name} gauge");
+        for r in &table.config.routes {
+            if let Some(cfg) = &r.bulkhead {
+                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", r.name, cfg.max_concurrent);
             }
         }
         let name = "ficus_gateway_breaker_open";

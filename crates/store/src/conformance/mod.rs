@@ -11,7 +11,9 @@
 //! // where the factory returns an `Option` of the same: `None` skips (no service configured).
 //! ```
 
+pub mod idempotency;
 pub mod jobs;
+pub mod snapshots;
 
 use std::collections::HashSet;
 use std::sync::Arc;

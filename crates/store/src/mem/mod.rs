@@ -1,5 +1,6 @@
 //! In-memory twin of the event store: the same rules, no durability. For tests and examples.
 
+mod idempotency;
 mod jobs;
 pub use jobs::MemJobQueue;
 
@@ -30,6 +31,8 @@ pub struct MemEventStore {
     inner: Mutex<Inner>,
     head: AtomicU64,
     live: broadcast::Sender<LiveBatch>,
+    /// Idempotency records by (scope, key). Locked before `inner` when both are needed.
+    keys: Mutex<HashMap<(String, String), crate::IdempotencyRecord>>,
 }
 
 impl Default for MemEventStore {
@@ -44,6 +47,7 @@ impl MemEventStore {
             inner: Mutex::new(Inner::default()),
             head: AtomicU64::new(0),
             live: broadcast::channel(MEM_LIVE_BUFFER_BATCHES).0,
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -63,49 +67,7 @@ impl EventStore for MemEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_batch(&events, MEM_MAX_APPEND_EVENTS)?;
-        let mut inner = self.lock();
-        let current = inner.streams.get(stream).map_or(0, |v| v.len() as Version);
-        if !expected.admits(current) {
-            return Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: current,
-            });
-        }
-        let at = now_ms();
-        let first_position = inner.log.len() as Position + 1;
-        let mut batch = Vec::with_capacity(events.len());
-        for (i, e) in events.into_iter().enumerate() {
-            batch.push(RecordedEvent {
-                id: e.id,
-                stream_id: stream.clone(),
-                version: current + 1 + i as Version,
-                position: first_position + i as Position,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                recorded_at_ms: at,
-                metadata: e.metadata,
-                payload: e.payload,
-            });
-        }
-        let n = batch.len();
-        let start = inner.log.len();
-        inner.log.extend(batch.iter().cloned());
-        inner
-            .streams
-            .entry(stream.clone())
-            .or_default()
-            .extend(start..start + n);
-        self.head
-            .store(first_position + n as Position - 1, Ordering::Release);
-        // Sent under the lock so live batches leave in commit order.
-        let _ = self.live.send(batch.into());
-        Ok(AppendResult {
-            first_version: current + 1,
-            last_version: current + n as Version,
-            first_position,
-            last_position: first_position + n as Position - 1,
-        })
+        self.append_locked(&mut self.lock(), stream, expected, events)
     }
 
     async fn read_stream(
@@ -163,4 +125,58 @@ impl EventStore for MemEventStore {
 /// A shared handle, as most callers want one.
 pub fn mem_store() -> Arc<dyn EventStore> {
     Arc::new(MemEventStore::new())
+}
+
+impl MemEventStore {
+    /// The append itself, under the caller's lock (so a caller may check more under it).
+    fn append_locked(
+        &self,
+        inner: &mut Inner,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let current = inner.streams.get(stream).map_or(0, |v| v.len() as Version);
+        if !expected.admits(current) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            });
+        }
+        let at = now_ms();
+        let first_position = inner.log.len() as Position + 1;
+        let mut batch = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            batch.push(RecordedEvent {
+                id: e.id,
+                stream_id: stream.clone(),
+                version: current + 1 + i as Version,
+                position: first_position + i as Position,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                recorded_at_ms: at,
+                metadata: e.metadata,
+                payload: e.payload,
+            });
+        }
+        let n = batch.len();
+        let start = inner.log.len();
+        inner.log.extend(batch.iter().cloned());
+        inner
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .extend(start..start + n);
+        self.head
+            .store(first_position + n as Position - 1, Ordering::Release);
+        // Sent under the lock so live batches leave in commit order.
+        let _ = self.live.send(batch.into());
+        Ok(AppendResult {
+            first_version: current + 1,
+            last_version: current + n as Version,
+            first_position,
+            last_position: first_position + n as Position - 1,
+        })
+    }
 }

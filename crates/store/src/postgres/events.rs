@@ -436,6 +436,15 @@ async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
             }),
         ));
     }
+    publish_local(shared, committed);
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+}
+
+/// Hands batches this process committed to the tailer (which broadcasts them in position
+/// order) and wakes the outbox relay.
+fn publish_local(shared: &Shared, committed: Vec<LiveBatch>) {
     if let Some(last) = committed.last().and_then(|b| b.last()) {
         shared.head.fetch_max(last.position, Ordering::AcqRel);
         let mut local = shared.local();
@@ -448,8 +457,100 @@ async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
             shared.outbox_wake.notify_one();
         }
     }
-    for (reply, result) in replies {
-        let _ = reply.send(result);
+}
+
+impl PgEventStore {
+    /// Appends in a transaction of its own (beside the group commit, through the same
+    /// `ficus_append`) and completes the idempotency claim `ticket` in it: the events and the
+    /// recorded answer commit together, or neither does ([`StoreError::ClaimLost`] when the
+    /// ticket no longer holds its key).
+    pub(super) async fn append_completing_claim(
+        &self,
+        ticket: &crate::Ticket,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        respond: crate::Responder,
+    ) -> Result<AppendResult, StoreError> {
+        validate_batch(&events, self.config.max_append_events)?;
+        // The request only carries the append through `encode`; nobody waits on its reply.
+        let (reply, _) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+        };
+        let at = now_ms();
+        let mut client = super::conn(&self.pool).await?;
+        let tx = client.transaction().await.map_err(super::unavailable)?;
+        let row = {
+            let a = encode(std::slice::from_ref(&req))?;
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT ok, actual, first_version, first_position \
+                     FROM ficus_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .await
+                .map_err(super::unavailable)?;
+            tx.query_one(
+                &stmt,
+                &[
+                    &a.a_stream,
+                    &a.a_expected,
+                    &a.a_count,
+                    &a.e_append,
+                    &a.e_id,
+                    &a.e_type,
+                    &a.e_schema,
+                    &a.e_metadata,
+                    &a.e_payload,
+                    &at,
+                    &self.shared.with_outbox,
+                ],
+            )
+            .await
+            .map_err(super::unavailable)?
+        };
+        if !row.get::<_, bool>(0) {
+            // Dropping `tx` rolls back; the claim stays in progress for a retry.
+            return Err(StoreError::WrongExpectedVersion {
+                stream: req.stream,
+                expected,
+                actual: row.get::<_, i64>(1) as Version,
+            });
+        }
+        let first_version = row.get::<_, i64>(2) as Version;
+        let first_position = row.get::<_, i64>(3) as Position;
+        let n = req.events.len() as u64;
+        let result = AppendResult {
+            first_version,
+            last_version: first_version + n - 1,
+            first_position,
+            last_position: first_position + n - 1,
+        };
+        if !super::idempotency::complete_in(&tx, ticket, &respond(&result)).await? {
+            return Err(StoreError::ClaimLost);
+        }
+        tx.commit().await.map_err(super::unavailable)?;
+        let recorded: Vec<RecordedEvent> = req
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| RecordedEvent {
+                id: e.id,
+                stream_id: req.stream.clone(),
+                version: first_version + i as u64,
+                position: first_position + i as u64,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                recorded_at_ms: at,
+                metadata: e.metadata,
+                payload: e.payload,
+            })
+            .collect();
+        publish_local(&self.shared, vec![LiveBatch::from(recorded)]);
+        Ok(result)
     }
 }
 

@@ -26,6 +26,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "job queue",
         sql: super::jobs::SCHEMA,
     },
+    Migration {
+        version: 3,
+        name: "idempotency keys",
+        sql: super::idempotency::SCHEMA,
+    },
+    Migration {
+        version: 4,
+        name: "snapshots",
+        sql: super::snapshots::SCHEMA,
+    },
 ];
 
 /// The event log. Positions are gap-free because they are handed out under the row lock on

@@ -8,9 +8,11 @@
 //! default is.
 
 mod events;
+mod idempotency;
 mod jobs;
 mod migrations;
 mod outbox;
+mod snapshots;
 pub mod testing;
 
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 pub use events::PgEventStore;
 pub use jobs::PgJobQueue;
+pub use snapshots::PgSnapshotStore;
 pub use migrations::{migrate, MIGRATIONS};
 pub use outbox::{
     announce_from_bus, outbox_backlog, OutboxBacklog, OutboxRelay, RelayConfig, RelayError,

@@ -8,8 +8,10 @@
 //! the writer.
 
 mod checkpointer;
+mod idempotency;
 mod jobs;
 mod reader;
+mod snapshots;
 mod writer;
 
 use std::fs::File;
@@ -27,6 +29,7 @@ use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
 pub use jobs::SqliteJobQueue;
 pub use reader::ConnectionPool;
+pub use snapshots::{SqliteSnapshotStore, SNAPSHOT_READERS};
 use writer::{EncodedEvent, WriterMsg};
 
 /// Limits and tuning of the SQLite event store. Every queue and batch here is bounded.
@@ -187,6 +190,8 @@ impl SqliteEventStore {
             .map_err(unavailable)?;
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(idempotency::SCHEMA)
+            .map_err(unavailable)?;
         // Checkpoints run on their own thread (see checkpointer.rs), not inside commits.
         // The writer's COMMIT only writes WAL frames; the syncer thread makes them durable
         // before anyone is answered (see writer.rs). Write ops run in savepoints, whose
