@@ -53,7 +53,7 @@ cargo build --release --locked -q -p ficus-server
 say "building the Rust peers (release, bench/peers/rust)"
 cargo build --release --locked -q --manifest-path bench/peers/rust/Cargo.toml
 
-args=(--pg-url "$PG_URL" --command "bench/run.sh$([ $mode = quick ] && echo ' --quick')")
-[ $mode = quick ] && args+=(--quick)
+args=(--pg-url "$PG_URL" --command "bench/run.sh")
+if [ $mode = quick ]; then args=(--pg-url "$PG_URL" --command "bench/run.sh --quick" --quick); fi
 bench/.venv/bin/python bench/run.py "${args[@]}" "${@:2}"
 say "done in $(( $(date +%s) - start )) s (including installs and builds)"

@@ -1,6 +1,7 @@
 // The operator console in a real browser: Playwright (playwright-core) drives Debian's
 // headless Chromium against a real `ficus serve` (with its embedded gateway) on loopback
-// ports. It signs in, follows a live stream while events are appended, redrives a dead job,
+// ports. It signs in, follows a live stream while events are appended, follows a bulk job's
+// progress and redrives one of its dead items,
 // shifts a façade route's weight with the slider, rebuilds a projection, and saves a
 // screenshot of each step into tests/browser/output/.
 
@@ -70,6 +71,10 @@ async function signedInPage(base) {
   const errors = [];
   page.on("pageerror", (e) => errors.push(e));
   page.on("dialog", (d) => d.accept());
+  // Each test signs in afresh: the profile keeps the last token in localStorage, so it is
+  // cleared first on a page of the same origin that runs no script.
+  await page.goto(`${base}/console/app.css`);
+  await page.evaluate(() => localStorage.clear());
   await page.goto(`${base}/console`);
   await page.fill("#token", admin);
   await page.click("#login-form button[type=submit]");
@@ -105,6 +110,7 @@ new_reads = "ficus"
 new_prefix = "/v1/products"
 weight_new = 20
 shadow = true
+rate_limit = { requests = 3, window_s = 60 }
 
 # Everything else goes to the Ficus API, so the console opened on the gateway's address
 # reaches the API through the façade.
@@ -200,6 +206,12 @@ test("redrive a dead job from the dead-letter list", async () => {
   assert.equal(before.body.state, "dead");
   await new Promise((r) => setTimeout(r, 20)); // so the redrive's time is a later ms
   await page.check(`#dead-table tbody tr[data-job="${firstId}"] input`);
+  // The bulk job's progress: every item finished (dead), so it is at 100 %.
+  await page.fill("#batch-id", job.body.id);
+  await page.click("#batch-open");
+  await page.waitForSelector("#batch-view .bar");
+  await page.waitForFunction(() => /100 %/.test(document.querySelector("#batch-view").textContent));
+  assert.match(await page.textContent("#batch-view"), /reprice_category/);
   await page.screenshot({ path: join(OUT, "dead-letters.png") });
   const [resp] = await Promise.all([
     page.waitForResponse((r) => r.url().endsWith("/dead/redrive") && r.request().method() === "POST"),
@@ -233,12 +245,17 @@ test("rebuild a projection", async () => {
 });
 
 test("shift a route's weight with the slider on the gateway's console", async () => {
-  for (let i = 0; i < 5; i++) await fetch(`${gw}/api/products/p-${i}`);
+  // Five reads through the route: three pass (to legacy, or 20 % of them to Ficus, which
+  // does not know these ids), the rate limit refuses two.
+  const statuses = [];
+  for (let i = 0; i < 5; i++) statuses.push((await fetch(`${gw}/api/products/p-${i}`)).status);
+  assert.deepEqual(statuses.map((s) => s === 429), [false, false, false, true, true]);
   const page = await signedInPage(gw);
   await page.click("a[data-tab=routes]");
   const slider = page.locator('.route[data-route="products"] input[type=range]');
   await slider.waitFor();
   assert.equal(await slider.inputValue(), "20");
+  assert.equal(await page.textContent('.route[data-route="products"] .refused'), "2");
   const [resp] = await Promise.all([
     page.waitForResponse((r) => r.url().endsWith("/v1/admin/routes/products") && r.request().method() === "PUT"),
     slider.fill("70"),

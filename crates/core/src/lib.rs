@@ -12,8 +12,8 @@ pub mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent, SnapshotPolicy};
 pub use codec::CodecError;
-pub use upcast::{UpcastError, Upcasters};
 pub use event::{
     EventType, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamId,
     ValidationError, Version,
 };
+pub use upcast::{UpcastError, Upcasters};

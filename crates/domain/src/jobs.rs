@@ -101,6 +101,20 @@ impl BulkJobs {
         params: Value,
         now_ms: i64,
     ) -> Result<Batch, BulkJobError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.submit_with_id(actor, &id, kind, params, now_ms).await
+    }
+
+    /// [`Self::submit`] under a caller-chosen batch id (an idempotency key's effect id: the
+    /// batch table refuses a second batch with that id).
+    pub async fn submit_with_id(
+        &self,
+        actor: &Actor,
+        id: &str,
+        kind: &str,
+        params: Value,
+        now_ms: i64,
+    ) -> Result<Batch, BulkJobError> {
         let (items, fan_in) = match kind {
             "reprice_category" => self.plan_reprice(actor, &params).await?,
             "export_orders" => self.plan_export(actor, &params)?,
@@ -116,7 +130,7 @@ impl BulkJobs {
             m.insert("submitted_by".into(), Value::String(actor.user_id.clone()));
         }
         let batch = NewBatch {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: id.to_owned(),
             queue: SHOP_QUEUE.into(),
             kind: kind.into(),
             params,

@@ -1,7 +1,7 @@
 //! Bulk jobs over HTTP: submit one (it fans out into items on the shop queue), follow its
 //! progress and result, cancel it.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,13 +14,18 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams};
+use crate::idempotency::KeyHold;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(status))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+}
+
+/// Submission, which takes `Idempotency-Key` (the router puts the idempotency guard on it).
+pub fn submit_routes() -> Router<AppState> {
+    Router::new().route("/v1/jobs", post(submit))
 }
 
 /// The JSON shape of a bulk job.
@@ -72,17 +77,28 @@ struct SubmitDto {
 async fn submit(
     State(st): State<AppState>,
     caller: Caller,
+    hold: Option<Extension<KeyHold>>,
     JsonBody(body): JsonBody<SubmitDto>,
 ) -> Result<Response, ApiError> {
-    let batch = st
-        .bulk
-        .submit(
-            &caller.0,
-            &body.kind,
-            Value::Object(body.params),
-            ficus_store::now_ms(),
-        )
-        .await?;
+    let params = Value::Object(body.params);
+    let now = ficus_store::now_ms();
+    let batch = match hold {
+        None => st.bulk.submit(&caller.0, &body.kind, params, now).await?,
+        Some(Extension(hold)) => {
+            // The batch id comes from the key: an earlier holder of this key that died before
+            // its answer was recorded left its batch under the same id; answer with it rather
+            // than fan out a second time.
+            let id = hold.effect_id();
+            match st.jobs.get_batch(&id).await? {
+                Some(earlier) => earlier,
+                None => {
+                    st.bulk
+                        .submit_with_id(&caller.0, &id, &body.kind, params, now)
+                        .await?
+                }
+            }
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(batch_json(&batch))).into_response())
 }
 

@@ -89,7 +89,8 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }
             StoreError::ClaimLost => {
-                let mut e = ApiError::new(StatusCode::CONFLICT, "request_in_progress", e.to_string());
+                let mut e =
+                    ApiError::new(StatusCode::CONFLICT, "request_in_progress", e.to_string());
                 e.retry_after_secs = Some(RETRY_AFTER_SECS);
                 e
             }

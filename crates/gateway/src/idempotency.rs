@@ -5,8 +5,9 @@
 //! already answered is replayed (same status and body, `Idempotent-Replayed: true`); one used
 //! for another request is `422 idempotency_key_reused`; one held by an in-flight request is
 //! waited for (bounded) and then `409 request_in_progress`. A claimed request runs with a
-//! [`KeyHold`] in its extensions: the handler's append goes through it, so the events and the
-//! recorded answer commit together. What the handler answered without appending (a refusal, a
+//! [`KeyHold`] in its extensions: a shop command's append goes through it, so the events and
+//! the recorded answer commit together; a bulk job takes its batch id from it
+//! ([`KeyHold::effect_id`]), so a retry finds the batch instead of creating a second. What the handler answered without appending (a refusal, a
 //! no-op) is recorded afterwards; a conflict or a server error gives the key back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,38 @@ impl KeyHold {
             self.completed.clone(),
         )))
     }
+}
+
+impl KeyHold {
+    /// The id of this use of the key's effect, for a write that is not an append (a bulk
+    /// job's batch): every holder of the key derives the same id, also after a crash and a
+    /// takeover, so the write either finds its earlier self or is refused as a duplicate.
+    pub fn effect_id(&self) -> String {
+        effect_id(
+            &self.ticket.scope,
+            &self.ticket.key,
+            self.ticket.created_at_ms,
+        )
+    }
+}
+
+/// A UUID-shaped digest of (scope, key, creation time of the key's record).
+pub fn effect_id(scope: &str, key: &str, created_at_ms: i64) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        scope.as_bytes(),
+        key.as_bytes(),
+        &created_at_ms.to_be_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Checks a key: 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] printable ASCII characters.

@@ -27,16 +27,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ficus_domain::jobs::BulkJobs;
+use ficus_domain::read_side::ShopReadSide;
 use ficus_domain::service::Shop;
 use ficus_runtime::telemetry::{self, TraceContext, TraceParent};
-use ficus_domain::read_side::ShopReadSide;
 use ficus_runtime::{ProjectionState, ReadModelHandle, Shutdown};
-use opentelemetry::trace::TraceContextExt as _;
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use ficus_store::{EventStore, JobQueue};
+use opentelemetry::trace::TraceContextExt as _;
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use auth::{Auth, Claims};
 pub use error::ApiError;
@@ -300,16 +300,14 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
     if routes != ApiRoutes::OPS_ONLY {
         app = app.route("/v1/openapi.json", get(openapi::document));
     }
+    // `Idempotency-Key` on the routes whose write completes the key atomically (ADR 0008).
+    let keyed = || axum::middleware::from_fn_with_state(state.clone(), idempotency::guard);
     if routes.commands {
         app = app
             .merge(streams::routes())
             .merge(bulk::routes())
-            .merge(
-                shop::command_routes().route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    idempotency::guard,
-                )),
-            )
+            .merge(bulk::submit_routes().route_layer(keyed()))
+            .merge(shop::command_routes().route_layer(keyed()))
             .merge(queues::routes())
             .merge(accounts::routes())
             .merge(console::routes());

@@ -40,6 +40,8 @@ pub struct HttpMetrics {
     in_flight: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// Committed append batches, as the store's live feed delivers them.
     pub appends: AppendStats,
+    /// Job throughput through this process's queue handle, when the server counts it.
+    pub jobs: Option<Arc<ficus_runtime::telemetry::JobCounters>>,
 }
 
 /// Append throughput and group-commit batch sizes.
@@ -133,6 +135,14 @@ impl Drop for InFlight {
 }
 
 impl HttpMetrics {
+    /// Metrics that also report job throughput from `jobs`.
+    pub fn with_job_counters(jobs: Arc<ficus_runtime::telemetry::JobCounters>) -> Self {
+        Self {
+            jobs: Some(jobs),
+            ..Self::default()
+        }
+    }
+
     fn series(&self, route: &str, method: &str, status: u16) -> Arc<Series> {
         let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let key = if m.len() >= MAX_SERIES {
@@ -376,6 +386,33 @@ pub async fn render(State(st): State<AppState>) -> Response {
                 &one(backlog.events),
             );
         }
+    }
+    if let Some(j) = &st.http_metrics.jobs {
+        let load = |a: &AtomicU64| [(String::new(), a.load(Ordering::Relaxed) as f64)];
+        gauge(
+            &mut out,
+            "ficus_jobs_enqueued_total",
+            "Jobs enqueued by this process (bulk-job items included).",
+            &load(&j.enqueued),
+        );
+        gauge(
+            &mut out,
+            "ficus_jobs_completed_total",
+            "Jobs completed by this process's workers.",
+            &load(&j.completed),
+        );
+        gauge(
+            &mut out,
+            "ficus_jobs_retried_total",
+            "Failed attempts scheduled for a retry.",
+            &load(&j.retried),
+        );
+        gauge(
+            &mut out,
+            "ficus_jobs_dead_total",
+            "Jobs moved to the dead-letter queue.",
+            &load(&j.dead),
+        );
     }
     if let Ok(stats) = st.jobs.stats(ficus_store::now_ms()).await {
         let q = |f: &dyn Fn(&ficus_store::QueueStats) -> u64| -> Vec<(String, f64)> {

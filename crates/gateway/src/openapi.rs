@@ -49,6 +49,7 @@ fn build() -> Value {
             {"name": "orders", "description": "Order commands and queries."},
             {"name": "queues", "description": "Job queues, their dead-letter queues and job items (admin)."},
             {"name": "jobs", "description": "Bulk jobs: submit one, follow its progress and result, cancel it."},
+            {"name": "accounts", "description": "The bank-account ledger: money in exact minor units, no overdraft, and an account's state as of any past version or instant (time travel)."},
         ],
         "paths": paths(),
         "components": {
@@ -327,6 +328,7 @@ fn paths() -> Value {
         .chain(order_paths())
         .chain(queue_paths())
         .chain(job_paths())
+        .chain(account_paths())
     {
         p.insert(path.to_owned(), item);
     }
@@ -388,7 +390,18 @@ fn event_paths() -> Vec<(&'static str, Value)> {
         "headers": response_headers(&[]),
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string"},
+                // One server-sent event, in the shape OpenAPI 3.2 gives SSE items (before 3.2,
+                // `schema` of an event stream describes each event): `data` is the JSON text of
+                // an `Event`, or of an error body when `event` is `error`.
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                },
                 "x-ficus-event-schema": schema_ref("Event"),
             },
         },
@@ -505,7 +518,7 @@ fn projection_paths() -> Vec<(&'static str, Value)> {
             path_item(vec![(
                 "post",
                 Op::new("rebuildProjection", "projections", "Rebuild a projection")
-                    .describe("Drops the read model and replays the log into it from the start; answers once the rebuild has begun. Queries keep answering meanwhile, and `min_position` waits still hold. Needs the admin role.")
+                    .describe("Drops the read model and replays the log into it from the start; answers once the rebuild has begun. On PostgreSQL any process may ask: the active runner, in whichever process, performs it. Queries keep answering meanwhile, and `min_position` waits still hold. Needs the admin role.")
                     .secured()
                     .param(param_ref("ProjectionName"))
                     .success(202, success("The rebuild started.", schema_ref("RebuildAccepted"), &[]))
@@ -513,7 +526,7 @@ fn projection_paths() -> Vec<(&'static str, Value)> {
                         (400, "`invalid_path`."),
                         (403, "`forbidden`: not an admin."),
                         (404, "`projection_not_found`."),
-                        (503, "`rebuild_failed`."),
+                        (503, "`rebuild_failed`; `rebuild_pending`: recorded, but no runner performed it in time (it will, once one is active)."),
                     ]),
             )]),
         ),
@@ -984,6 +997,7 @@ fn job_paths() -> Vec<(&'static str, Value)> {
                 Op::new("submitBulkJob", "jobs", "Submit a bulk job")
                     .describe("Plans the job from the read models and enqueues its items on the `shop` queue at once, one per product, customer or day; a worker pool runs them and, once every item is done or dead, a final step records the job's `result`. `reprice_category` (seller role): every product of the caller in `category` gets its price changed by `percent`, each through the product's rules (an item the rules refuse goes to the dead-letter queue). `export_orders` (admin role): the placed orders of each UTC day from `from` to `to` (at most 366 days) are joined into one CSV file, whose `path` and `rows` are the result. `notify_buyers` (the product's seller, or an admin): one `CustomerNotified` event per customer who ever ordered `product_id`, in the stream `notification-{job id}-{customer id}`. The planner reads the read models, which may lag the latest writes by a moment.")
                     .secured()
+                    .idempotent()
                     .body(json_body("SubmitBulkJob", true))
                     .success(202, success(
                         "Accepted: the job, `running` while it has items (or already finished when it has none).",
@@ -1039,6 +1053,154 @@ fn job_paths() -> Vec<(&'static str, Value)> {
 
 // ---------------------------------------------------------------------------------------------
 // Components
+
+fn account_paths() -> Vec<(&'static str, Value)> {
+    let id = || {
+        json!({"name": "id", "in": "path", "required": true, "description": "Account id.",
+               "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.:@-]+$"}})
+    };
+    let movement = |op_id, summary, description, rules| {
+        Op::new(op_id, "accounts", summary)
+            .describe(description)
+            .secured()
+            .param(id())
+            .param(param_ref("IfMatch"))
+            .body(json_body("Movement", true))
+            .success(
+                201,
+                success(
+                    "Recorded; the account's new version and position. `ETag` is the new version.",
+                    schema_ref("CommandResult"),
+                    &["ETag"],
+                ),
+            )
+            .errors(&[
+                (400, "`invalid_json`, `invalid_body`, `invalid_field`, `invalid_amount` (not a plain decimal with at most 2 decimals, or not > 0), `invalid_if_match`."),
+                (403, "`not_account_owner`: only the owner (the token's `sub`) or an admin."),
+                (404, "`account_not_found`."),
+                COMMAND_409,
+                (413, ""),
+                (415, ""),
+                (422, rules),
+                (500, ""),
+                (503, "`store_unavailable`."),
+            ])
+    };
+    vec![
+        (
+            "/v1/accounts",
+            path_item(vec![(
+                "post",
+                Op::new("openAccount", "accounts", "Open an account")
+                    .describe("Opens an account in one currency with a zero balance, owned by the caller (the token's `sub`); an admin may name another `owner_id`. The id is chosen by the server.")
+                    .secured()
+                    .body(json_body("OpenAccount", true))
+                    .success(
+                        201,
+                        success("Opened: its id, version 1 and position.", schema_ref("CommandResult"), &["ETag"]),
+                    )
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_body`, `invalid_currency`, `invalid_field`."),
+                        (403, "`not_account_owner`: only an admin opens an account for someone else."),
+                        (413, ""),
+                        (415, ""),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/accounts/{id}",
+            path_item(vec![(
+                "get",
+                Op::new("getAccount", "accounts", "Read an account, now or as it was")
+                    .describe("Folds the account's event stream (from its latest snapshot). With `as_of_version` or `as_of` (not both), answers the state right after that version, or after the last event committed at or before that instant: time travel. Only the owner or an admin may read it. The current state comes with an `ETag` (its version) for `If-Match`.")
+                    .secured()
+                    .param(id())
+                    .param(query_param(
+                        "as_of_version",
+                        false,
+                        "A stream version ≥ 1. Past the stream's end → 404 `version_not_found` (with `current_version`); not an integer ≥ 1 → 400 `invalid_query`.",
+                        json!({"type": "integer", "minimum": 1}),
+                    ))
+                    .param(query_param(
+                        "as_of",
+                        false,
+                        "An instant: an RFC 3339 timestamp (`2026-01-01T12:00:00Z`, offsets allowed) or milliseconds since the Unix epoch. Before the account was opened → 404 `account_not_found`; unparsable → 400 `invalid_query`.",
+                        json!({"type": "string", "maxLength": 64, "examples": ["2026-01-01T12:00:00Z", "1767268800000"]}),
+                    ))
+                    .success(200, success("The account's state.", schema_ref("Account"), &["ETag"]))
+                    .errors(&[
+                        (400, "`invalid_query`."),
+                        (403, "`not_account_owner`."),
+                        (404, "`account_not_found`, `version_not_found`."),
+                        (500, ""),
+                        (503, "`store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/accounts/{id}/deposits",
+            path_item(vec![(
+                "post",
+                movement(
+                    "deposit",
+                    "Deposit money",
+                    "Adds `amount` (> 0, in the account's currency) to the balance.",
+                    "`balance_limit_exceeded`: the balance would pass 1 000 000 000.00.",
+                ),
+            )]),
+        ),
+        (
+            "/v1/accounts/{id}/withdrawals",
+            path_item(vec![(
+                "post",
+                movement(
+                    "withdraw",
+                    "Withdraw money",
+                    "Takes `amount` (> 0) from the balance; never below zero.",
+                    "`insufficient_funds`: the balance does not cover the amount (no overdraft).",
+                ),
+            )]),
+        ),
+    ]
+}
+
+fn account_schemas() -> Value {
+    json!({
+        "OpenAccount": {
+            "type": "object",
+            "required": ["currency"],
+            "additionalProperties": false,
+            "properties": {
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code; else 400 `invalid_currency`.", "examples": ["EUR"]},
+                "owner_id": {"type": "string", "description": "The owner; only an admin may name someone other than itself. Defaults to the caller."},
+            },
+        },
+        "Movement": {
+            "type": "object",
+            "required": ["amount"],
+            "additionalProperties": false,
+            "properties": {
+                "amount": {"type": "number", "multipleOf": 0.01, "exclusiveMinimum": 0, "description": "At most two decimals, no exponent, > 0; else 400 `invalid_amount`.", "examples": [12.5]},
+            },
+        },
+        "Account": {
+            "type": "object",
+            "required": ["id", "owner_id", "currency", "balance", "movements", "opened_at", "version", "position"],
+            "properties": {
+                "id": {"type": "string"},
+                "owner_id": {"type": "string"},
+                "currency": {"type": "string"},
+                "balance": {"type": "number", "multipleOf": 0.01, "minimum": 0, "description": "Exact: written from integer minor units, always with two decimals."},
+                "movements": {"type": "integer", "minimum": 0, "description": "Deposits and withdrawals folded into `balance`."},
+                "opened_at": {"type": "string", "format": "date-time"},
+                "version": {"type": "integer", "minimum": 1, "description": "The stream version this state is at."},
+                "position": {"type": "integer", "minimum": 1, "description": "The global position of that version's event."},
+            },
+        },
+    })
+}
 
 fn parameters() -> Value {
     let id_schema = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.:@-]+$"});
@@ -1197,6 +1359,7 @@ fn schemas() -> Value {
         read_schemas(),
         request_schemas(),
         queue_schemas(),
+        account_schemas(),
     ] {
         if let Value::Object(m) = part {
             s.extend(m);
@@ -1255,6 +1418,8 @@ fn common_schemas() -> Value {
                             "ok": {"type": "boolean"},
                             "checkpoint": {"type": "integer", "minimum": 0},
                             "lag_events": {"type": "integer", "minimum": 0},
+                            "state": {"type": "string", "description": "As `ProjectionStatus.state`."},
+                            "mode": schema_ref("ProjectionMode"),
                         },
                     },
                 },
@@ -1348,13 +1513,19 @@ fn event_schemas() -> Value {
 
 fn ops_schemas() -> Value {
     json!({
+        "ProjectionMode": {
+            "type": "string",
+            "enum": ["local", "active", "standby", "follower"],
+            "description": "How this process takes part: `local` (embedded SQLite, the only runner); on PostgreSQL `active` (this process applies events), `standby` (a runner here waits to take over) or `follower` (no runner here: it reads what another process applies).",
+        },
         "ProjectionStatus": {
             "type": "object",
-            "required": ["name", "checkpoint", "state", "lag_events", "last_lag_ms", "events_applied"],
+            "required": ["name", "checkpoint", "state", "lag_events", "last_lag_ms", "events_applied", "mode"],
             "properties": {
                 "name": {"type": "string", "examples": ["catalog", "orders"]},
                 "checkpoint": {"type": "integer", "minimum": 0, "description": "Last position applied."},
-                "state": {"type": "string", "description": "`CatchingUp`, `Live`, `Rebuilding { target: N }`, `Failed { error: \"…\" }` or `Stopped`."},
+                "state": {"type": "string", "description": "`Standby` (PostgreSQL: not applying here; the checkpoint is the table's), `CatchingUp`, `Live`, `Rebuilding { target: N }`, `Failed { error: \"…\" }` or `Stopped`."},
+                "mode": schema_ref("ProjectionMode"),
                 "lag_events": {"type": "integer", "minimum": 0, "description": "Head position minus checkpoint."},
                 "last_lag_ms": {"type": "integer", "minimum": 0, "description": "Milliseconds from the last applied event's commit to its application."},
                 "events_applied": {"type": "integer", "minimum": 0},
@@ -1670,6 +1841,10 @@ mod tests {
         ("/v1/jobs", &[("post", 202)]),
         ("/v1/jobs/{id}", &[("get", 200)]),
         ("/v1/jobs/{id}/cancel", &[("post", 200)]),
+        ("/v1/accounts", &[("post", 201)]),
+        ("/v1/accounts/{id}", &[("get", 200)]),
+        ("/v1/accounts/{id}/deposits", &[("post", 201)]),
+        ("/v1/accounts/{id}/withdrawals", &[("post", 201)]),
     ];
 
     /// Operations that need no token.
@@ -1790,17 +1965,24 @@ mod tests {
             // Commands on an existing product or order take If-Match and answer an ETag.
             let if_match = params.iter().any(|p| p["name"] == "If-Match");
             let entity_command = method != "get"
-                && (path.starts_with("/v1/products/") || path.starts_with("/v1/orders/"));
+                && (path.starts_with("/v1/products/")
+                    || path.starts_with("/v1/orders/")
+                    || path.starts_with("/v1/accounts/"));
             assert_eq!(if_match, entity_command, "If-Match of {method} {path}");
             if entity_command {
                 assert!(success["headers"].get("ETag").is_some());
             }
-            // Shop commands, and only they, take Idempotency-Key (its effect commits with
-            // the record) and document its codes.
+            // Shop commands and bulk-job submission, and only they, take Idempotency-Key (their
+            // effect is tied to the key's record) and document its codes.
             let keyed = params.iter().any(|p| p["name"] == "Idempotency-Key");
             let shop_command = method != "get"
                 && (path.starts_with("/v1/products") || path.starts_with("/v1/orders"));
-            assert_eq!(keyed, shop_command, "Idempotency-Key of {method} {path}");
+            let bulk_submit = method == "post" && path == "/v1/jobs";
+            assert_eq!(
+                keyed,
+                shop_command || bulk_submit,
+                "Idempotency-Key of {method} {path}"
+            );
             if keyed {
                 assert!(success["headers"].get("Idempotent-Replayed").is_some());
                 for (status, code) in [
@@ -1823,6 +2005,13 @@ mod tests {
         assert!(subscribe["responses"]["200"]["content"]
             .get("text/event-stream")
             .is_some());
+        // Before OpenAPI 3.2 the `schema` of an event stream describes ONE event (`data`,
+        // `event`, `id`), which is how validators read it; a bare string failed every event
+        // (found by schemathesis).
+        let event = &subscribe["responses"]["200"]["content"]["text/event-stream"]["schema"];
+        assert_eq!(event["type"], "object");
+        assert_eq!(event["properties"]["data"]["type"], "string");
+        assert_eq!(event["properties"]["id"]["type"], "string");
     }
 
     #[test]

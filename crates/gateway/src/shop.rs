@@ -550,8 +550,7 @@ async fn search_products(
         offset,
     };
     let read = st.read.search_products(search);
-    let ((total, products), position) =
-        query(&st, st.read.catalog(), q.min_position, read).await?;
+    let ((total, products), position) = query(&st, st.read.catalog(), q.min_position, read).await?;
     let body = SearchDto {
         total,
         products: products.into_iter().map(ProductDto::from).collect(),

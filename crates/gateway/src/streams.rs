@@ -327,15 +327,12 @@ pub async fn rebuild_projection(
         .ok_or_else(|| {
             ApiError::not_found("projection_not_found", format!("no projection {name}"))
         })?;
-    handle
-        .rebuild(REBUILD_WAIT)
-        .await
-        .map_err(|e| match e {
-            // Recorded: whichever runner leads next performs it.
-            PgRebuildError::Pending { .. } => ApiError::unavailable("rebuild_pending", e.to_string()),
-            PgRebuildError::Store(e) => e.into(),
-            PgRebuildError::Stopped(m) => ApiError::unavailable("rebuild_failed", m),
-        })?;
+    handle.rebuild(REBUILD_WAIT).await.map_err(|e| match e {
+        // Recorded: whichever runner leads next performs it.
+        PgRebuildError::Pending { .. } => ApiError::unavailable("rebuild_pending", e.to_string()),
+        PgRebuildError::Store(e) => e.into(),
+        PgRebuildError::Stopped(m) => ApiError::unavailable("rebuild_failed", m),
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"name": name, "target_position": st.store.head_position()})),

@@ -260,7 +260,11 @@ impl PgProjectionHandle {
                         s.checkpoint = checkpoint;
                         s.state = ProjectionState::Standby;
                     }
-                    Ok(Err(e)) => s.state = ProjectionState::Failed { error: e.to_string() },
+                    Ok(Err(e)) => {
+                        s.state = ProjectionState::Failed {
+                            error: e.to_string(),
+                        }
+                    }
                     Err(_) => {
                         s.state = ProjectionState::Failed {
                             error: format!("no answer within {SESSION_OP_TIMEOUT:?}"),

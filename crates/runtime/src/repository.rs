@@ -221,6 +221,12 @@ impl Repository {
             }
             tracing::warn!(%stream, version = snapshot.version, position = snapshot.position,
                 "snapshot does not match the event log; rebuilding from events");
+            // Deleted, or its higher version would outrank every rebuilt snapshot.
+            if let Some(snapshots) = &self.snapshots {
+                if let Err(e) = snapshots.store.delete(stream).await {
+                    tracing::warn!(%stream, error = %e, "mismatched snapshot not deleted");
+                }
+            }
         }
         let folded = self.fold_from(stream, A::default(), None, until).await?;
         Ok(folded.expect("a fold without a snapshot has nothing to mismatch"))

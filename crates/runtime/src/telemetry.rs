@@ -12,6 +12,7 @@
 //! (and reach logs and metadata) whether or not an exporter is configured.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -262,17 +263,42 @@ pub fn job_span(job: &Job) -> tracing::Span {
     span
 }
 
+/// Job throughput as this process's queue handle saw it (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct JobCounters {
+    /// Jobs newly enqueued (a unique-key duplicate is not counted), bulk-job items included.
+    pub enqueued: AtomicU64,
+    /// Leases completed (the job's effect is done).
+    pub completed: AtomicU64,
+    /// Failed attempts put back for a retry, and jobs moved to the dead-letter queue.
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+}
+
 /// A [`JobQueue`] that stamps every job enqueued inside a [`scope`] with that scope's
-/// context (in an object payload under [`JOB_TRACE_KEY`]); everything else passes through.
-/// A job already carrying a context keeps it (a fan-out from a job stays in its trace).
+/// context (in an object payload under [`JOB_TRACE_KEY`]) and counts job throughput;
+/// everything else passes through. A job already carrying a context keeps it (a fan-out
+/// from a job stays in its trace).
 pub struct TracedJobQueue {
     inner: Arc<dyn JobQueue>,
+    counters: Arc<JobCounters>,
 }
 
 impl TracedJobQueue {
     pub fn new(inner: Arc<dyn JobQueue>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            counters: Arc::default(),
+        }
     }
+
+    pub fn counters(&self) -> Arc<JobCounters> {
+        self.counters.clone()
+    }
+}
+
+fn count(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 fn stamp(jobs: &mut [NewJob]) {
@@ -293,7 +319,12 @@ impl JobQueue for TracedJobQueue {
         now_ms: i64,
     ) -> Result<Vec<Enqueued>, StoreError> {
         stamp(&mut jobs);
-        self.inner.enqueue(jobs, now_ms).await
+        let out = self.inner.enqueue(jobs, now_ms).await?;
+        count(
+            &self.counters.enqueued,
+            out.iter().filter(|e| e.created).count(),
+        );
+        Ok(out)
     }
 
     async fn lease(
@@ -316,7 +347,12 @@ impl JobQueue for TracedJobQueue {
     }
 
     async fn complete(&self, leases: &[Lease]) -> Result<Vec<bool>, StoreError> {
-        self.inner.complete(leases).await
+        let out = self.inner.complete(leases).await?;
+        count(
+            &self.counters.completed,
+            out.iter().filter(|ok| **ok).count(),
+        );
+        Ok(out)
     }
 
     async fn fail(
@@ -326,7 +362,14 @@ impl JobQueue for TracedJobQueue {
         failure: Failure,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.inner.fail(lease, error, failure, now_ms).await
+        let held = self.inner.fail(lease, error, failure, now_ms).await?;
+        if held {
+            match failure {
+                Failure::RetryAt { .. } => count(&self.counters.retried, 1),
+                Failure::Dead => count(&self.counters.dead, 1),
+            }
+        }
+        Ok(held)
     }
 
     async fn release(&self, leases: &[Lease]) -> Result<Vec<bool>, StoreError> {
@@ -369,7 +412,10 @@ impl JobQueue for TracedJobQueue {
         if let Some(f) = batch.fan_in.as_mut() {
             stamp(std::slice::from_mut(f));
         }
-        self.inner.create_batch(batch, items, now_ms).await
+        let n = items.len();
+        let out = self.inner.create_batch(batch, items, now_ms).await?;
+        count(&self.counters.enqueued, n);
+        Ok(out)
     }
 
     async fn get_batch(&self, id: &str) -> Result<Option<Batch>, StoreError> {

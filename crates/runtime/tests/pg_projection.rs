@@ -1,4 +1,4 @@
-//! Proves the PostgreSQL projection runner against a real PostgreSQL: it builds a read model from the log and stays live at the head; of two competing runners exactly one applies, and when the active one dies (its lock session terminated and its task aborted, as after kill -9) or is fenced out while appends continue, a standby takes over from the committed checkpoint with every event applied exactly once; a rebuild requested from any process gives the same read model. Needs `FICUS_TEST_PG_URL` (skipped without it).
+//! Proves the PostgreSQL projection runner against a real PostgreSQL: it builds a read model from the log and stays live at the head; of two competing runners exactly one applies, and when the active one dies (its lock session terminated and its task aborted, as after kill -9) or is fenced out while appends continue, a standby takes over from the committed checkpoint with every event applied exactly once; a rebuild requested from any process gives the same read model; a process without a runner follows the checkpoint another process commits. Needs `FICUS_TEST_PG_URL` (skipped without it).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -526,4 +526,80 @@ async fn rebuild_from_any_process_gives_the_same_read_model() {
     assert_exactly_once(&admin, a.as_ref()).await;
     shutdown.trigger();
     tokio::time::timeout(WAIT, tc).await.unwrap().unwrap();
+}
+
+/// A process that runs no runner (a query process) follows the projection: its status shows
+/// the checkpoint another process commits, its read-your-writes waits end when that process
+/// has applied, and after a rebuild elsewhere a wait does not trust the stale checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sees_what_another_process_applies() {
+    let Some(url) = test_url() else {
+        eprintln!("skipped: FICUS_TEST_PG_URL is not set");
+        return;
+    };
+    let (config, _guard) = fresh_schema(&url, "pgprojfollow");
+    let admin = ficus_store::postgres::pool(&config).unwrap();
+    let (runner_store, follower_store) = (open(&config).await, open(&config).await);
+    let (sd_follow, sd_run) = (Shutdown::new(), Shutdown::new());
+    // Followed before any runner exists: nothing applied, the tables are not even there.
+    let (follower, follow_task) = PgProjectionHandle::follow(
+        NAME,
+        follower_store.pool().clone(),
+        follower_store.clone(),
+        sd_follow.clone(),
+    );
+    assert!(!follower.runs_here());
+    assert_eq!(follower.checkpoint().await.unwrap(), 0);
+    assert!(matches!(
+        follower.wait_for(1, Duration::from_millis(200)).await,
+        Err(WaitError::Lagging {
+            checkpoint: 0,
+            wanted: 1
+        })
+    ));
+    append_some(runner_store.as_ref(), 40, 3).await;
+    let head = runner_store.head_position();
+    let (runner, run_task) = spawn(&runner_store, &sd_run);
+    assert_eq!(follower.wait_for(head, WAIT).await.unwrap(), head);
+    eventually("the follower's status reaches the head", || {
+        let s = follower.status();
+        s.checkpoint == head && s.state == ProjectionState::Standby && !s.is_active()
+    })
+    .await;
+    assert_eq!(
+        ficus_runtime::ReadModelHandle::Postgres(follower.clone()).mode(),
+        "follower"
+    );
+    assert_eq!(
+        ficus_runtime::ReadModelHandle::Postgres(runner.clone()).mode(),
+        "active"
+    );
+
+    // A rebuild requested by the follower waits in the table while no runner is active.
+    sd_run.trigger();
+    tokio::time::timeout(WAIT, run_task).await.unwrap().unwrap();
+    assert!(matches!(
+        follower.rebuild(Duration::from_millis(200)).await,
+        Err(PgRebuildError::Pending { .. })
+    ));
+    // The next runner performs it: it replays the whole log although the checkpoint it took
+    // over was already the head.
+    let sd_run = Shutdown::new();
+    let (runner, run_task) = spawn(&runner_store, &sd_run);
+    eventually("the pending rebuild is performed", || {
+        let s = runner.status();
+        s.events_applied == head && s.checkpoint == head
+    })
+    .await;
+    assert_eq!(follower.wait_for(head, WAIT).await.unwrap(), head);
+    assert_exactly_once(&admin, runner_store.as_ref()).await;
+
+    sd_follow.trigger();
+    tokio::time::timeout(WAIT, follow_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(follower.status().state, ProjectionState::Stopped);
+    sd_run.trigger();
+    tokio::time::timeout(WAIT, run_task).await.unwrap().unwrap();
 }

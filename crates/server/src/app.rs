@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ficus_domain::jobs::{BulkJobs, ShopJobHandler, SHOP_QUEUE};
+use ficus_domain::pg_read_models::{PgCatalogProjection, PgOrdersProjection};
 use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
+use ficus_domain::read_side::ShopReadSide;
 use ficus_domain::service::Shop;
 use ficus_gateway::{ApiConfig, AppState, Auth};
-use ficus_domain::pg_read_models::{PgCatalogProjection, PgOrdersProjection};
-use ficus_domain::read_side::ShopReadSide;
 use ficus_runtime::{
-    PgProjection, PgProjectionHandle, PgProjectionRunner, PoolConfig, ProjectionRunner,
-    Repository, Shutdown, WorkerPool,
+    PgProjection, PgProjectionHandle, PgProjectionRunner, PoolConfig, ProjectionRunner, Repository,
+    Shutdown, WorkerPool,
 };
 use ficus_store::nats::{BusConfig, BusSubscriber, NatsBus};
 use ficus_store::postgres::{
@@ -29,8 +29,10 @@ use tokio::task::JoinHandle;
 pub const SECRET_ENV: &str = "FICUS_AUTH_HS256_SECRET";
 
 /// Longest a client may take to send a request's headers; a slower one (slowloris) has its
-/// connection closed, so it cannot hold a connection and its task open for free.
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// connection closed, so it cannot hold a connection and its task open for free. hyper also
+/// runs this clock while a keep-alive connection waits for its next request, so it is the
+/// idle keep-alive limit too: 30 s, hyper's own default once a timer is given.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything `ficus serve` needs.
 #[derive(Debug, Clone)]
@@ -371,7 +373,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         OpenStore::Postgres(s) => Arc::new(ficus_store::postgres::PgSnapshotStore::for_store(s)),
     };
     // Jobs enqueued while serving a request carry its correlation and trace ids.
-    let jobs: Arc<dyn JobQueue> = Arc::new(ficus_runtime::telemetry::TracedJobQueue::new(jobs));
+    let traced = ficus_runtime::telemetry::TracedJobQueue::new(jobs);
+    let job_counters = traced.counters();
+    let jobs: Arc<dyn JobQueue> = Arc::new(traced);
     let shutdown = Shutdown::new();
     let (read, projections) = start_read_side(&cfg, &store, &dyn_store, &shutdown)?;
     let shop = Shop::new(Repository::new(dyn_store.clone()).with_snapshots(snapshots));
@@ -413,7 +417,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
         config: Arc::new(cfg.api.clone()),
         shutdown: shutdown.clone(),
-        http_metrics: Default::default(),
+        http_metrics: Arc::new(ficus_gateway::metrics::HttpMetrics::with_job_counters(
+            job_counters,
+        )),
         backend,
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
     };

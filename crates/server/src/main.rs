@@ -81,6 +81,13 @@ enum Command {
             default_value_t = 5000
         )]
         read_your_writes_timeout_ms: u64,
+        /// How long an `Idempotency-Key` answers repeats, in seconds; then it is purged.
+        #[arg(long, env = "FICUS_IDEMPOTENCY_RETENTION_SECS", default_value_t = 48 * 3600)]
+        idempotency_retention_secs: u64,
+        /// How long a keyed command holds its key before a retry may take it over (the holder
+        /// is presumed dead), in milliseconds.
+        #[arg(long, env = "FICUS_IDEMPOTENCY_LEASE_MS", default_value_t = 30_000)]
+        idempotency_lease_ms: u64,
         /// Lease length of a job item; a worker that dies is replaced after this long.
         #[arg(long, env = "FICUS_JOB_VISIBILITY_MS", default_value_t = 30_000)]
         job_visibility_ms: u64,
@@ -97,7 +104,7 @@ enum Command {
         #[arg(long, env = "FICUS_JOB_MAX_CONCURRENCY", default_value_t = 64)]
         job_max_concurrency: usize,
         /// Longest a client may take to send request headers, in milliseconds.
-        #[arg(long, env = "FICUS_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+        #[arg(long, env = "FICUS_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
         header_read_timeout_ms: u64,
     },
     /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
@@ -282,6 +289,24 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Load time of one aggregate as its stream grows, with and without snapshots (SQLite).
+    Snapshots {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100,1000,10000,100000,1000000"
+        )]
+        lengths: Vec<u64>,
+        /// Loads measured per length (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        loads: usize,
+        /// Directory for the benchmark's databases (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
     /// Durable single-event appends/s and ack latency at several writer counts.
     Append {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
@@ -413,6 +438,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_body_bytes,
             read_your_writes_timeout_ms,
+            idempotency_retention_secs,
+            idempotency_lease_ms,
             job_visibility_ms,
             job_concurrency,
             job_max_concurrency,
@@ -434,6 +461,8 @@ async fn main() -> anyhow::Result<()> {
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
+            cfg.api.idempotency.retention = Duration::from_secs(idempotency_retention_secs.max(1));
+            cfg.api.idempotency.lease = Duration::from_millis(idempotency_lease_ms.max(100));
             cfg.shop_pool.visibility = Duration::from_millis(job_visibility_ms.max(100));
             cfg.shop_pool.concurrency = job_concurrency.max(1);
             cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
@@ -472,6 +501,30 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             r?;
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Snapshots {
+                    lengths,
+                    loads,
+                    dir,
+                    json_out,
+                },
+        } => {
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
+            let (dir, remove) = match dir {
+                Some(d) => (d, false),
+                None => (temp_dir("ficus-bench"), true),
+            };
+            let out = bench::snapshots::run(&dir, &lengths, loads).await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let out = out?;
+            if let Some(p) = json_out {
+                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
         }
         Command::Bench {
             which:

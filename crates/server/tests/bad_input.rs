@@ -488,6 +488,30 @@ async fn slowloris_connection_is_closed_by_the_header_read_timeout() {
     s.running.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_keep_alive_client_is_not_cut_off() {
+    let s = Server::start().await;
+    let mut conn = TcpStream::connect(s.addr()).await.unwrap();
+    // Three requests on one connection, each well inside the header-read timeout.
+    for _ in 0..3 {
+        conn.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("answer on the kept-alive connection")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        tokio::time::sleep(HEADER_TIMEOUT / 3).await;
+    }
+    s.running.stop().await.unwrap();
+}
+
 #[test]
 fn the_default_header_read_timeout_is_set() {
     let cfg = ServerConfig::new("/tmp/unused", "127.0.0.1:0".parse().unwrap());

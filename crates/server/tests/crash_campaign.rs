@@ -469,8 +469,8 @@ async fn check(ctx: &Ctx, round: usize) {
             }
         }
     }
-    let acked = ctx.acked.lock().unwrap();
-    for ((stream, version), position) in &acked.events {
+    let acked_events = ctx.acked.lock().unwrap().events.clone();
+    for ((stream, version), position) in &acked_events {
         assert_eq!(
             at.get(&(stream.clone(), *version)),
             Some(position),
@@ -483,7 +483,6 @@ async fn check(ctx: &Ctx, round: usize) {
             "round {round}: job item {cause} took effect {n} times (FICUS_CRASH_SEED={seed})"
         );
     }
-    drop(acked);
 
     // Read models equal a rebuild from the log (no writes arrive now: jobs have settled).
     let head = log.len() as u64;

@@ -2,7 +2,8 @@
 //! moves in exact minor units with no overdraft, only the owner or an admin may act, bad input
 //! is a 4xx with a code and changes nothing, an account is read as of a past version or
 //! instant (time travel), and events written at an older schema version (v1) are read in
-//! their current shape by the aggregate and the raw stream API alike.
+//! their current shape by the aggregate and the raw stream API alike; `ficus bench snapshots`
+//! prints its figures.
 
 use std::time::Duration;
 
@@ -202,6 +203,19 @@ async fn money_moves_exactly_and_only_for_the_owner_or_an_admin(b: Backend) {
         (r.body["owner_id"].as_str(), r.body["currency"].as_str()),
         (Some("bob"), Some("USD"))
     );
+    // The routes are in the served contract.
+    let doc = s.get("/v1/openapi.json", "").await.ok(200);
+    for path in [
+        "/v1/accounts",
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/deposits",
+        "/v1/accounts/{id}/withdrawals",
+    ] {
+        assert!(
+            doc.body["paths"].get(path).is_some(),
+            "OpenAPI lacks {path}"
+        );
+    }
     s.stop().await;
 }
 
@@ -360,12 +374,14 @@ async fn events_of_an_older_schema_read_in_the_current_shape(b: Backend) {
             json!({"account_id": "legacy-1", "amount": "2.25", "at_ms": 3}),
         ),
     ];
-    s.running
+    let first = s
+        .running
         .state
         .store
         .append(&stream, ExpectedVersion::NoStream, old)
         .await
-        .unwrap();
+        .unwrap()
+        .first_position;
     let r = s.account("legacy-1", "").await.ok(200);
     assert!(r.text.contains(r#""balance":10.25"#), "{}", r.text);
     assert_eq!(r.body["owner_id"], "ann");
@@ -387,12 +403,151 @@ async fn events_of_an_older_schema_read_in_the_current_shape(b: Backend) {
     assert_eq!(events[1]["data"]["amount"], 1250);
     assert_eq!(events[2]["data"]["amount"], 225);
     assert_eq!(events[3]["data"]["amount"], 75);
+
+    // A live subscription (SSE) too: the history, then a v1 event an old process still wrote.
+    let resp = s
+        .http
+        .get(format!(
+            "{}/v1/subscribe?from_position={first}",
+            s.running.url()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut sse = resp.bytes_stream();
+    let mut text = String::new();
+    let mut seen: Vec<Value> = Vec::new();
+    let mut live_sent = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 5 {
+        if seen.len() == 4 && !live_sent {
+            live_sent = true;
+            s.running
+                .state
+                .store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(4),
+                    vec![v1(
+                        "MoneyDeposited",
+                        json!({"account_id": "legacy-1", "amount": "0.05", "at_ms": 5}),
+                    )],
+                )
+                .await
+                .unwrap();
+        }
+        let chunk = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut sse))
+            .await
+            .expect("SSE delivers within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        // Only whole lines: a chunk may end inside one.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        seen = whole
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .filter(|e: &Value| e["stream"] == "account-legacy-1")
+            .collect();
+    }
+    assert!(seen.iter().all(|e| e["schema_version"] == 2), "{seen:?}");
+    assert_eq!(seen[4]["data"]["amount"], 5);
+    s.stop().await;
+}
+
+async fn snapshots_are_taken_in_the_background_and_bad_ones_rebuilt(b: Backend) {
+    let s = Srv::start(b).await;
+    let id = s.open().await;
+    // Deposits of 0.01 .. 1.20: the version reaches 121, crossing 100.
+    for i in 1..=120 {
+        s.deposit(&id, &format!("{}.{:02}", i / 100, i % 100))
+            .await
+            .ok(201);
+    }
+    let snapshots = s
+        .running
+        .state
+        .shop
+        .repository()
+        .snapshot_store()
+        .expect("the server keeps snapshots")
+        .clone();
+    let stream = StreamId::new(format!("account-{id}")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(snap) = snapshots.load(&stream).await.unwrap() {
+            break snap;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(taken.version, 100);
+    let balance = r#""balance":72.60"#; // 120 × 121 / 2 cents
+    let r = s.account(&id, "").await.ok(200);
+    assert!(r.text.contains(balance), "{}", r.text);
+    // A snapshot that no longer decodes is discarded and the account read from its events.
+    let mut broken = taken.clone();
+    broken.state = json!({"details": "not an account"});
+    snapshots.save(&broken).await.unwrap();
+    let r = s.account(&id, "").await.ok(200);
+    assert!(r.text.contains(balance), "{}", r.text);
+    assert_eq!(r.body["version"], 121);
+    let r = s.account(&id, "?as_of_version=100").await.ok(200);
+    assert!(r.text.contains(r#""balance":49.50"#), "{}", r.text);
+    // ...and rebuilt in the background by the load that had to fold every event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while snapshots.load(&stream).await.unwrap().map(|s| s.version) != Some(121) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot was not rebuilt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.stop().await;
 }
 
 on_both_backends!(
+    snapshots_are_taken_in_the_background_and_bad_ones_rebuilt,
     money_moves_exactly_and_only_for_the_owner_or_an_admin,
     bad_input_is_refused_and_changes_nothing,
     time_travel_by_version_and_by_timestamp,
     events_of_an_older_schema_read_in_the_current_shape,
 );
+
+/// `ficus bench snapshots` runs end to end (at small lengths) and prints a figure per length;
+/// it fails by itself if the loads with and without snapshots disagree.
+#[test]
+fn bench_snapshots_prints_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args([
+            "bench",
+            "snapshots",
+            "--lengths",
+            "100,250",
+            "--loads",
+            "1",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run ficus bench snapshots");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows[1].trim_start().starts_with("250 "), "{text}");
+}

@@ -2153,6 +2153,15 @@ async fn openapi_health_and_projection_rebuild(b: Backend) {
         names.contains(&"catalog") && names.contains(&"orders"),
         "{names:?}"
     );
+    // On PostgreSQL the queries above were answered from the PostgreSQL read model, applied
+    // by this process's runner, which holds the projection's lock.
+    let catalog = &r.body["projections"][names.iter().position(|n| *n == "catalog").unwrap()];
+    let mode = if b == Backend::Sqlite {
+        "local"
+    } else {
+        "active"
+    };
+    assert_eq!(catalog["mode"], mode, "{catalog}");
 
     let r = s
         .post("/v1/projections/catalog/rebuild", &s.admin, json!({}))

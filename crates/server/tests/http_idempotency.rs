@@ -520,7 +520,91 @@ async fn records_are_purged_after_the_window(b: Backend) {
     srv.stop().await;
 }
 
+async fn bulk_submission_fans_out_once_per_key(b: Backend) {
+    let srv = Srv::start(b, |_| {}).await;
+    srv.send(Method::POST, "/v1/products", SELLER, None, PRODUCT, None)
+        .await
+        .ok(201);
+    let job = r#"{"kind":"reprice_category","params":{"category":"home","percent":10}}"#;
+    let first = srv
+        .keyed_post("/v1/jobs", SELLER, "reprice", job)
+        .await
+        .ok(202);
+    let again = srv
+        .keyed_post("/v1/jobs", SELLER, "reprice", job)
+        .await
+        .ok(202);
+    assert!(again.replayed());
+    assert_eq!(again.text, first.text, "the same bulk job");
+    // A holder that died after creating its batch but before its answer was recorded: the
+    // retry (after the lease) finds that batch under the key's effect id instead of fanning
+    // out again.
+    let print = ficus_gateway::idempotency::fingerprint(
+        &axum::http::Method::POST,
+        "/v1/jobs",
+        job.as_bytes(),
+    );
+    let state = &srv.running.state;
+    let got = state
+        .idempotency
+        .claim(&ClaimRequest {
+            scope: SELLER,
+            key: "crashed",
+            fingerprint: &print,
+            now_ms: ficus_store::now_ms(),
+            lease_ms: 1,
+            retention_ms: 3_600_000,
+        })
+        .await
+        .unwrap();
+    let Claim::Owned(dead) = got else {
+        panic!("{got:?}")
+    };
+    let id = ficus_gateway::idempotency::effect_id(SELLER, "crashed", dead.created_at_ms);
+    let actor = ficus_domain::service::Actor {
+        user_id: SELLER.into(),
+        roles: vec!["seller".into()],
+    };
+    let params = json!({"category": "home", "percent": 10});
+    let left_behind = state
+        .bulk
+        .submit_with_id(
+            &actor,
+            &id,
+            "reprice_category",
+            params,
+            ficus_store::now_ms(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let retry = srv
+        .keyed_post("/v1/jobs", SELLER, "crashed", job)
+        .await
+        .ok(202);
+    assert!(!retry.replayed(), "the dead holder recorded nothing");
+    assert_eq!(
+        retry.body["id"],
+        json!(id),
+        "the earlier batch, not a second one"
+    );
+    assert_eq!(
+        retry.body["created_at"],
+        json!(ficus_core::time::format_rfc3339_ms(
+            left_behind.created_at_ms
+        ))
+    );
+    let replay = srv
+        .keyed_post("/v1/jobs", SELLER, "crashed", job)
+        .await
+        .ok(202);
+    assert!(replay.replayed());
+    assert_eq!(replay.body["id"], json!(id));
+    srv.stop().await;
+}
+
 on_both_backends!(
+    bulk_submission_fans_out_once_per_key,
     replay_returns_the_first_answer_without_a_second_effect,
     ten_identical_requests_at_once_have_one_effect,
     a_repeat_waits_for_the_first_in_flight_then_conflicts,
@@ -530,3 +614,52 @@ on_both_backends!(
     bad_keys_are_refused_with_400,
     records_are_purged_after_the_window,
 );
+
+/// Not a check but a figure: the cost of a key on a command, sequential restocks of one
+/// product without and with a fresh `Idempotency-Key` each. Run with
+/// `cargo test --release -p ficus-server --test http_idempotency -- --ignored --nocapture`.
+async fn measure_key_overhead(b: Backend) {
+    const COMMANDS: usize = 300;
+    let srv = Srv::start(b, |_| {}).await;
+    let product = srv
+        .send(Method::POST, "/v1/products", SELLER, None, PRODUCT, None)
+        .await
+        .ok(201);
+    let path = format!(
+        "/v1/products/{}/stock",
+        product.body["id"].as_str().unwrap()
+    );
+    let stock = r#"{"warehouse":"main","delta":1}"#;
+    let mut per_command_us = Vec::new();
+    for keyed in [false, true] {
+        let started = Instant::now();
+        for i in 0..COMMANDS {
+            let key = keyed.then(|| HeaderValue::from_str(&format!("m-{i}")).unwrap());
+            srv.send(Method::POST, &path, SELLER, key, stock, None)
+                .await
+                .ok(200);
+        }
+        per_command_us.push(started.elapsed().as_micros() / COMMANDS as u128);
+    }
+    eprintln!(
+        "{b:?}: {COMMANDS} sequential commands, {} µs each without a key, {} µs with one",
+        per_command_us[0], per_command_us[1]
+    );
+    srv.stop().await;
+}
+
+mod measure {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn key_overhead_sqlite() {
+        super::measure_key_overhead(super::Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn key_overhead_postgres() {
+        if super::Backend::Postgres.available() {
+            super::measure_key_overhead(super::Backend::Postgres).await
+        }
+    }
+}

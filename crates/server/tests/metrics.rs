@@ -193,14 +193,49 @@ bulkhead = {{ max_concurrent = 1, max_wait_ms = 10 }}
             .json(&json!({"name": format!("Item {i}"), "category": "load", "price": 5, "currency": "EUR"}))
             .send()
     });
-    let mut product = String::new();
+    let (mut product, mut head) = (String::new(), 0);
     for r in futures::future::join_all(creates).await {
         let r = r.unwrap();
         assert_eq!(r.status(), 201);
-        product = r.json::<serde_json::Value>().await.unwrap()["id"]
-            .as_str()
+        let body: serde_json::Value = r.json().await.unwrap();
+        product = body["id"].as_str().unwrap().to_owned();
+        head = head.max(body["position"].as_u64().unwrap());
+    }
+    // Job throughput: a bulk job of 24 items runs through the worker pool.
+    let r = http
+        .get(format!(
+            "{base}/v1/products?category=load&limit=1&min_position={head}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&seller)
+        .json(&json!({"kind": "reprice_category", "params": {"category": "load", "percent": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let bulk: serde_json::Value = r.json().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let b: serde_json::Value = http
+            .get(format!("{base}/v1/jobs/{}", bulk["id"].as_str().unwrap()))
+            .bearer_auth(&seller)
+            .send()
+            .await
             .unwrap()
-            .to_owned();
+            .json()
+            .await
+            .unwrap();
+        if b["state"] != "running" {
+            assert_eq!(b["done"], 24, "{b}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "bulk job stuck: {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     // Saturation: a query waiting for a far position is in flight while we scrape, then
     // fails with a 5xx; a live SSE subscriber holds a slot.
@@ -327,6 +362,12 @@ bulkhead = {{ max_concurrent = 1, max_wait_ms = 10 }}
         ),
         batches
     );
+    // Job throughput: 24 items and 5 direct jobs enqueued (the fan-in is enqueued by the store
+    // itself when the batch ends), the items completed, one dead.
+    grew("ficus_jobs_enqueued_total", &[], 29.0);
+    grew("ficus_jobs_completed_total", &[], 24.0);
+    grew("ficus_jobs_dead_total", &[], 1.0);
+    assert!(has_family(&after, "ficus_jobs_retried_total"));
     // Projection position moves; lag is reported in events and ms.
     grew(
         "ficus_projection_checkpoint",

@@ -205,7 +205,7 @@ async fn bad_tokens_are_refused_with_401() {
             "exp not a number",
         ),
         (
-            hand_made(&hs, &json!(["admin"]), SECRET),
+            hand_made(&hs, &json!(["mallory", ["admin"]]), SECRET),
             "claims not an object",
         ),
         ("garbage".into(), "garbage"),

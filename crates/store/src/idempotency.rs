@@ -81,6 +81,9 @@ pub struct Ticket {
     pub scope: String,
     pub key: String,
     pub token: i64,
+    /// When the key's record was created; kept across takeovers, so (scope, key, created)
+    /// names this use of the key even after a crash (a retry derives the same effect id).
+    pub created_at_ms: i64,
 }
 
 /// What [`IdempotencyStore::claim`] found.
@@ -260,7 +263,9 @@ pub(crate) fn judge(existing: &IdempotencyRecord, req: &ClaimRequest<'_>) -> Jud
     match &existing.response {
         Some(r) => Judgement::Decided(Claim::Replay(r.clone())),
         None if live_claim => Judgement::Decided(Claim::InProgress),
-        None => Judgement::TakeOver,
+        None => Judgement::TakeOver {
+            created_at_ms: existing.created_at_ms,
+        },
     }
 }
 
@@ -268,6 +273,8 @@ pub(crate) enum Judgement {
     /// No usable record: write a new one.
     Fresh,
     /// An abandoned claim: give it a new token and lease, keep its creation time.
-    TakeOver,
+    TakeOver {
+        created_at_ms: i64,
+    },
     Decided(Claim),
 }

@@ -48,6 +48,10 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
     /// Keeps `snapshot` unless the stream already has one with a higher version.
     async fn save(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// Forgets the stream's snapshot: the repository found it does not match the log, and a
+    /// newer-looking one would otherwise outrank every rebuild.
+    async fn delete(&self, stream: &StreamId) -> Result<(), StoreError>;
 }
 
 /// The snapshot's state as stored text, refused when over [`MAX_SNAPSHOT_BYTES`].
@@ -101,6 +105,11 @@ impl SnapshotStore for MemSnapshotStore {
         if !newer_kept {
             map.insert(snapshot.stream.clone(), snapshot.clone());
         }
+        Ok(())
+    }
+
+    async fn delete(&self, stream: &StreamId) -> Result<(), StoreError> {
+        self.lock().remove(stream);
         Ok(())
     }
 }

@@ -55,7 +55,7 @@ mod postgres {
                 .await
                 .expect("open the PostgreSQL event store"),
         );
-        // The guard goes last: the schema is dropped after the store's handles.
+        // The check consumes both handles; the guard, dropped after it, drops the schema.
         Some((store.clone(), store, Box::new(guard)))
     }
 

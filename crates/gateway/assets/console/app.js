@@ -149,6 +149,7 @@ async function scrape() {
   const now = {
     at: performance.now(),
     requests: sum(ms, "ficus_http_requests_total"),
+    jobsDone: sum(ms, "ficus_jobs_completed_total"),
     errors: sum(ms, "ficus_http_requests_total", (l) => l.status >= "500"),
     latencySum: sum(ms, "ficus_http_request_duration_seconds_sum"),
     latencyCount: sum(ms, "ficus_http_request_duration_seconds_count"),
@@ -160,6 +161,7 @@ async function scrape() {
     const dn = now.latencyCount - lastScrape.latencyCount;
     samples.push({
       rps: (now.requests - lastScrape.requests) / dt,
+      jobsPerSec: (now.jobsDone - lastScrape.jobsDone) / dt,
       mean: dn > 0 ? ((now.latencySum - lastScrape.latencySum) / dn) * 1000 : 0,
       p95: bucketDelta(lastScrape.buckets, now.buckets, 0.95) * 1000,
     });
@@ -188,7 +190,7 @@ function drawChart() {
     g.textAlign = "right"; g.fillText((maxRps * (1 - i / 4)).toFixed(maxRps < 10 ? 1 : 0), pad.l - 6, y + 4);
     g.textAlign = "left"; g.fillText((maxMs * (1 - i / 4)).toFixed(maxMs < 10 ? 1 : 0), w - pad.r + 6, y + 4);
   }
-  g.fillText("req/s", 4, pad.t + 4); g.textAlign = "right"; g.fillText("ms", w - 4, h - 6);
+  g.textAlign = "left"; g.fillText("req/s", 4, h - 6); g.textAlign = "right"; g.fillText("ms", w - 4, h - 6);
   const x = (i) => pad.l + (pw * i) / Math.max(1, CHART_POINTS - 1) + pw * (CHART_POINTS - samples.length) / Math.max(1, CHART_POINTS - 1);
   const line = (key, max, color, fill) => {
     if (samples.length < 2) return;
@@ -213,17 +215,18 @@ async function refreshOverview() {
   const m = await scrape();
   drawChart();
   if (!m) return;
-  const s = samples[samples.length - 1] || { rps: 0, mean: 0 };
+  const s = samples[samples.length - 1] || { rps: 0, mean: 0, jobsPerSec: 0 };
   const g = (name) => sum(m.ms, name);
   const lag = Math.max(0, ...m.ms.filter((x) => x.name === "ficus_projection_lag_events").map((x) => x.value));
   const dead = g("ficus_queue_dead");
   $("#overview-cards").replaceChildren(
-    stat("Requests/s", s.rps.toFixed(1)),
-    stat("Mean latency", `${s.mean.toFixed(1)} ms`),
+    stat("Requests/s", s.rps.toFixed(s.rps >= 100 ? 0 : 1)),
+    stat("Latency", `${s.mean.toFixed(1)} ms`),
     stat("5xx errors", m.errors, m.errors > 0),
     stat("Log head", g("ficus_event_store_head_position")),
-    stat("Projection lag", `${lag} ev`, lag > 1000),
+    stat("Read lag", `${lag} ev`, lag > 1000),
     stat("Jobs ready", g("ficus_queue_ready")),
+    stat("Jobs done/s", s.jobsPerSec.toFixed(s.jobsPerSec >= 100 ? 0 : 1)),
     stat("Dead letters", dead, dead > 0),
   );
 }
@@ -414,6 +417,30 @@ async function deadAction(kind) {
   await refreshQueues();
 }
 
+// A bulk job's progress: finished items (done + dead + cancelled) over its total.
+let batchId = null;
+async function refreshBatch() {
+  if (!batchId) return;
+  let b;
+  try {
+    b = await api("GET", `/v1/jobs/${encodeURIComponent(batchId)}`);
+  } catch (e) {
+    $("#batch-view").replaceChildren(el("span", { class: "error" }, e.message));
+    batchId = null;
+    return;
+  }
+  const pct = Math.round(100 * b.progress);
+  $("#batch-view").replaceChildren(
+    el("div", { class: "split-row" },
+      el("b", {}, b.kind), pill(b.state, b.state === "running" ? "warn" : b.dead ? "bad" : "ok"),
+      el("div", { class: `bar wide${b.dead ? " bad" : ""}`, title: `${pct} %` }, el("span", { style: `width:${pct}%` })),
+      el("span", { class: "batch-pct" }, `${pct} %`)),
+    el("div", { class: "nums" },
+      el("span", {}, "total ", el("b", {}, b.total)), el("span", {}, "done ", el("b", {}, b.done)),
+      el("span", {}, "dead ", el("b", {}, b.dead)), el("span", {}, "cancelled ", el("b", {}, b.cancelled))),
+    b.result ? el("pre", {}, JSON.stringify(b.result, null, 2)) : "");
+}
+
 // ---- façade routes -------------------------------------------------------------------
 
 function routeCard(r) {
@@ -436,7 +463,11 @@ function routeCard(r) {
     refresh();
   });
   const breakers = s.breakers || {};
-  const br = (side) => (breakers[side] ? pill(`${side}: ${breakers[side].state}`, stateKind(breakers[side].state)) : "");
+  const br = (side) => (breakers[side]
+    ? pill(`breaker ${side}: ${breakers[side].state} · tripped ${breakers[side].times_opened}×`, stateKind(breakers[side].state))
+    : "");
+  const ref = s.refusals || {};
+  const refused = (ref.rate_limited || 0) + (ref.circuit_open || 0) + (ref.bulkhead_full || 0);
   return el("div", { class: "route", "data-route": r.name },
     el("div", { class: "route-head" }, el("h2", {}, r.name), el("span", { class: "mono muted" }, `${(r.methods || []).join(",") || "*"} ${r.path_prefix}`)),
     el("div", { class: "split" }, el("span", { class: "muted" }, "legacy"), slider, el("span", { class: "muted" }, "new"), label),
@@ -444,6 +475,8 @@ function routeCard(r) {
       el("span", {}, "legacy requests ", el("b", {}, (s.legacy || {}).requests ?? 0)),
       el("span", {}, "new requests ", el("b", {}, (s.new || {}).requests ?? 0)),
       el("span", {}, "shadow mismatch ", el("b", { class: "mismatch" }, rate)),
+      el("span", { title: `rate limit ${ref.rate_limited || 0} · open breaker ${ref.circuit_open || 0} · full bulkhead ${ref.bulkhead_full || 0}` },
+        "refused ", el("b", { class: "refused" }, refused)),
       br("legacy"), br("new")),
     sh.samples && sh.samples.length ? el("details", {}, el("summary", { class: "muted" }, `${sh.samples.length} sample diff(s)`), el("pre", {}, JSON.stringify(sh.samples, null, 2))) : "");
 }
@@ -477,7 +510,7 @@ async function refresh() {
     else { scrape().catch(() => {}); }
     if (current === "streams") await refreshLog();
     if (current === "projections") await refreshProjections();
-    if (current === "queues") await refreshQueues();
+    if (current === "queues") { await refreshQueues(); await refreshBatch(); }
     if (current === "routes") await refreshRoutes();
   } catch (e) {
     if (e.status !== 401) $("#status-dot").className = "dot bad";
@@ -493,6 +526,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#follow").addEventListener("click", () => (follow ? stopFollow() : startFollow().catch((e) => toast(e.message, true))));
   $("#stream-open").addEventListener("click", () => $("#stream-id").value.trim() && readStream($("#stream-id").value.trim()));
   $("#event-close").addEventListener("click", () => ($("#event-detail").hidden = true));
+  $("#batch-open").addEventListener("click", () => { batchId = $("#batch-id").value.trim() || null; refreshBatch(); });
   $("#redrive").addEventListener("click", () => deadAction("redrive"));
   $("#purge").addEventListener("click", () => deadAction("purge"));
   $("#dead-all").addEventListener("change", (ev) => document.querySelectorAll("#dead-table tbody input").forEach((c) => (c.checked = ev.target.checked)));

@@ -739,7 +739,9 @@ impl Gateway {
             None => None,
             Some(Ok(a)) => Some(a),
             Some(Err(wait)) => {
-                table.stats[i].breaker_refused.fetch_add(1, Ordering::Relaxed);
+                table.stats[i]
+                    .breaker_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 return self.unavailable(
                     route,
                     "circuit_open",
@@ -762,7 +764,7 @@ impl Gateway {
                             Duration::from_secs(1),
                             rate_headers.as_ref(),
                             self.last_good_for(route, &method, &path, &query),
-                        )
+                        );
                     }
                 }
             }
@@ -1269,7 +1271,10 @@ impl Gateway {
             }
         }
         let name = "ficus_gateway_bulkhead_capacity";
-        let _ = writeln!(out, "# HELP {name} Bulkhead slots per route and side.\n# TYPE {name} gauge");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bulkhead slots per route and side.\n# TYPE {name} gauge"
+        );
         for r in &table.config.routes {
             if let Some(cfg) = &r.bulkhead {
                 let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", r.name, cfg.max_concurrent);
@@ -1322,6 +1327,11 @@ impl Gateway {
                     "new": stats.new.json(),
                     "shadow": stats.shadow.json(),
                     "breakers": {"legacy": breaker(Side::Legacy), "new": breaker(Side::New)},
+                    "refusals": {
+                        "rate_limited": stats.rate_limited.load(Ordering::Relaxed),
+                        "circuit_open": stats.breaker_refused.load(Ordering::Relaxed),
+                        "bulkhead_full": stats.bulkhead_full.load(Ordering::Relaxed),
+                    },
                 });
                 v
             })

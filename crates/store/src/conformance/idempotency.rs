@@ -181,6 +181,11 @@ pub async fn live_claim_is_in_progress_and_expired_one_is_taken_over(
     // The holder is presumed dead once its lease ran out: a retry takes the key over.
     let second = owned(&*keys, &req("alice", "k", "fp", T0 + LEASE_MS)).await;
     assert_ne!(first.token, second.token);
+    assert_eq!(
+        (first.created_at_ms, second.created_at_ms),
+        (T0, T0),
+        "the same use of the key"
+    );
     let rec = keys.get("alice", "k").await.unwrap().unwrap();
     assert_eq!(rec.token, second.token);
     assert_eq!(

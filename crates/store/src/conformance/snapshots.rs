@@ -26,7 +26,8 @@ macro_rules! snapshot_store_conformance {
         $crate::snapshot_store_conformance!(@tests $make, $mode;
             missing_stream_has_no_snapshot, save_then_load_round_trips,
             newer_wins_whatever_the_order, same_version_replaces, streams_are_independent,
-            oversized_or_empty_snapshots_are_refused, concurrent_saves_keep_the_newest);
+            oversized_or_empty_snapshots_are_refused, concurrent_saves_keep_the_newest,
+            delete_forgets_only_that_stream);
     };
     ($make:path) => {
         $crate::snapshot_store_conformance!(@list $make, required);
@@ -116,6 +117,19 @@ pub async fn oversized_or_empty_snapshots_are_refused(store: Arc<dyn SnapshotSto
         latest(&store, "account-1").await,
         Some(snap("account-1", 4, 1))
     );
+}
+
+pub async fn delete_forgets_only_that_stream(store: Arc<dyn SnapshotStore>) {
+    store.save(&snap("account-a", 30, 1)).await.unwrap();
+    store.save(&snap("account-b", 9, 1)).await.unwrap();
+    let a = StreamId::new("account-a").unwrap();
+    store.delete(&a).await.unwrap();
+    store.delete(&a).await.unwrap();
+    assert_eq!(latest(&store, "account-a").await, None);
+    assert_eq!(latest(&store, "account-b").await.unwrap().version, 9);
+    // After a delete an older version is welcome again.
+    store.save(&snap("account-a", 3, 1)).await.unwrap();
+    assert_eq!(latest(&store, "account-a").await.unwrap().version, 3);
 }
 
 pub async fn concurrent_saves_keep_the_newest(store: Arc<dyn SnapshotStore>) {

@@ -33,11 +33,14 @@ impl IdempotencyStore for MemEventStore {
         let mut keys = self.keys();
         let id = (req.scope.to_owned(), req.key.to_owned());
         let token = new_token();
-        let owned = Claim::Owned(Ticket {
-            scope: id.0.clone(),
-            key: id.1.clone(),
-            token,
-        });
+        let owned = |created_at_ms| {
+            Claim::Owned(Ticket {
+                scope: req.scope.to_owned(),
+                key: req.key.to_owned(),
+                token,
+                created_at_ms,
+            })
+        };
         match keys.get_mut(&id).map(|r| (judge(r, req), r)) {
             None | Some((Judgement::Fresh, _)) => {
                 keys.insert(
@@ -50,12 +53,12 @@ impl IdempotencyStore for MemEventStore {
                         response: None,
                     },
                 );
-                Ok(owned)
+                Ok(owned(req.now_ms))
             }
-            Some((Judgement::TakeOver, r)) => {
+            Some((Judgement::TakeOver { created_at_ms }, r)) => {
                 r.token = token;
                 r.locked_until_ms = req.now_ms + req.lease_ms;
-                Ok(owned)
+                Ok(owned(created_at_ms))
             }
             Some((Judgement::Decided(claim), _)) => Ok(claim),
         }

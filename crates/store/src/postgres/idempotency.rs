@@ -76,11 +76,14 @@ impl IdempotencyStore for PgEventStore {
         let mut client = conn(self.pool()).await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let token = new_token();
-        let owned = Claim::Owned(Ticket {
-            scope: req.scope.to_owned(),
-            key: req.key.to_owned(),
-            token,
-        });
+        let owned = |created_at_ms| {
+            Claim::Owned(Ticket {
+                scope: req.scope.to_owned(),
+                key: req.key.to_owned(),
+                token,
+                created_at_ms,
+            })
+        };
         // The common case, a new key, in one statement; otherwise the existing row is locked
         // so concurrent claims (from any process) are judged one after the other.
         let inserted = tx
@@ -100,7 +103,7 @@ impl IdempotencyStore for PgEventStore {
             .await
             .map_err(unavailable)?;
         let claim = if inserted == 1 {
-            owned
+            owned(req.now_ms)
         } else {
             let row = tx
                 .query_opt(
@@ -131,9 +134,9 @@ impl IdempotencyStore for PgEventStore {
                     )
                     .await
                     .map_err(unavailable)?;
-                    owned
+                    owned(req.now_ms)
                 }
-                Some(Judgement::TakeOver) => {
+                Some(Judgement::TakeOver { created_at_ms }) => {
                     tx.execute(
                         "UPDATE ficus_idempotency SET token = $3, locked_until_ms = $4 \
                          WHERE scope = $1 AND key = $2",
@@ -141,7 +144,7 @@ impl IdempotencyStore for PgEventStore {
                     )
                     .await
                     .map_err(unavailable)?;
-                    owned
+                    owned(created_at_ms)
                 }
                 Some(Judgement::Decided(claim)) => claim,
             }

@@ -23,12 +23,12 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 pub use events::PgEventStore;
 pub use jobs::PgJobQueue;
-pub use snapshots::PgSnapshotStore;
 pub use migrations::{migrate, MIGRATIONS};
 pub use outbox::{
     announce_from_bus, outbox_backlog, OutboxBacklog, OutboxRelay, RelayConfig, RelayError,
     RelayHandle, RelayStats, RoundOutcome, RELAY_ROUND_EVENTS, RELAY_ROUND_ROWS,
 };
+pub use snapshots::PgSnapshotStore;
 
 /// Where the database is and the limits of this process's use of it. Every queue, batch and
 /// pool here is bounded.

@@ -78,6 +78,16 @@ impl SnapshotStore for PgSnapshotStore {
         .await
         .map(|_| ())
     }
+
+    async fn delete(&self, stream: &StreamId) -> Result<(), StoreError> {
+        execute(
+            &self.pool,
+            "DELETE FROM ficus_snapshots WHERE stream_id = $1",
+            &[&stream.as_str()],
+        )
+        .await
+        .map(|_| ())
+    }
 }
 
 /// Migration 4: the snapshot table.

@@ -99,11 +99,12 @@ impl IdempotencyStore for SqliteEventStore {
                 retention_ms,
             };
             let token = new_token();
-            let owned = || {
+            let owned = |created_at_ms| {
                 Claim::Owned(Ticket {
                     scope: scope.clone(),
                     key: key.clone(),
                     token,
+                    created_at_ms,
                 })
             };
             match read_record(c, &scope, &key)?.map(|r| judge(&r, &req)) {
@@ -124,16 +125,16 @@ impl IdempotencyStore for SqliteEventStore {
                         ])
                     })
                     .map_err(unavailable)?;
-                    Ok(owned())
+                    Ok(owned(now_ms))
                 }
-                Some(Judgement::TakeOver) => {
+                Some(Judgement::TakeOver { created_at_ms }) => {
                     c.prepare_cached(
                         "UPDATE idempotency_keys SET token = ?3, locked_until_ms = ?4 \
                          WHERE scope = ?1 AND key = ?2",
                     )
                     .and_then(|mut s| s.execute(params![scope, key, token, now_ms + lease_ms]))
                     .map_err(unavailable)?;
-                    Ok(owned())
+                    Ok(owned(created_at_ms))
                 }
                 Some(Judgement::Decided(claim)) => Ok(claim),
             }

@@ -143,4 +143,19 @@ impl SnapshotStore for SqliteSnapshotStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("snapshot writer task failed: {e}")))?
     }
+
+    async fn delete(&self, stream: &StreamId) -> Result<(), StoreError> {
+        let (stream, writer) = (stream.clone(), self.writer.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            conn.execute(
+                "DELETE FROM snapshots WHERE stream_id = ?1",
+                [stream.as_str()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("snapshot writer task failed: {e}")))?
+    }
 }
