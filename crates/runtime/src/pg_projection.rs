@@ -290,6 +290,21 @@ impl PgProjectionHandle {
         self.runs_here
     }
 
+    /// Waits, at most `timeout`, until the runner (or follower) has published its first
+    /// status after starting: it took over, or it found another process's runner active, or
+    /// it read the table's checkpoint. A process waits for this before serving, so that its
+    /// first queries do not race the takeover (which also creates the read model's tables).
+    /// Returns whether that happened in time.
+    pub async fn started(&self, timeout: Duration) -> bool {
+        // A clone starts from the version this handle has seen, which is the initial one:
+        // the handle only ever `borrow`s its own receiver.
+        let mut rx = self.status.clone();
+        matches!(
+            tokio::time::timeout(timeout, rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// The pool the read model is queried through.
     pub fn pool(&self) -> &Pool {
         &self.pool

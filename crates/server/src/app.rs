@@ -148,6 +148,10 @@ impl Role {
     }
 }
 
+/// Longest a starting process waits for its PostgreSQL projection runners' first takeover
+/// attempt (or its followers' first checkpoint read) before it serves anyway.
+pub const PG_PROJECTION_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connections of the pool the PostgreSQL read models use: one session per active projection
 /// runner (two) and the rest for queries, apart from the event store's pool so that reads
 /// never starve appends.
@@ -181,7 +185,7 @@ impl StoreConfig {
 /// projection runners competing with other processes' (projector role), or followers that
 /// only track the checkpoints other processes commit (any other role: queries, bulk-job
 /// planning and export items still read the PostgreSQL read models).
-fn start_read_side(
+async fn start_read_side(
     cfg: &ServerConfig,
     store: &OpenStore,
     dyn_store: &Arc<dyn EventStore>,
@@ -228,6 +232,14 @@ fn start_read_side(
             };
             let (catalog, catalog_task) = start(Arc::new(PgCatalogProjection));
             let (orders, orders_task) = start(Arc::new(PgOrdersProjection));
+            for h in [&catalog, &orders] {
+                if !h.started(PG_PROJECTION_START_WAIT).await {
+                    tracing::warn!(
+                        projection = h.name(),
+                        "projection not started within {PG_PROJECTION_START_WAIT:?}; serving anyway"
+                    );
+                }
+            }
             Ok((
                 ShopReadSide::Postgres { catalog, orders },
                 vec![catalog_task, orders_task],
@@ -377,7 +389,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     let job_counters = traced.counters();
     let jobs: Arc<dyn JobQueue> = Arc::new(traced);
     let shutdown = Shutdown::new();
-    let (read, projections) = start_read_side(&cfg, &store, &dyn_store, &shutdown)?;
+    let (read, projections) = start_read_side(&cfg, &store, &dyn_store, &shutdown).await?;
     let shop = Shop::new(Repository::new(dyn_store.clone()).with_snapshots(snapshots));
     let handler = Arc::new(ShopJobHandler {
         shop: shop.clone(),

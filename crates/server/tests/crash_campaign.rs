@@ -30,6 +30,8 @@ const CUSTOMERS: [&str; 3] = ["cat", "cy", "cleo"];
 const CLIENTS: usize = 4;
 /// Lease length of a job item: items held by a killed process come back after this.
 const VISIBILITY_MS: u64 = 800;
+/// Longest a projection rebuild may take before the round fails.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most products compared with their rebuild per round (a seeded sample beyond this).
 const SNAPSHOT_PRODUCTS: usize = 400;
 /// The whole default campaign must stay under this (a hang is a failure, not a stuck CI).
@@ -512,6 +514,24 @@ async fn check(ctx: &Ctx, round: usize) {
         ctx.acked.lock().unwrap().checkpoints.insert(name.into(), 0);
     }
     assert_eq!(target, head, "round {round}: the log grew while quiet");
+    // A rebuild replays the whole log, which outgrows the queries' own bounded wait in long
+    // campaigns: wait for both checkpoints here first (bounded too).
+    let deadline = Instant::now() + REBUILD_TIMEOUT;
+    loop {
+        let (_, p) = get(ctx, "/v1/projections", "admin").await;
+        let list = p["projections"].as_array().unwrap();
+        if list
+            .iter()
+            .all(|p| p["checkpoint"].as_u64() >= Some(target))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: rebuild did not reach {target} in {REBUILD_TIMEOUT:?}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after = snapshot(ctx, &products, target).await;
     for (k, v) in &before {
         assert_eq!(

@@ -276,6 +276,19 @@ async fn bad_input_is_refused_and_changes_nothing(b: Backend) {
         .await
         .err(400, "invalid_query");
     s.account(&id, "?color=red").await.err(400, "invalid_query");
+    // Raw appends to an account's stream must read as an account event (after upcasting).
+    for (schema_version, amount) in [(2, json!("1.00")), (1, json!(1.5))] {
+        let body = json!({"events": [{"type": "MoneyDeposited", "schema_version": schema_version,
+                                      "data": {"account_id": id, "amount": amount, "at_ms": 1}}]});
+        let r = s
+            .post(
+                &format!("/v1/streams/account-{id}"),
+                &s.admin,
+                &body.to_string(),
+            )
+            .await;
+        r.err(400, "invalid_event");
+    }
     // A version past the stream's end is not made up.
     let r = s
         .account(&id, "?as_of_version=3")
@@ -424,19 +437,13 @@ async fn events_of_an_older_schema_read_in_the_current_shape(b: Backend) {
     while seen.len() < 5 {
         if seen.len() == 4 && !live_sent {
             live_sent = true;
-            s.running
-                .state
-                .store
-                .append(
-                    &stream,
-                    ExpectedVersion::Exact(4),
-                    vec![v1(
-                        "MoneyDeposited",
-                        json!({"account_id": "legacy-1", "amount": "0.05", "at_ms": 5}),
-                    )],
-                )
+            // Through the raw stream API, which takes an old version if it upcasts.
+            let body = json!({"expected_version": 4, "events": [{
+                "type": "MoneyDeposited", "schema_version": 1,
+                "data": {"account_id": "legacy-1", "amount": "0.05", "at_ms": 5}}]});
+            s.post("/v1/streams/account-legacy-1", &s.admin, &body.to_string())
                 .await
-                .unwrap();
+                .ok(201);
         }
         let chunk = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut sse))
             .await

@@ -1405,13 +1405,15 @@ async fn order_lifecycle_prices_and_rules(b: Backend) {
         .err(422, "product_deleted");
     s.assert_head(head, "refused order commands");
 
-    // Listing: own orders only (or admin), newest first, limit 1..=50.
-    let path = format!("/v1/customers/{CUSTOMER}/orders?min_position={last}");
+    // Listing: own orders only (or admin), newest first, limit 1..=50. Read at the head: the
+    // draft was created after `last`.
+    let path = format!("/v1/customers/{CUSTOMER}/orders?min_position={}", s.head());
     s.get(&path, &s.customer2).await.err(403, "forbidden");
     s.get(&path, &s.seller).await.err(403, "forbidden");
     s.get(&path, ANON).await.err(401, "unauthorized");
     s.get(&path, &s.admin).await.ok(200);
     let list = s.get(&path, &s.customer).await.ok(200);
+    assert!(list.ficus_position() > last, "the listing reflects the draft too");
     let ids: Vec<&str> = list.body["orders"]
         .as_array()
         .unwrap()
