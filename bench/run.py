@@ -435,6 +435,22 @@ class FicusServer:
 
 def scenario_query(cfg, work):
     rounds = []
+    for i in range(cfg.runs):
+        # A fresh server per round: a server that has served one wrk run already answered
+        # its cut-off requests, and each round should start from the same state.
+        rounds.append(query_round(cfg, work, i))
+    body_len = rounds[0].pop("body_bytes")
+    for r in rounds[1:]:
+        r.pop("body_bytes")
+    keys = ("requests_per_sec", "p50_ms", "p90_ms", "p99_ms")
+    med = {s: {k: median([r[s][k] for r in rounds]) for k in keys} for s in ("ficus-serve", "bare-axum")}
+    ratios = {"ficus-serve / bare-axum (throughput)": median(
+        [ratio(r["ficus-serve"]["requests_per_sec"], r["bare-axum"]["requests_per_sec"]) for r in rounds])}
+    return {"body_bytes": body_len, "conns": HTTP_CONNS, "duration_secs": cfg.http_secs, "rounds": rounds,
+            "median": med, "ratios": ratios}
+
+
+def query_round(cfg, work, i):
     with FicusServer(work, products=1) as srv:
         url = f"{srv.base}/v1/products/{srv.ids[0]}"
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -448,21 +464,15 @@ def scenario_query(cfg, work):
             wait_http(bare_url)
             with urllib.request.urlopen(bare_url, timeout=5) as r:
                 assert r.read() == body, "bare axum must answer the same bytes"
-            for i in range(cfg.runs):
-                log(f"query round {i + 1}/{cfg.runs}")
-                r = {"ficus-serve": wrk(url, cfg.http_secs), "bare-axum": wrk(bare_url, cfg.http_secs)}
-                for k, v in r.items():
-                    if v["non_2xx"]:
-                        raise RuntimeError(f"{k} answered {v['non_2xx']} non-2xx responses")
-                    log(f"  {k}: {v['requests_per_sec']:.0f} req/s, p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms")
-                rounds.append(r)
+            log(f"query round {i + 1}/{cfg.runs}")
+            r = {"ficus-serve": wrk(url, cfg.http_secs), "bare-axum": wrk(bare_url, cfg.http_secs)}
+            for k, v in r.items():
+                if v["non_2xx"]:
+                    raise RuntimeError(f"{k} answered {v['non_2xx']} non-2xx responses")
+                log(f"  {k}: {v['requests_per_sec']:.0f} req/s, p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms")
             bare.check()
-    keys = ("requests_per_sec", "p50_ms", "p90_ms", "p99_ms")
-    med = {s: {k: median([r[s][k] for r in rounds]) for k in keys} for s in ("ficus-serve", "bare-axum")}
-    ratios = {"ficus-serve / bare-axum (throughput)": median(
-        [ratio(r["ficus-serve"]["requests_per_sec"], r["bare-axum"]["requests_per_sec"]) for r in rounds])}
-    return {"body_bytes": len(body), "conns": HTTP_CONNS, "duration_secs": cfg.http_secs, "rounds": rounds,
-            "median": med, "ratios": ratios}
+    r["body_bytes"] = len(body)
+    return r
 
 
 # ---------------------------------------------------------------- scenario 5: end to end
@@ -784,13 +794,17 @@ def main():
     steps = {"append": lambda: scenario_append(cfg, pg, work), "jobs": lambda: scenario_jobs(cfg, pg, work),
              "gateway": lambda: scenario_gateway(cfg, work), "query": lambda: scenario_query(cfg, work),
              "e2e": lambda: scenario_e2e(cfg, work), "scaling": lambda: scenario_scaling(cfg, work)}
+    partial = work.parent / "results" / f"{stem}.partial.json"
     for name in cfg.only.split(","):
         res[name] = steps[name]()
+        # Keep what is measured so far: a later failure must not lose it.
+        partial.write_text(json.dumps(res, indent=1) + "\n")
     res["meta"]["seconds"] = time.time() - started
     res["plots"] = plots(res, stem)
     (BENCH / "results" / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
     (BENCH / "results" / f"{stem}.md").write_text(markdown(res) + "\n")
     shutil.rmtree(work, ignore_errors=True)
+    partial.unlink()
     log(f"wrote bench/results/{stem}.json, {stem}.md and {len(res['plots'])} plot(s) in {res['meta']['seconds']:.0f} s")
     print(markdown(res))
 

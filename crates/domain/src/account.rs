@@ -35,6 +35,8 @@ pub enum AccountCommand {
     Open {
         account_id: String,
         owner_id: String,
+        /// The holder's name as it appears on statements: personal data of `owner_id`.
+        holder_name: Option<String>,
         currency: Currency,
         by: Actor,
         at_ms: i64,
@@ -60,6 +62,12 @@ pub enum AccountEvent {
     AccountOpened {
         account_id: String,
         owner_id: String,
+        /// Personal data of `owner_id`, stored encrypted under the owner's key (see
+        /// [`declare_personal_fields`]); reads `"[erased]"` once the key is destroyed. Absent
+        /// in events written before it existed, which read as `None` (no upcaster needed: the
+        /// field is optional, so the schema version stays 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder_name: Option<String>,
         currency: Currency,
         at_ms: i64,
     },
@@ -75,6 +83,19 @@ pub enum AccountEvent {
         amount: Money,
         at_ms: i64,
     },
+}
+
+/// Longest holder name, in characters.
+pub const HOLDER_NAME_MAX_CHARS: usize = 200;
+
+/// The ledger's personal data: `AccountOpened.holder_name`, whose subject is `owner_id`.
+pub fn declare_personal_fields(fields: &mut ficus_store::PersonalFields) {
+    fields.declare(
+        "AccountOpened",
+        <AccountEvent as DomainEvent>::SCHEMA_VERSION,
+        "/owner_id",
+        &["/holder_name"],
+    );
 }
 
 /// The stored event types of the ledger.
@@ -248,6 +269,7 @@ impl Aggregate for BankAccount {
             AccountCommand::Open {
                 account_id,
                 owner_id,
+                holder_name,
                 currency,
                 by,
                 at_ms,
@@ -258,12 +280,17 @@ impl Aggregate for BankAccount {
                 let invalid = |field| move |reason| AccountError::InvalidField { field, reason };
                 check_id(account_id).map_err(invalid("account_id"))?;
                 check_id(owner_id).map_err(invalid("owner_id"))?;
+                if let Some(name) = holder_name {
+                    crate::check_text(name, true, HOLDER_NAME_MAX_CHARS)
+                        .map_err(invalid("holder_name"))?;
+                }
                 if *owner_id != by.user_id && !by.has_role(ADMIN_ROLE) {
                     return Err(AccountError::NotAccountOwner);
                 }
                 Ok(vec![AccountEvent::AccountOpened {
                     account_id: account_id.clone(),
                     owner_id: owner_id.clone(),
+                    holder_name: holder_name.clone(),
                     currency: currency.clone(),
                     at_ms: *at_ms,
                 }])
@@ -301,9 +328,12 @@ impl Aggregate for BankAccount {
 
     fn evolve(&mut self, event: &AccountEvent) {
         match event {
+            // The holder's name is not kept in the state: a snapshot would hold it in plaintext,
+            // beyond the reach of its key (docs/adr/0012).
             AccountEvent::AccountOpened {
                 account_id,
                 owner_id,
+                holder_name: _,
                 currency,
                 at_ms,
             } => {

@@ -97,6 +97,14 @@ impl From<CommandError<AccountError>> for LedgerError {
     }
 }
 
+/// Whose account is opened: the owner's user id, and the holder's name (personal data of the
+/// owner, stored encrypted under the owner's key).
+#[derive(Debug, Clone)]
+pub struct AccountHolder {
+    pub owner_id: String,
+    pub name: Option<String>,
+}
+
 /// The ledger's command and query side.
 #[derive(Clone)]
 pub struct Ledger {
@@ -108,19 +116,20 @@ impl Ledger {
         Self { repo }
     }
 
-    /// Opens account `account_id` for `owner_id` (the actor itself unless it is an admin).
+    /// Opens account `account_id` for `holder.owner_id` (the actor itself unless it is an admin).
     pub async fn open(
         &self,
         actor: &Actor,
         account_id: &str,
-        owner_id: &str,
+        holder: AccountHolder,
         currency: Currency,
         at_ms: i64,
         meta: &Metadata,
     ) -> Result<CommandOutcome, LedgerError> {
         let cmd = AccountCommand::Open {
             account_id: account_id.to_owned(),
-            owner_id: owner_id.to_owned(),
+            owner_id: holder.owner_id,
+            holder_name: holder.name,
             currency,
             by: actor.clone(),
             at_ms,

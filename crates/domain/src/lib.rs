@@ -4,6 +4,7 @@
 //! (`at_ms`, Unix milliseconds UTC) and ids arrive inside the commands.
 
 pub mod account;
+pub mod fulfilment;
 pub mod jobs;
 pub mod ledger;
 pub mod money;
@@ -22,6 +23,15 @@ pub fn upcasters() -> ficus_core::Upcasters {
         .with::<product::ProductEvent>()
         .with::<order::OrderEvent>()
         .with::<account::AccountEvent>()
+}
+
+/// The personal fields of the domain's events (crypto-shredding, docs/adr/0012): wrap the
+/// store with them ([`ficus_store::ShreddingStore::wrap`]) and they are stored encrypted under
+/// their subject's key.
+pub fn personal_fields() -> ficus_store::PersonalFields {
+    let mut fields = ficus_store::PersonalFields::new();
+    account::declare_personal_fields(&mut fields);
+    fields
 }
 
 /// Checks an event appended through the raw stream API to a stream this domain owns

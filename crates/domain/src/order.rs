@@ -57,15 +57,28 @@ pub enum OrderCommand {
         reason: Option<String>,
         at_ms: i64,
     },
+    /// Places the order for fulfilment: like `Place`, and the order is then `pending` until
+    /// the fulfilment saga confirms or rejects it.
+    PlaceForFulfilment { actor_id: String, at_ms: i64 },
+    /// The fulfilment saga succeeded (system command). Idempotent.
+    Confirm { at_ms: i64 },
+    /// The fulfilment saga failed and undid its steps (system command). Idempotent; a no-op
+    /// on an order that was never placed for fulfilment.
+    Reject { reason: String, at_ms: i64 },
 }
 
-/// Where an order is in its life. Serialized lowercase: `"draft"`, `"placed"`, `"cancelled"`.
+/// Where an order is in its life. Serialized lowercase: `"draft"`, `"placed"`, `"cancelled"`,
+/// and with fulfilment `"pending"`, then `"confirmed"` or `"rejected"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Draft,
     Placed,
     Cancelled,
+    /// Placed for fulfilment; the saga has not ended.
+    Pending,
+    Confirmed,
+    Rejected,
 }
 
 impl OrderStatus {
@@ -74,6 +87,9 @@ impl OrderStatus {
             OrderStatus::Draft => "draft",
             OrderStatus::Placed => "placed",
             OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Pending => "pending",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Rejected => "rejected",
         }
     }
 }
@@ -112,6 +128,14 @@ pub enum OrderEvent {
     OrderCancelled {
         order_id: String,
         reason: Option<String>,
+        at_ms: i64,
+    },
+    /// Follows `OrderPlaced` when the order was placed for fulfilment.
+    OrderFulfilmentPending { order_id: String, at_ms: i64 },
+    OrderConfirmed { order_id: String, at_ms: i64 },
+    OrderRejected {
+        order_id: String,
+        reason: String,
         at_ms: i64,
     },
 }
@@ -159,6 +183,13 @@ pub enum OrderError {
     /// The actor is not the customer who owns the order. 403, `not_order_owner`.
     #[error("only the customer who owns this order may change it")]
     NotOrderOwner,
+    /// The order's fulfilment is under way, or over: it cannot be cancelled. 422,
+    /// `order_in_fulfilment`.
+    #[error("order {order_id} is {status}: its fulfilment decides what happens to it")]
+    OrderInFulfilment { order_id: String, status: &'static str },
+    /// `Confirm` of an order that is not pending. 422, `order_not_pending`.
+    #[error("order {order_id} is not pending")]
+    OrderNotPending { order_id: String },
     /// The order was never created. 404, `order_not_found`.
     #[error("order not found")]
     OrderNotFound,
@@ -179,7 +210,9 @@ impl OrderError {
             | OrderError::OrderTotalTooLarge
             | OrderError::EmptyOrder
             | OrderError::OrderAlreadyPlaced { .. }
-            | OrderError::OrderCancelled { .. } => ErrorKind::Rule,
+            | OrderError::OrderCancelled { .. }
+            | OrderError::OrderInFulfilment { .. }
+            | OrderError::OrderNotPending { .. } => ErrorKind::Rule,
             OrderError::NotOrderOwner => ErrorKind::Forbidden,
             OrderError::OrderNotFound => ErrorKind::NotFound,
             OrderError::OrderAlreadyExists { .. } => ErrorKind::Conflict,
@@ -198,6 +231,8 @@ impl OrderError {
             OrderError::EmptyOrder => "empty_order",
             OrderError::OrderAlreadyPlaced { .. } => "order_already_placed",
             OrderError::OrderCancelled { .. } => "order_cancelled",
+            OrderError::OrderInFulfilment { .. } => "order_in_fulfilment",
+            OrderError::OrderNotPending { .. } => "order_not_pending",
             OrderError::NotOrderOwner => "not_order_owner",
             OrderError::OrderNotFound => "order_not_found",
             OrderError::OrderAlreadyExists { .. } => "order_already_exists",
@@ -285,7 +320,10 @@ impl Details {
         let order_id = self.order_id.clone();
         match self.status {
             OrderStatus::Draft => Ok(()),
-            OrderStatus::Placed => Err(OrderError::OrderAlreadyPlaced { order_id }),
+            OrderStatus::Placed
+            | OrderStatus::Pending
+            | OrderStatus::Confirmed
+            | OrderStatus::Rejected => Err(OrderError::OrderAlreadyPlaced { order_id }),
             OrderStatus::Cancelled => Err(OrderError::OrderCancelled { order_id }),
         }
     }
@@ -421,16 +459,68 @@ impl Aggregate for Order {
                 }])
             }
 
+            OrderCommand::PlaceForFulfilment { actor_id, at_ms } => {
+                let place = OrderCommand::Place {
+                    actor_id: actor_id.clone(),
+                    at_ms: *at_ms,
+                };
+                let mut events = self.decide(&place)?;
+                events.push(OrderEvent::OrderFulfilmentPending {
+                    order_id: self.order_id().unwrap_or_default().to_owned(),
+                    at_ms: *at_ms,
+                });
+                Ok(events)
+            }
+
+            OrderCommand::Confirm { at_ms } => {
+                let details = self.details.as_ref().ok_or(OrderError::OrderNotFound)?;
+                match details.status {
+                    OrderStatus::Confirmed => Ok(vec![]),
+                    OrderStatus::Pending => Ok(vec![OrderEvent::OrderConfirmed {
+                        order_id: details.order_id.clone(),
+                        at_ms: *at_ms,
+                    }]),
+                    _ => Err(OrderError::OrderNotPending {
+                        order_id: details.order_id.clone(),
+                    }),
+                }
+            }
+
+            OrderCommand::Reject { reason, at_ms } => {
+                let details = self.details.as_ref().ok_or(OrderError::OrderNotFound)?;
+                match details.status {
+                    OrderStatus::Pending => Ok(vec![OrderEvent::OrderRejected {
+                        order_id: details.order_id.clone(),
+                        reason: reason.chars().take(CANCEL_REASON_MAX_CHARS).collect(),
+                        at_ms: *at_ms,
+                    }]),
+                    // Nothing to reject: already rejected, or never placed for fulfilment.
+                    _ => Ok(vec![]),
+                }
+            }
+
             OrderCommand::Cancel {
                 actor_id,
                 reason,
                 at_ms,
             } => {
                 let details = self.owned(actor_id)?;
-                if details.status == OrderStatus::Cancelled {
-                    return Err(OrderError::OrderCancelled {
-                        order_id: details.order_id.clone(),
-                    });
+                match details.status {
+                    OrderStatus::Cancelled => {
+                        return Err(OrderError::OrderCancelled {
+                            order_id: details.order_id.clone(),
+                        })
+                    }
+                    // The saga holds stock and money for it: cancelling would leak both.
+                    status @ (OrderStatus::Pending
+                    | OrderStatus::Confirmed
+                    | OrderStatus::Rejected) => {
+                        return Err(OrderError::OrderInFulfilment {
+                            order_id: details.order_id.clone(),
+                            status: status.as_str(),
+                        })
+                    }
+                    OrderStatus::Draft | OrderStatus::Placed => {}
                 }
                 if let Some(reason) = reason {
                     check_text(reason, true, CANCEL_REASON_MAX_CHARS).map_err(invalid("reason"))?;
@@ -501,6 +591,21 @@ impl Aggregate for Order {
             OrderEvent::OrderCancelled { .. } => {
                 if let Some(d) = &mut self.details {
                     d.status = OrderStatus::Cancelled;
+                }
+            }
+            OrderEvent::OrderFulfilmentPending { .. } => {
+                if let Some(d) = &mut self.details {
+                    d.status = OrderStatus::Pending;
+                }
+            }
+            OrderEvent::OrderConfirmed { .. } => {
+                if let Some(d) = &mut self.details {
+                    d.status = OrderStatus::Confirmed;
+                }
+            }
+            OrderEvent::OrderRejected { .. } => {
+                if let Some(d) = &mut self.details {
+                    d.status = OrderStatus::Rejected;
                 }
             }
         }

@@ -277,6 +277,36 @@ impl PgProjection for PgCatalogProjection {
                 )
                 .await?;
             }
+            ProductEvent::StockReserved {
+                product_id,
+                allocations,
+                at_ms,
+                ..
+            }
+            | ProductEvent::StockReleased {
+                product_id,
+                allocations,
+                at_ms,
+                ..
+            } => {
+                for a in &allocations {
+                    tx.execute(
+                        "INSERT INTO rm_catalog_product_stock (product_id, warehouse, quantity)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (product_id, warehouse) DO UPDATE SET quantity = $3",
+                        &[&product_id, &a.warehouse, &a.new_quantity],
+                    )
+                    .await?;
+                }
+                tx.execute(
+                    "UPDATE rm_catalog_products SET updated_at_ms = $2, version = $3,
+                        stock_total = (SELECT COALESCE(SUM(quantity), 0)::bigint
+                                       FROM rm_catalog_product_stock WHERE product_id = $1)
+                     WHERE id = $1",
+                    &[&product_id, &at_ms, &version],
+                )
+                .await?;
+            }
             ProductEvent::ProductDeleted {
                 product_id, at_ms, ..
             } => {
@@ -619,6 +649,20 @@ impl PgProjection for PgOrdersProjection {
                     "UPDATE rm_orders_summaries SET status = 'cancelled', version = $2
                      WHERE id = $1",
                     &[&order_id, &version],
+                )
+                .await?;
+            }
+            OrderEvent::OrderFulfilmentPending { order_id, .. }
+            | OrderEvent::OrderConfirmed { order_id, .. }
+            | OrderEvent::OrderRejected { order_id, .. } => {
+                let status = match event.event_type.as_str() {
+                    "OrderFulfilmentPending" => "pending",
+                    "OrderConfirmed" => "confirmed",
+                    _ => "rejected",
+                };
+                tx.execute(
+                    "UPDATE rm_orders_summaries SET status = $3, version = $2 WHERE id = $1",
+                    &[&order_id, &version, &status],
                 )
                 .await?;
             }

@@ -52,7 +52,33 @@ pub enum ProductCommand {
         reason: String,
         at_ms: i64,
     },
+    /// Sets `quantity` units aside for `reservation_id` (an order's fulfilment), taken from
+    /// the warehouses in name order. Idempotent: a reservation already made is not made
+    /// again. Issued by the system (the fulfilment saga), not by a seller.
+    ReserveStock {
+        reservation_id: String,
+        quantity: u32,
+        at_ms: i64,
+    },
+    /// Puts a reservation's units back. Idempotent; releasing a reservation never made closes
+    /// its id, so a reservation arriving late (after a timed-out call) is refused.
+    ReleaseStock {
+        reservation_id: String,
+        at_ms: i64,
+    },
 }
+
+/// Units of one reservation taken from one warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub warehouse: String,
+    pub quantity: i64,
+    /// Units in `warehouse` after this allocation was taken (or put back).
+    pub new_quantity: i64,
+}
+
+/// Longest reservation id, in bytes.
+pub const RESERVATION_ID_MAX_BYTES: usize = 200;
 
 /// What happened to a product. Every event carries `product_id`, so a read model can use each
 /// one on its own.
@@ -86,6 +112,20 @@ pub enum ProductEvent {
     ProductDeleted {
         product_id: String,
         reason: String,
+        at_ms: i64,
+    },
+    StockReserved {
+        product_id: String,
+        reservation_id: String,
+        allocations: Vec<Allocation>,
+        at_ms: i64,
+    },
+    /// The reservation's units are back; no allocations when it was never made (its id is
+    /// closed all the same).
+    StockReleased {
+        product_id: String,
+        reservation_id: String,
+        allocations: Vec<Allocation>,
         at_ms: i64,
     },
 }
@@ -131,6 +171,10 @@ pub enum ProductError {
         MAX_STOCK_PER_WAREHOUSE
     )]
     StockLimitExceeded { warehouse: String },
+    /// The reservation was released (or refused) before: its id cannot reserve again. 422,
+    /// `reservation_closed`.
+    #[error("reservation {reservation_id} is closed")]
+    ReservationClosed { reservation_id: String },
 }
 
 impl ProductError {
@@ -142,7 +186,8 @@ impl ProductError {
             | ProductError::PriceCutTooLarge { .. }
             | ProductError::ProductDeleted { .. }
             | ProductError::InsufficientStock { .. }
-            | ProductError::StockLimitExceeded { .. } => ErrorKind::Rule,
+            | ProductError::StockLimitExceeded { .. }
+            | ProductError::ReservationClosed { .. } => ErrorKind::Rule,
             ProductError::NotProductOwner => ErrorKind::Forbidden,
             ProductError::ProductNotFound => ErrorKind::NotFound,
             ProductError::ProductAlreadyExists { .. } => ErrorKind::Conflict,
@@ -161,6 +206,7 @@ impl ProductError {
             ProductError::ProductDeleted { .. } => "product_deleted",
             ProductError::InsufficientStock { .. } => "insufficient_stock",
             ProductError::StockLimitExceeded { .. } => "stock_limit_exceeded",
+            ProductError::ReservationClosed { .. } => "reservation_closed",
         }
     }
 }
@@ -171,6 +217,9 @@ pub struct Product {
     /// `None` until `ProductCreated`.
     details: Option<Details>,
     deleted: bool,
+    /// Reservations by id: `Some(allocations)` while held, `None` once released. Kept after
+    /// release so that a repeated or late reservation is recognised.
+    reservations: BTreeMap<String, Option<Vec<Allocation>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +275,12 @@ impl Product {
     pub fn stock_by_warehouse(&self) -> &BTreeMap<String, i64> {
         self.details.as_ref().map_or(&NO_STOCK, |d| &d.stock)
     }
+    /// The allocations of a reservation still held (`None`: never made, or released).
+    pub fn reservation(&self, reservation_id: &str) -> Option<&[Allocation]> {
+        self.reservations
+            .get(reservation_id)
+            .and_then(|r| r.as_deref())
+    }
     /// Units over all warehouses.
     pub fn stock_total(&self) -> i64 {
         // Saturating: state must never panic, even if a corrupt stream broke the per-warehouse cap.
@@ -272,6 +327,21 @@ fn check_warehouse(warehouse: &str) -> Result<(), ProductError> {
     } else {
         Err(invalid("warehouse")(format!(
             "must be 1-{WAREHOUSE_MAX_BYTES} characters of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+fn check_reservation_id(id: &str) -> Result<(), ProductError> {
+    let ok = !id.is_empty()
+        && id.len() <= RESERVATION_ID_MAX_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("reservation_id")(format!(
+            "must be 1-{RESERVATION_ID_MAX_BYTES} characters of A-Z a-z 0-9 _ . : @ -"
         )))
     }
 }
@@ -400,6 +470,93 @@ impl Aggregate for Product {
                 }])
             }
 
+            ProductCommand::ReserveStock {
+                reservation_id,
+                quantity,
+                at_ms,
+            } => {
+                let details = self.details.as_ref().ok_or(ProductError::ProductNotFound)?;
+                check_reservation_id(reservation_id)?;
+                match self.reservations.get(reservation_id) {
+                    Some(Some(_)) => return Ok(vec![]),
+                    Some(None) => {
+                        return Err(ProductError::ReservationClosed {
+                            reservation_id: reservation_id.clone(),
+                        })
+                    }
+                    None => {}
+                }
+                if self.deleted {
+                    return Err(ProductError::ProductDeleted {
+                        product_id: details.product_id.clone(),
+                    });
+                }
+                if *quantity == 0 {
+                    return Err(invalid("quantity")("must not be 0".into()));
+                }
+                let mut wanted = i64::from(*quantity);
+                let mut allocations = Vec::new();
+                for (warehouse, available) in &details.stock {
+                    if wanted == 0 {
+                        break;
+                    }
+                    let take = wanted.min(*available);
+                    if take > 0 {
+                        allocations.push(Allocation {
+                            warehouse: warehouse.clone(),
+                            quantity: take,
+                            new_quantity: available - take,
+                        });
+                        wanted -= take;
+                    }
+                }
+                if wanted > 0 {
+                    return Err(ProductError::InsufficientStock {
+                        warehouse: "*".into(),
+                        available: self.stock_total(),
+                        delta: -i64::from(*quantity),
+                    });
+                }
+                Ok(vec![ProductEvent::StockReserved {
+                    product_id: details.product_id.clone(),
+                    reservation_id: reservation_id.clone(),
+                    allocations,
+                    at_ms: *at_ms,
+                }])
+            }
+
+            ProductCommand::ReleaseStock {
+                reservation_id,
+                at_ms,
+            } => {
+                let details = self.details.as_ref().ok_or(ProductError::ProductNotFound)?;
+                check_reservation_id(reservation_id)?;
+                let allocations = match self.reservations.get(reservation_id) {
+                    Some(None) => return Ok(vec![]),
+                    Some(Some(held)) => held
+                        .iter()
+                        .map(|a| Allocation {
+                            warehouse: a.warehouse.clone(),
+                            quantity: a.quantity,
+                            // Saturating: the cap was checked when the units were taken out.
+                            new_quantity: details
+                                .stock
+                                .get(&a.warehouse)
+                                .copied()
+                                .unwrap_or(0)
+                                .saturating_add(a.quantity),
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Ok(vec![ProductEvent::StockReleased {
+                    product_id: details.product_id.clone(),
+                    reservation_id: reservation_id.clone(),
+                    allocations,
+                    at_ms: *at_ms,
+                }])
+            }
+
             ProductCommand::Delete {
                 actor_id,
                 reason,
@@ -455,6 +612,31 @@ impl Aggregate for Product {
                 }
             }
             ProductEvent::ProductDeleted { .. } => self.deleted = true,
+            ProductEvent::StockReserved {
+                reservation_id,
+                allocations,
+                ..
+            } => {
+                if let Some(d) = &mut self.details {
+                    for a in allocations {
+                        d.stock.insert(a.warehouse.clone(), a.new_quantity);
+                    }
+                }
+                self.reservations
+                    .insert(reservation_id.clone(), Some(allocations.clone()));
+            }
+            ProductEvent::StockReleased {
+                reservation_id,
+                allocations,
+                ..
+            } => {
+                if let Some(d) = &mut self.details {
+                    for a in allocations {
+                        d.stock.insert(a.warehouse.clone(), a.new_quantity);
+                    }
+                }
+                self.reservations.insert(reservation_id.clone(), None);
+            }
         }
     }
 }

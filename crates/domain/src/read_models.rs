@@ -24,12 +24,17 @@ pub(crate) const PRODUCT_EVENT_TYPES: &[&str] = &[
     "ProductPriceChanged",
     "StockAdjusted",
     "ProductDeleted",
+    "StockReserved",
+    "StockReleased",
 ];
 pub(crate) const ORDER_EVENT_TYPES: &[&str] = &[
     "OrderCreated",
     "OrderItemAdded",
     "OrderPlaced",
     "OrderCancelled",
+    "OrderFulfilmentPending",
+    "OrderConfirmed",
+    "OrderRejected",
 ];
 
 pub(crate) fn decode_if<E: ficus_core::DomainEvent>(
@@ -150,6 +155,34 @@ impl SqliteProjection for CatalogProjection {
                      ON CONFLICT (product_id, warehouse) DO UPDATE SET quantity = ?3",
                     params![product_id, warehouse, new_quantity],
                 )?;
+                tx.execute(
+                    "UPDATE products SET updated_at_ms = ?2, version = ?3,
+                        stock_total = (SELECT COALESCE(SUM(quantity), 0) FROM product_stock
+                                       WHERE product_id = ?1)
+                     WHERE id = ?1",
+                    params![product_id, at_ms, version],
+                )?;
+            }
+            ProductEvent::StockReserved {
+                product_id,
+                allocations,
+                at_ms,
+                ..
+            }
+            | ProductEvent::StockReleased {
+                product_id,
+                allocations,
+                at_ms,
+                ..
+            } => {
+                for a in &allocations {
+                    tx.execute(
+                        "INSERT INTO product_stock (product_id, warehouse, quantity)
+                         VALUES (?1, ?2, ?3)
+                         ON CONFLICT (product_id, warehouse) DO UPDATE SET quantity = ?3",
+                        params![product_id, a.warehouse, a.new_quantity],
+                    )?;
+                }
                 tx.execute(
                     "UPDATE products SET updated_at_ms = ?2, version = ?3,
                         stock_total = (SELECT COALESCE(SUM(quantity), 0) FROM product_stock
@@ -460,6 +493,19 @@ impl SqliteProjection for OrdersProjection {
                 tx.execute(
                     "UPDATE order_summaries SET status = 'cancelled', version = ?2 WHERE id = ?1",
                     params![order_id, version],
+                )?;
+            }
+            OrderEvent::OrderFulfilmentPending { order_id, .. }
+            | OrderEvent::OrderConfirmed { order_id, .. }
+            | OrderEvent::OrderRejected { order_id, .. } => {
+                let status = match event.event_type.as_str() {
+                    "OrderFulfilmentPending" => "pending",
+                    "OrderConfirmed" => "confirmed",
+                    _ => "rejected",
+                };
+                tx.execute(
+                    "UPDATE order_summaries SET status = ?3, version = ?2 WHERE id = ?1",
+                    params![order_id, version, status],
                 )?;
             }
         }

@@ -37,6 +37,7 @@ fn opened() -> AccountEvent {
     AccountEvent::AccountOpened {
         account_id: ACC.into(),
         owner_id: OWNER.into(),
+        holder_name: None,
         currency: eur(),
         at_ms: T0,
     }
@@ -62,6 +63,7 @@ fn open_by(by: Actor, owner_id: &str) -> AccountCommand {
     AccountCommand::Open {
         account_id: ACC.into(),
         owner_id: owner_id.into(),
+        holder_name: None,
         currency: eur(),
         by,
         at_ms: T0,

@@ -62,7 +62,17 @@ async fn snapshots_stand_in_for_the_prefix_and_bad_ones_are_rebuilt() {
     let meta = Metadata::default();
     let eur = Currency::new("EUR").unwrap();
     ledger
-        .open(&ann(), "a1", "ann", eur, 1, &meta)
+        .open(
+            &ann(),
+            "a1",
+            AccountHolder {
+                owner_id: "ann".into(),
+                name: None,
+            },
+            eur,
+            1,
+            &meta,
+        )
         .await
         .unwrap();
     // 250 deposits of 0.01 .. 2.50: the version crosses 100 and 200.

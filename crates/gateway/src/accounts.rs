@@ -62,6 +62,10 @@ struct OpenDto {
     /// Whose account it is; only an admin may name someone other than itself.
     #[serde(default)]
     owner_id: Option<String>,
+    /// The holder's name: personal data of the owner, stored encrypted under the owner's key
+    /// and erased by `DELETE /v1/subjects/{owner_id}/keys`.
+    #[serde(default)]
+    holder_name: Option<String>,
 }
 
 async fn open_account(
@@ -78,7 +82,10 @@ async fn open_account(
         .open(
             &caller.0,
             &id,
-            &owner_id,
+            ficus_domain::ledger::AccountHolder {
+                owner_id,
+                name: body.holder_name,
+            },
             currency,
             ficus_store::now_ms(),
             &metadata(&caller, &corr),

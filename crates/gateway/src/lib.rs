@@ -6,16 +6,20 @@
 mod accounts;
 pub mod auth;
 mod bulk;
+pub mod cache;
 pub mod console;
 mod error;
 mod extract;
 pub mod idempotency;
 pub mod metrics;
 mod openapi;
+pub mod payments;
 pub mod proxy;
 mod queues;
+mod sagas;
 mod shop;
 mod streams;
+mod subjects;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +65,8 @@ pub struct ApiConfig {
     pub sse_keep_alive: Duration,
     /// Retention, in-flight lease and wait of `Idempotency-Key`s on command routes.
     pub idempotency: ficus_store::IdempotencyConfig,
+    /// The in-process cache-aside layer in front of the shop's read models (off by default).
+    pub read_cache: ficus_runtime::ReadCacheConfig,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +77,7 @@ impl Default for ApiConfig {
             max_sse_subscribers: 256,
             sse_keep_alive: Duration::from_secs(15),
             idempotency: Default::default(),
+            read_cache: Default::default(),
         }
     }
 }
@@ -85,8 +92,12 @@ pub struct AppState {
     /// Where commands' idempotency keys live: the event store's own backend, so a key's
     /// answer commits with the command's events.
     pub idempotency: Arc<dyn ficus_store::IdempotencyStore>,
+    /// Seals and opens personal fields; `DELETE /v1/subjects/{id}/keys` destroys keys with it.
+    pub shredder: Arc<ficus_store::Shredder>,
     /// The shop's read models, SQLite or PostgreSQL: what queries read and wait on.
     pub read: ShopReadSide,
+    /// Cached query answers, when `ApiConfig::read_cache` is on.
+    pub read_cache: Option<Arc<cache::ShopCache>>,
     pub auth: Arc<Auth>,
     pub config: Arc<ApiConfig>,
     pub sse_permits: Arc<Semaphore>,
@@ -96,6 +107,9 @@ pub struct AppState {
     pub backend: &'static str,
     /// The NATS JetStream bus between processes and its outbox relay, when configured.
     pub bus: Option<BusState>,
+    /// Order fulfilment, when a payment service is configured: placing an order then makes
+    /// it `pending` and starts its saga.
+    pub fulfilment: Option<ficus_domain::fulfilment::Fulfilment>,
 }
 
 /// What the API shows of the bus: readiness probes it, `/metrics` reports the relay.
@@ -310,6 +324,8 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
             .merge(shop::command_routes().route_layer(keyed()))
             .merge(queues::routes())
             .merge(accounts::routes())
+            .merge(subjects::routes())
+            .merge(sagas::routes())
             .merge(console::routes());
     }
     if routes.queries {

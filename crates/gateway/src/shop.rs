@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -14,16 +14,17 @@ use ficus_domain::order::OrderCommand;
 use ficus_domain::product::ProductCommand;
 use ficus_domain::read_models::{self as rm, ProductSearch, ProductView};
 use ficus_domain::service::{NewProduct, RequestedItem, Shop, DEFAULT_WAREHOUSE};
-use ficus_runtime::{CommandOutcome, ReadModelHandle};
-use ficus_store::{AppendResult, StoreError, StoredResponse};
+use ficus_runtime::CommandOutcome;
+use ficus_store::{AppendResult, StoredResponse};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::auth::Caller;
+use crate::cache::{cached_query, position_etag, respond, version_etag};
 use crate::error::ApiError;
 use crate::extract::{if_match, JsonBody, OptionalJsonBody, PathParams, QueryParams};
 use crate::idempotency::KeyHold;
-use crate::{AppState, CorrelationId, POSITION_HEADER};
+use crate::{AppState, CorrelationId};
 
 /// The shop's commands: what a command process serves.
 pub fn command_routes() -> Router<AppState> {
@@ -365,6 +366,17 @@ async fn place_order(
     hold: Hold,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(f) = &st.fulfilment {
+        // With fulfilment on, the order turns `pending` and its saga is enqueued.
+        let fulfilment = ficus_domain::fulfilment::Fulfilment {
+            shop: shop_for(&st, &hold, StatusCode::OK, &id),
+            ..f.clone()
+        };
+        let out = fulfilment
+            .place(&caller.0, &id, &metadata(&caller, &corr), if_match(&headers)?)
+            .await?;
+        return Ok(answer(StatusCode::OK, &id, out));
+    }
     let cmd = OrderCommand::Place {
         actor_id: caller.0.user_id.clone(),
         at_ms: now_ms(),
@@ -399,32 +411,12 @@ async fn cancel_order(
 // ---------------------------------------------------------------------------------------------
 // Queries
 
-/// Waits for `min_position` (bounded) on `model`, then runs `read` on the read side (SQLite or
-/// PostgreSQL), which returns the result with the position it reflects, for `Ficus-Position`.
-async fn query<T>(
-    st: &AppState,
-    model: ReadModelHandle,
-    min_position: Option<Position>,
-    read: impl std::future::Future<Output = Result<(T, Position), StoreError>>,
-) -> Result<(T, Position), ApiError> {
-    if let Some(p) = min_position {
-        model
-            .wait_for(p, st.config.read_your_writes_timeout)
-            .await?;
-    }
-    Ok(read.await?)
-}
-
-fn with_position(mut resp: Response, position: Position) -> Response {
-    resp.headers_mut().insert(
-        HeaderName::from_static(POSITION_HEADER),
-        HeaderValue::from(position),
-    );
-    resp
-}
+// Every query waits for `min_position` (bounded), reads through the cache-aside layer when it
+// is on, and answers with `ETag`, `Cache-Control` and `Ficus-Position`, or `304` when the
+// client's `If-None-Match` is current (see `cache.rs` for which tag each answer carries).
 
 #[derive(Serialize)]
-struct ProductDto {
+pub(crate) struct ProductDto {
     id: String,
     name: String,
     description: String,
@@ -458,29 +450,44 @@ impl From<ProductView> for ProductDto {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConsistencyQuery {
+pub(crate) struct ConsistencyQuery {
     min_position: Option<Position>,
+}
+
+/// A live product's details and the catalog position they were read at; deleted or unknown
+/// → 404 `product_not_found`.
+pub(crate) async fn read_product(
+    st: &AppState,
+    id: &str,
+    min_position: Option<Position>,
+) -> Result<(ProductView, Position), ApiError> {
+    let (found, position) = cached_query(
+        st,
+        st.read.catalog(),
+        min_position,
+        format!("product:{id}"),
+        || st.read.get_product(id.to_owned()),
+    )
+    .await?;
+    match found.as_ref() {
+        Some(p) if !p.deleted => Ok((p.clone(), position)),
+        _ => Err(ApiError::not_found(
+            "product_not_found",
+            format!("no product {id}"),
+        )),
+    }
 }
 
 async fn get_product(
     State(st): State<AppState>,
+    headers: HeaderMap,
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let read = st.read.get_product(id.clone());
-    let (found, position) = query(&st, st.read.catalog(), q.min_position, read).await?;
-    let Some(p) = found.filter(|p| !p.deleted) else {
-        return Err(ApiError::not_found(
-            "product_not_found",
-            format!("no product {id}"),
-        ));
-    };
-    let etag = format!("\"{}\"", p.version);
-    let mut resp = Json(ProductDto::from(p)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(with_position(resp, position))
+    let (p, position) = read_product(&st, &id, q.min_position).await?;
+    // The product's own version: the document changes only with its own events.
+    let etag = version_etag(p.version);
+    Ok(respond(&headers, &etag, position, || ProductDto::from(p)))
 }
 
 #[derive(Deserialize)]
@@ -506,6 +513,7 @@ const SEARCH_TEXT_MAX_BYTES: usize = 256;
 
 async fn search_products(
     State(st): State<AppState>,
+    headers: HeaderMap,
     QueryParams(q): QueryParams<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(20);
@@ -549,13 +557,20 @@ async fn search_products(
         limit,
         offset,
     };
-    let read = st.read.search_products(search);
-    let ((total, products), position) = query(&st, st.read.catalog(), q.min_position, read).await?;
-    let body = SearchDto {
-        total,
-        products: products.into_iter().map(ProductDto::from).collect(),
-    };
-    Ok(with_position(Json(body).into_response(), position))
+    let key = format!("search:{search:?}");
+    let (found, position) = cached_query(&st, st.read.catalog(), q.min_position, key, || {
+        st.read.search_products(search.clone())
+    })
+    .await?;
+    // A list: tagged with the catalog's position, which moves with any product's event.
+    let etag = position_etag(position);
+    Ok(respond(&headers, &etag, position, || {
+        let (total, products) = found.as_ref();
+        SearchDto {
+            total: *total,
+            products: products.iter().cloned().map(ProductDto::from).collect(),
+        }
+    }))
 }
 
 #[derive(Deserialize)]
@@ -582,6 +597,7 @@ struct OrdersDto {
 
 async fn customer_orders(
     State(st): State<AppState>,
+    headers: HeaderMap,
     caller: Caller,
     PathParams(customer): PathParams<String>,
     QueryParams(q): QueryParams<OrdersQuery>,
@@ -598,22 +614,26 @@ async fn customer_orders(
             format!("limit must be between 1 and {}", rm::ORDERS_MAX_LIMIT),
         ));
     }
-    let read = st.read.customer_orders(customer, limit);
-    let (orders, position) = query(&st, st.read.orders(), q.min_position, read).await?;
-    let body = OrdersDto {
+    let key = format!("orders:{limit}:{customer}");
+    let (orders, position) = cached_query(&st, st.read.orders(), q.min_position, key, || {
+        st.read.customer_orders(customer.clone(), limit)
+    })
+    .await?;
+    // A list: tagged with the orders read model's position.
+    let etag = position_etag(position);
+    Ok(respond(&headers, &etag, position, || OrdersDto {
         orders: orders
-            .into_iter()
+            .iter()
             .map(|o| OrderSummaryDto {
-                id: o.id,
-                status: o.status,
+                id: o.id.clone(),
+                status: o.status.clone(),
                 total: Amount(o.total_minor),
-                currency: o.currency,
+                currency: o.currency.clone(),
                 item_count: o.item_count,
                 created_at: ficus_core::time::format_rfc3339_ms(o.created_at_ms),
             })
             .collect(),
-    };
-    Ok(with_position(Json(body).into_response(), position))
+    }))
 }
 
 #[derive(Deserialize)]
@@ -639,6 +659,7 @@ struct AnalyticsDto {
 
 async fn order_analytics(
     State(st): State<AppState>,
+    headers: HeaderMap,
     caller: Caller,
     QueryParams(q): QueryParams<AnalyticsQuery>,
 ) -> Result<Response, ApiError> {
@@ -658,18 +679,22 @@ async fn order_analytics(
             ),
         ));
     }
-    let read = st.read.order_analytics(from, to);
-    let (days, position) = query(&st, st.read.orders(), q.min_position, read).await?;
-    let body = AnalyticsDto {
+    let key = format!("analytics:{from}:{to}");
+    let (days, position) = cached_query(&st, st.read.orders(), q.min_position, key, || {
+        st.read.order_analytics(from, to)
+    })
+    .await?;
+    // A report over many orders: tagged with the orders read model's position.
+    let etag = position_etag(position);
+    Ok(respond(&headers, &etag, position, || AnalyticsDto {
         days: days
-            .into_iter()
+            .iter()
             .map(|d| DayDto {
                 date: ficus_core::time::format_date(d.day),
-                currency: d.currency,
+                currency: d.currency.clone(),
                 orders: d.orders,
                 total: Amount(d.total_minor),
             })
             .collect(),
-    };
-    Ok(with_position(Json(body).into_response(), position))
+    }))
 }

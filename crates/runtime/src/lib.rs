@@ -10,7 +10,9 @@ pub use ficus_store::backoff;
 pub mod idempotency;
 pub mod pg_projection;
 pub mod projection;
+pub mod read_cache;
 pub mod repository;
+pub mod saga;
 pub mod shutdown;
 pub mod telemetry;
 pub mod workers;
@@ -23,6 +25,7 @@ pub use projection::{
     ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
     ReadModelDb, SqliteProjection, WaitError, PROJECTION_BATCH_EVENTS,
 };
+pub use read_cache::{ReadCache, ReadCacheConfig, ReadCacheStats};
 pub use repository::{
     AsOf, CommandError, CommandOutcome, Loaded, Repository, MAX_CONFLICT_RETRIES,
     SNAPSHOT_WRITES_IN_FLIGHT,

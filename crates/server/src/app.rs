@@ -55,6 +55,12 @@ pub struct ServerConfig {
     pub gateway: Option<(PathBuf, SocketAddr)>,
     /// Longest a client may take to send request headers ([`HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: std::time::Duration,
+    /// The payment service (`http://host:port`) of order fulfilment. When set, placing an
+    /// order makes it `pending` and starts its fulfilment saga.
+    pub payments_url: Option<String>,
+    /// The worker pool driving sagas (its visibility is how soon a saga whose process died
+    /// resumes elsewhere or after a restart).
+    pub saga_pool: PoolConfig,
 }
 
 impl ServerConfig {
@@ -74,6 +80,13 @@ impl ServerConfig {
             role: Role::ALL,
             bus: None,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            payments_url: None,
+            saga_pool: PoolConfig {
+                concurrency: 8,
+                max_concurrency: 8,
+                visibility: std::time::Duration::from_secs(10),
+                ..PoolConfig::new(ficus_runtime::saga::SAGA_QUEUE)
+            },
         }
     }
 }
@@ -297,6 +310,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     projections: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool>,
+    /// The pool driving sagas, when fulfilment is configured.
+    saga_pool: Option<WorkerPool>,
     /// The bus subscription, when a bus is configured (the relay lives in the state).
     bus: Option<BusSubscriber>,
     /// The embedded gateway, when configured.
@@ -373,6 +388,23 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             )
         }
     };
+    // Personal fields are sealed under their subject's key before every append (plain and
+    // keyed) and opened on every read, as stored, before upcasting (docs/adr/0012).
+    let subject_keys: Arc<dyn ficus_store::SubjectKeys> = match &store {
+        OpenStore::Sqlite(_) => Arc::new(
+            ficus_store::shredding::SqliteSubjectKeys::open(cfg.data_dir.join("subject-keys.db"))
+                .context("opening the subject key file")?,
+        ),
+        OpenStore::Postgres(s) => Arc::new(ficus_store::shredding::PgSubjectKeys::for_store(s)),
+    };
+    let shredder = ficus_store::Shredder::new(ficus_domain::personal_fields(), subject_keys);
+    let raw_idempotency: Arc<dyn ficus_store::IdempotencyStore> = match &store {
+        OpenStore::Sqlite(s) => s.clone(),
+        OpenStore::Postgres(s) => s.clone(),
+    };
+    let shredding =
+        ficus_store::ShreddingStore::wrap(dyn_store, Some(raw_idempotency), shredder.clone());
+    let dyn_store: Arc<dyn EventStore> = shredding.clone();
     // Every reader (aggregates, projections, HTTP stream reads, SSE) sees events of older
     // schema versions in their current shape (docs/adr/0009).
     let dyn_store = ficus_store::UpcastingStore::wrap(dyn_store, ficus_domain::upcasters());
@@ -407,11 +439,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             shutdown.clone(),
         )
     });
-    // Keys live in the event store's backend: a key's answer commits with the events.
-    let idempotency: Arc<dyn ficus_store::IdempotencyStore> = match &store {
-        OpenStore::Sqlite(s) => s.clone(),
-        OpenStore::Postgres(s) => s.clone(),
-    };
+    let (fulfilment, saga_pool) =
+        start_fulfilment(&cfg, &shop, &dyn_store, &jobs, &shutdown);
+    // Keys live in the event store's backend: a key's answer commits with the events (which
+    // are sealed on the way, like every append).
+    let idempotency: Arc<dyn ficus_store::IdempotencyStore> = shredding;
     // Ends with the shutdown signal; a sweep cut short by the store closing is redone later.
     ficus_runtime::idempotency::spawn_idempotency_purger(
         idempotency.clone(),
@@ -424,7 +456,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         jobs,
         shop,
         idempotency: idempotency.clone(),
+        shredder,
         read,
+        read_cache: cfg
+            .api
+            .read_cache
+            .enabled
+            .then(|| Arc::new(ficus_gateway::cache::ShopCache::new(&cfg.api.read_cache))),
         auth: Arc::new(Auth::new(secret)),
         sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
         config: Arc::new(cfg.api.clone()),
@@ -434,6 +472,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         )),
         backend,
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
+        fulfilment,
     };
     // Append throughput and batch sizes for /metrics; ends with the shutdown signal.
     ficus_gateway::metrics::watch_appends(&state);
@@ -463,6 +502,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         server,
         projections,
         pool,
+        saga_pool,
         bus: bus_parts.map(|(_, announcer)| announcer),
         gateway,
     })
@@ -489,6 +529,9 @@ impl Running {
         self.server.await??;
         // Running jobs finish, unstarted ones are released, completions flushed.
         if let Some(pool) = self.pool {
+            pool.join().await;
+        }
+        if let Some(pool) = self.saga_pool {
             pool.join().await;
         }
         for t in self.projections {
@@ -551,4 +594,70 @@ async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Environment variable for crash tests: `after:N` makes the process abort (like kill -9)
+/// right after a saga's event of stream version N is durable; `before:N` right before it is
+/// appended (the step's effect done, not recorded).
+pub const ABORT_AT_SAGA_RECORD_ENV: &str = "FICUS_TEST_ABORT_AT_SAGA_RECORD";
+
+/// Order fulfilment, when a payment service is configured: the saga, its orchestrator, and
+/// (in a worker process) the pool that drives sagas from the job queue.
+fn start_fulfilment(
+    cfg: &ServerConfig,
+    shop: &Shop,
+    store: &Arc<dyn EventStore>,
+    jobs: &Arc<dyn JobQueue>,
+    shutdown: &Shutdown,
+) -> (
+    Option<ficus_domain::fulfilment::Fulfilment>,
+    Option<WorkerPool>,
+) {
+    use ficus_domain::fulfilment::{Fulfilment, FulfilmentConfig, FulfilmentSaga};
+    use ficus_runtime::saga::{SagaJobHandler, SagaOrchestrator};
+    let Some(url) = &cfg.payments_url else {
+        return (None, None);
+    };
+    let payments = Arc::new(ficus_gateway::payments::HttpPayments::new(
+        ficus_gateway::payments::PaymentClientConfig::new(url.clone()),
+    ));
+    let saga = FulfilmentSaga::new(
+        shop.repository().clone(),
+        payments,
+        FulfilmentConfig::default(),
+    );
+    let mut orchestrator = SagaOrchestrator::new(store.clone()).with(Arc::new(saga));
+    if let Ok(spec) = std::env::var(ABORT_AT_SAGA_RECORD_ENV) {
+        use ficus_runtime::saga::RecordMoment;
+        let parsed = match spec.split_once(':') {
+            Some(("before", n)) => n.parse::<u64>().ok().map(|n| (RecordMoment::Before, n)),
+            Some(("after", n)) => n.parse::<u64>().ok().map(|n| (RecordMoment::After, n)),
+            _ => None,
+        };
+        if let Some((at, n)) = parsed {
+            tracing::warn!(%spec, "crash test: the process aborts at this saga record");
+            orchestrator = orchestrator.with_record_hook(Arc::new(move |_, version, moment| {
+                if version == n && moment == at {
+                    std::process::abort();
+                }
+            }));
+        }
+    }
+    let pool = cfg.role.runs_workers().then(|| {
+        WorkerPool::spawn(
+            jobs.clone(),
+            Arc::new(SagaJobHandler {
+                orchestrator: orchestrator.clone(),
+            }),
+            cfg.saga_pool.clone(),
+            None,
+            shutdown.clone(),
+        )
+    });
+    let fulfilment = Fulfilment {
+        shop: shop.clone(),
+        jobs: jobs.clone(),
+        orchestrator,
+    };
+    (Some(fulfilment), pool)
 }

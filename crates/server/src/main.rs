@@ -81,6 +81,16 @@ enum Command {
             default_value_t = 5000
         )]
         read_your_writes_timeout_ms: u64,
+        /// Cache query answers in this process, invalidated as the read models apply events.
+        #[arg(long, env = "FICUS_READ_CACHE")]
+        read_cache: bool,
+        /// Most answers the read cache holds; the least recently used goes first.
+        #[arg(
+            long,
+            env = "FICUS_READ_CACHE_MAX_ENTRIES",
+            default_value_t = ficus_runtime::read_cache::READ_CACHE_DEFAULT_MAX_ENTRIES
+        )]
+        read_cache_max_entries: usize,
         /// How long an `Idempotency-Key` answers repeats, in seconds; then it is purged.
         #[arg(long, env = "FICUS_IDEMPOTENCY_RETENTION_SECS", default_value_t = 48 * 3600)]
         idempotency_retention_secs: u64,
@@ -106,6 +116,10 @@ enum Command {
         /// Longest a client may take to send request headers, in milliseconds.
         #[arg(long, env = "FICUS_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
         header_read_timeout_ms: u64,
+        /// The payment service of order fulfilment (`http://host:port`): placing an order
+        /// then makes it `pending` and starts its fulfilment saga.
+        #[arg(long, env = "FICUS_PAYMENTS_URL")]
+        payments: Option<String>,
     },
     /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
     Migrate {
@@ -365,6 +379,15 @@ enum DebugCommand {
         #[arg(long, default_value = "127.0.0.1:18081")]
         listen: SocketAddr,
     },
+    /// A small payment service for order fulfilment: charges and refunds idempotent by key,
+    /// failing a share of calls on purpose (`--fail-rate 0.5`).
+    Payments {
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        listen: SocketAddr,
+        /// Share of charges answered 503 before any effect, 0..=1 (refunds never fail).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+    },
     /// Append batches forever from many tasks, printing each acknowledged batch as a line.
     AppendLoop {
         #[arg(long)]
@@ -438,6 +461,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_body_bytes,
             read_your_writes_timeout_ms,
+            read_cache,
+            read_cache_max_entries,
             idempotency_retention_secs,
             idempotency_lease_ms,
             job_visibility_ms,
@@ -446,6 +471,7 @@ async fn main() -> anyhow::Result<()> {
             gateway_routes,
             gateway_listen,
             header_read_timeout_ms,
+            payments,
         } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let mut cfg = ServerConfig::new(data_dir, listen);
@@ -461,6 +487,8 @@ async fn main() -> anyhow::Result<()> {
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
+            cfg.api.read_cache.enabled = read_cache;
+            cfg.api.read_cache.max_entries = read_cache_max_entries.max(1);
             cfg.api.idempotency.retention = Duration::from_secs(idempotency_retention_secs.max(1));
             cfg.api.idempotency.lease = Duration::from_millis(idempotency_lease_ms.max(100));
             cfg.shop_pool.visibility = Duration::from_millis(job_visibility_ms.max(100));
@@ -468,6 +496,8 @@ async fn main() -> anyhow::Result<()> {
             cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
             cfg.gateway = gateway_routes.map(|r| (r, gateway_listen));
             cfg.header_read_timeout = Duration::from_millis(header_read_timeout_ms.max(100));
+            cfg.payments_url = payments.filter(|p| !p.is_empty());
+            cfg.saga_pool.visibility = cfg.shop_pool.visibility;
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
@@ -684,6 +714,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Debug { which } => match which {
             DebugCommand::AppendLoop { data_dir, tasks } => append_loop(data_dir, tasks).await?,
+            DebugCommand::Payments { listen, fail_rate } => {
+                if !(0.0..=1.0).contains(&fail_rate) {
+                    anyhow::bail!("--fail-rate must be within 0..=1");
+                }
+                let app = ficus_gateway::payments::service(
+                    ficus_gateway::payments::PaymentService::new(fail_rate),
+                );
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                eprintln!("payment service on http://{}", listener.local_addr()?);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await?;
+            }
             DebugCommand::Upstream { listen } => {
                 const BODY: &str = r#"{"id":"p-1","name":"Espresso grinder","category":"kitchen","price":189.00,"currency":"EUR","in_stock":true}"#;
                 let app = axum::Router::new().fallback(|| async {

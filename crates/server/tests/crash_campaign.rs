@@ -360,7 +360,7 @@ async fn read_log(ctx: &Ctx) -> Vec<Value> {
     }
 }
 
-/// Waits (bounded) until no acknowledged job is still running.
+/// Waits (bounded) until no acknowledged job is still running and no job item is queued.
 async fn settle_jobs(ctx: &Ctx, round: usize) {
     let jobs: Vec<String> = ctx.acked.lock().unwrap().jobs.keys().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -387,6 +387,31 @@ async fn settle_jobs(ctx: &Ctx, round: usize) {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // A job whose 202 the kill cut off is committed all the same and runs now: wait until
+    // every queue is empty, so nothing writes while the read models are compared.
+    loop {
+        let (_, q) = get(ctx, "/v1/queues", "admin").await;
+        let busy: u64 = q["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                ["ready", "delayed", "in_flight"]
+                    .iter()
+                    .map(|k| q[k].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .sum();
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: queues never drained: {q} (FICUS_CRASH_SEED={})",
+            ctx.seed
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -15,6 +15,7 @@ pub mod mem;
 pub mod nats;
 mod port;
 pub mod postgres;
+pub mod shredding;
 pub mod snapshots;
 pub mod sqlite;
 mod subscription;
@@ -32,6 +33,7 @@ pub use jobs::{
 pub use port::{event_json, new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
 pub use snapshots::{MemSnapshotStore, Snapshot, SnapshotStore, MAX_SNAPSHOT_BYTES};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};
+pub use shredding::{PersonalFields, Shredder, ShreddingStore, SubjectKeys};
 pub use upcasting::UpcastingStore;
 
 /// Runs `cleanup` to completion on a thread with its own small runtime, and waits for it. For

@@ -98,6 +98,7 @@ pub async fn run_one(dir: &Path, events: u64, loads: usize) -> anyhow::Result<Sn
     let (ty, payload) = encode(&AccountEvent::AccountOpened {
         account_id: account_id.to_owned(),
         owner_id: "bench".into(),
+        holder_name: None,
         currency: Currency::new("EUR")?,
         at_ms: 0,
     })?;

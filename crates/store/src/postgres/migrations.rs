@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "snapshots",
         sql: super::snapshots::SCHEMA,
     },
+    Migration {
+        version: 6,
+        name: "subject keys",
+        sql: crate::shredding::PG_SCHEMA,
+    },
 ];
 
 /// The event log. Positions are gap-free because they are handed out under the row lock on
