@@ -389,7 +389,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         }
     };
     // Personal fields are sealed under their subject's key before every append (plain and
-    // keyed) and opened on every read, as stored, before upcasting (docs/adr/0012).
+    // keyed) and opened on every read, as stored, before upcasting (docs/adr/0011).
     let subject_keys: Arc<dyn ficus_store::SubjectKeys> = match &store {
         OpenStore::Sqlite(_) => Arc::new(
             ficus_store::shredding::SqliteSubjectKeys::open(cfg.data_dir.join("subject-keys.db"))
@@ -439,8 +439,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             shutdown.clone(),
         )
     });
-    let (fulfilment, saga_pool) =
-        start_fulfilment(&cfg, &shop, &dyn_store, &jobs, &shutdown);
+    let (fulfilment, saga_pool) = start_fulfilment(&cfg, &shop, &dyn_store, &jobs, &shutdown);
     // Keys live in the event store's backend: a key's answer commits with the events (which
     // are sealed on the way, like every append).
     let idempotency: Arc<dyn ficus_store::IdempotencyStore> = shredding;
@@ -557,8 +556,9 @@ pub fn mint(auth: &Auth, sub: &str, roles: &[&str], ttl_secs: i64) -> String {
 
 /// Serves `app` on `listener` until `shutdown`, then lets open connections finish. Written
 /// over hyper rather than `axum::serve` for one reason: the header-read timeout, which
-/// `axum::serve` cannot set (it gives hyper no timer).
-async fn serve_http(
+/// `axum::serve` cannot set (it gives hyper no timer). Each request carries the peer's
+/// address as axum's `ConnectInfo` (the façade writes it into `X-Forwarded-For`).
+pub(crate) async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     header_read_timeout: std::time::Duration,
@@ -583,7 +583,15 @@ async fn serve_http(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let peer = stream.peer_addr().ok();
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
+        });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

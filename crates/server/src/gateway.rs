@@ -80,12 +80,10 @@ pub async fn start(
                         // The console is served here too: on this address the façade's
                         // admin API (routes, weights) is same-origin for it.
                         let app = proxy::router(gateway).merge(ficus_gateway::console::routes());
-                        axum::serve(
-                            listener,
-                            app.into_make_service_with_connect_info::<SocketAddr>(),
-                        )
-                        .with_graceful_shutdown(async move { stop.wait().await })
-                        .await
+                        // The same accept loop as the API: a client that dribbles its
+                        // headers is cut off after the header-read timeout.
+                        crate::app::serve_http(listener, app, crate::app::HEADER_READ_TIMEOUT, stop)
+                            .await
                     })
                 })?,
         );
