@@ -14,7 +14,7 @@ use crate::{StoreError, MAX_READ_LIMIT};
 /// Used for the event log's reads and by read models for their queries.
 pub struct ConnectionPool {
     conns: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl ConnectionPool {
@@ -30,18 +30,22 @@ impl ConnectionPool {
         }
         Ok(Self {
             conns: Mutex::new(conns),
-            permits: Semaphore::new(n),
+            permits: Arc::new(Semaphore::new(n)),
         })
     }
 
     /// Runs `f` on a free connection in a blocking thread; waits while all are busy.
+    ///
+    /// The blocking task owns the connection and the permit and puts both back itself, so a
+    /// caller that is cancelled mid-read (a client hanging up) never loses a connection.
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("read pool closed".into()))?;
         let conn = self
@@ -51,17 +55,18 @@ impl ConnectionPool {
             .pop()
             .expect("a permit guarantees a free connection");
         let pool = self.clone();
-        let (conn, result) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let r = f(&conn);
-            (conn, r)
+            pool.conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            // The permit goes back only after the connection is in the pool again.
+            drop(permit);
+            r
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?;
-        pool.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        result
+        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
     }
 }
 
@@ -172,4 +177,50 @@ pub(crate) fn stream_version(
         .and_then(|mut s| s.query_row(params![stream.as_str(), sql_int(up_to)], |r| r.get(0)))
         .map_err(unavailable)?;
     Ok(v as Version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A read whose caller is dropped mid-flight (a client hanging up) must not lose its
+    /// connection: after many such cancellations every connection is still usable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_reads_give_their_connection_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.db");
+        drop(open_connection(&path).unwrap());
+        let pool = Arc::new(ConnectionPool::open_readers(&path, 2).unwrap());
+        for _ in 0..20 {
+            let slow = pool.run(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            });
+            // Cancelled while the blocking read runs.
+            assert!(tokio::time::timeout(Duration::from_millis(2), slow)
+                .await
+                .is_err());
+        }
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    pool.run(|c| {
+                        c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                            .map_err(unavailable)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for r in reads {
+            let one = tokio::time::timeout(Duration::from_secs(5), r)
+                .await
+                .expect("a connection is free again")
+                .unwrap()
+                .unwrap();
+            assert_eq!(one, 1);
+        }
+    }
 }
