@@ -329,7 +329,7 @@ impl Aggregate for BankAccount {
     fn evolve(&mut self, event: &AccountEvent) {
         match event {
             // The holder's name is not kept in the state: a snapshot would hold it in plaintext,
-            // beyond the reach of its key (docs/adr/0012).
+            // beyond the reach of its key (docs/adr/0011).
             AccountEvent::AccountOpened {
                 account_id,
                 owner_id,

@@ -25,7 +25,7 @@ pub fn upcasters() -> ficus_core::Upcasters {
         .with::<account::AccountEvent>()
 }
 
-/// The personal fields of the domain's events (crypto-shredding, docs/adr/0012): wrap the
+/// The personal fields of the domain's events (crypto-shredding, docs/adr/0011): wrap the
 /// store with them ([`ficus_store::ShreddingStore::wrap`]) and they are stored encrypted under
 /// their subject's key.
 pub fn personal_fields() -> ficus_store::PersonalFields {

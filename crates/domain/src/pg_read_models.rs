@@ -48,9 +48,10 @@ use tokio_postgres::{GenericClient, Row};
 use crate::order::OrderEvent;
 use crate::product::ProductEvent;
 use crate::read_models::{
-    decode_if, text_words, DailyOrders, OrderSummary, PlacedOrder, ProductSearch, ProductView,
-    ORDERS_MAX_LIMIT, ORDER_EVENT_TYPES, PLAN_MAX_ROWS, PRODUCT_EVENT_TYPES, SEARCH_MAX_LIMIT,
-    SEARCH_MAX_OFFSET, SEARCH_MAX_TERMS,
+    decode_if, text_words, DailyOrders, OrderSummary, PlacedOrder, PricePoint, ProductPage,
+    ProductSearch, ProductView, ORDERS_MAX_LIMIT, ORDER_EVENT_TYPES, PLAN_MAX_ROWS,
+    PRICE_HISTORY_MAX, PRODUCT_EVENT_TYPES, RELATED_MAX, SEARCH_MAX_LIMIT, SEARCH_MAX_OFFSET,
+    SEARCH_MAX_TERMS,
 };
 
 /// Longest token kept in the `tsvector`, in characters: 4 bytes each at most, under
@@ -172,6 +173,13 @@ impl PgProjection for PgCatalogProjection {
             quantity   bigint NOT NULL,
             PRIMARY KEY (product_id, warehouse)
         );
+        CREATE TABLE IF NOT EXISTS rm_catalog_product_prices (
+            product_id  text COLLATE "C" NOT NULL,
+            version     bigint NOT NULL,
+            price_minor bigint NOT NULL,
+            at_ms       bigint NOT NULL,
+            PRIMARY KEY (product_id, version)
+        );
         CREATE TABLE IF NOT EXISTS rm_catalog_search_stats (
             id     integer PRIMARY KEY CHECK (id = 1),
             docs   bigint NOT NULL,
@@ -183,7 +191,7 @@ impl PgProjection for PgCatalogProjection {
 
     fn drop_schema(&self) -> &str {
         "DROP TABLE IF EXISTS rm_catalog_products; DROP TABLE IF EXISTS rm_catalog_product_stock;
-         DROP TABLE IF EXISTS rm_catalog_search_stats;"
+         DROP TABLE IF EXISTS rm_catalog_product_prices; DROP TABLE IF EXISTS rm_catalog_search_stats;"
     }
 
     async fn apply(
@@ -239,6 +247,12 @@ impl PgProjection for PgCatalogProjection {
                     &[&i64::from(token_count)],
                 )
                 .await?;
+                tx.execute(
+                    "INSERT INTO rm_catalog_product_prices (product_id, version, price_minor, at_ms)
+                     VALUES ($1, $2, $3, $4)",
+                    &[&product_id, &version, &price.minor(), &at_ms],
+                )
+                .await?;
             }
             ProductEvent::ProductPriceChanged {
                 product_id,
@@ -251,6 +265,12 @@ impl PgProjection for PgCatalogProjection {
                         version = $4
                      WHERE id = $1",
                     &[&product_id, &new_price.minor(), &at_ms, &version],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO rm_catalog_product_prices (product_id, version, price_minor, at_ms)
+                     VALUES ($1, $2, $3, $4)",
+                    &[&product_id, &version, &new_price.minor(), &at_ms],
                 )
                 .await?;
             }
@@ -386,6 +406,64 @@ pub async fn product_stock<C: GenericClient + Sync>(
         .await
         .map_err(pg_err)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A product's prices, newest first, at most [`PRICE_HISTORY_MAX`].
+pub async fn price_history<C: GenericClient + Sync>(
+    client: &C,
+    id: &str,
+) -> Result<Vec<PricePoint>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT price_minor, at_ms, version FROM rm_catalog_product_prices
+             WHERE product_id = $1 ORDER BY version DESC LIMIT $2",
+            &[&id, &i64::from(PRICE_HISTORY_MAX)],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows
+        .iter()
+        .map(|r| PricePoint {
+            price_minor: r.get(0),
+            at_ms: r.get(1),
+            version: r.get::<_, i64>(2) as u64,
+        })
+        .collect())
+}
+
+/// Live products of `category` other than `id`, by id, at most [`RELATED_MAX`].
+pub async fn related_products<C: GenericClient + Sync>(
+    client: &C,
+    id: &str,
+    category: &str,
+) -> Result<Vec<ProductView>, StoreError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {PRODUCT_COLUMNS} FROM rm_catalog_products p
+                 WHERE p.category = $1 AND p.id <> $2 AND NOT p.deleted ORDER BY p.id LIMIT $3"
+            ),
+            &[&category, &id, &i64::from(RELATED_MAX)],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows.iter().map(product_row).collect())
+}
+
+/// The [`ProductPage`] of a product (deleted ones included, flagged in `product`).
+pub async fn product_page<C: GenericClient + Sync>(
+    client: &C,
+    id: &str,
+) -> Result<Option<ProductPage>, StoreError> {
+    let Some(product) = get_product(client, id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(ProductPage {
+        stock: product_stock(client, id).await?,
+        price_history: price_history(client, id).await?,
+        related: related_products(client, id, &product.category).await?,
+        product,
+    }))
 }
 
 /// FTS5's `bm25()` of row `p` for the query terms `$1` (negated, so lower is better, as

@@ -84,6 +84,13 @@ impl SqliteProjection for CatalogProjection {
             quantity   INTEGER NOT NULL,
             PRIMARY KEY (product_id, warehouse)
         ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS product_prices (
+            product_id  TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            price_minor INTEGER NOT NULL,
+            at_ms       INTEGER NOT NULL,
+            PRIMARY KEY (product_id, version)
+        ) WITHOUT ROWID;
         CREATE VIRTUAL TABLE IF NOT EXISTS products_fts USING fts5 (
             id UNINDEXED, name, description, tokenize = 'unicode61 remove_diacritics 2'
         );"
@@ -91,7 +98,7 @@ impl SqliteProjection for CatalogProjection {
 
     fn drop_schema(&self) -> &str {
         "DROP TABLE IF EXISTS products; DROP TABLE IF EXISTS product_stock;
-         DROP TABLE IF EXISTS products_fts;"
+         DROP TABLE IF EXISTS product_prices; DROP TABLE IF EXISTS products_fts;"
     }
 
     fn apply(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
@@ -130,6 +137,11 @@ impl SqliteProjection for CatalogProjection {
                     "INSERT INTO products_fts (id, name, description) VALUES (?1, ?2, ?3)",
                     params![product_id, name, description],
                 )?;
+                tx.execute(
+                    "INSERT INTO product_prices (product_id, version, price_minor, at_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![product_id, version, price.minor(), at_ms],
+                )?;
             }
             ProductEvent::ProductPriceChanged {
                 product_id,
@@ -141,6 +153,11 @@ impl SqliteProjection for CatalogProjection {
                     "UPDATE products SET price_minor = ?2, updated_at_ms = ?3, version = ?4
                      WHERE id = ?1",
                     params![product_id, new_price.minor(), at_ms, version],
+                )?;
+                tx.execute(
+                    "INSERT INTO product_prices (product_id, version, price_minor, at_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![product_id, version, new_price.minor(), at_ms],
                 )?;
             }
             ProductEvent::StockAdjusted {
@@ -265,6 +282,79 @@ pub fn product_stock(conn: &Connection, id: &str) -> Result<Vec<(String, i64)>, 
         .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(unavailable)?;
     rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Most price points a product's history answers (the newest).
+pub const PRICE_HISTORY_MAX: u32 = 20;
+/// Most related products (same category) answered for one product.
+pub const RELATED_MAX: u32 = 5;
+
+/// One price a product had, from the event (version) that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricePoint {
+    pub price_minor: i64,
+    pub at_ms: i64,
+    pub version: u64,
+}
+
+/// A product's prices, newest first, at most [`PRICE_HISTORY_MAX`].
+pub fn price_history(conn: &Connection, id: &str) -> Result<Vec<PricePoint>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT price_minor, at_ms, version FROM product_prices WHERE product_id = ?1
+             ORDER BY version DESC LIMIT ?2",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![id, PRICE_HISTORY_MAX], |r| {
+            Ok(PricePoint {
+                price_minor: r.get(0)?,
+                at_ms: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Live products of `category` other than `id`, by id, at most [`RELATED_MAX`].
+pub fn related_products(
+    conn: &Connection,
+    id: &str,
+    category: &str,
+) -> Result<Vec<ProductView>, StoreError> {
+    let sql = format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products p
+         WHERE p.category = ?1 AND p.id <> ?2 AND p.deleted = 0 ORDER BY p.id LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![category, id, RELATED_MAX], product_row)
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Everything the product views are shaped from: the details, stock per warehouse, price
+/// history and related products, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductPage {
+    pub product: ProductView,
+    pub stock: Vec<(String, i64)>,
+    pub price_history: Vec<PricePoint>,
+    pub related: Vec<ProductView>,
+}
+
+/// The [`ProductPage`] of a product (deleted ones included, flagged in `product`).
+pub fn product_page(conn: &Connection, id: &str) -> Result<Option<ProductPage>, StoreError> {
+    let Some(product) = get_product(conn, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(ProductPage {
+        stock: product_stock(conn, id)?,
+        price_history: price_history(conn, id)?,
+        related: related_products(conn, id, &product.category)?,
+        product,
+    }))
 }
 
 /// Most products one search page returns.

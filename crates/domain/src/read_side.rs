@@ -121,6 +121,25 @@ impl ShopReadSide {
         }
     }
 
+    /// What the product views are shaped from (details, stock, price history, related
+    /// products), read in one snapshot.
+    pub async fn product_page(
+        &self,
+        id: String,
+    ) -> Result<(Option<rm::ProductPage>, Position), StoreError> {
+        match self {
+            ShopReadSide::Sqlite { catalog, .. } => {
+                catalog.db().query(move |c| rm::product_page(c, &id)).await
+            }
+            ShopReadSide::Postgres { catalog, .. } => {
+                pg_read(catalog, move |tx| {
+                    Box::pin(async move { pg::product_page(tx, &id).await })
+                })
+                .await
+            }
+        }
+    }
+
     /// Matching products and the total number of matches.
     pub async fn search_products(
         &self,

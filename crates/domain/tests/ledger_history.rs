@@ -11,7 +11,7 @@ use std::time::Duration;
 use ficus_core::codec::decode;
 use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use ficus_domain::account::{AccountEvent, BankAccount, SNAPSHOT_SCHEMA_VERSION};
-use ficus_domain::ledger::Ledger;
+use ficus_domain::ledger::{AccountHolder, Ledger};
 use ficus_domain::money::{Currency, Money};
 use ficus_domain::service::Actor;
 use ficus_runtime::projection::{ProjectionError, SqliteProjection};

@@ -1,8 +1,9 @@
 //! Proves the PostgreSQL read models answer every query exactly as the SQLite ones: one
 //! realistic shop history (products created, repriced, restocked, deleted; orders created,
 //! filled, placed, cancelled) is folded by both, and every query (search by text, category,
-//! price, pages; product details and stock; a customer's orders; analytics per day; buyers;
-//! placed orders of a day; a seller's products) compares equal. Needs `FICUS_TEST_PG_URL`
+//! price, pages; product details and stock; the views' product page with price history and
+//! related products; a customer's orders; analytics per day; buyers; placed orders of a day;
+//! a seller's products) compares equal. Needs `FICUS_TEST_PG_URL`
 //! (skipped without it).
 
 use std::sync::Arc;
@@ -514,6 +515,7 @@ async fn postgres_read_models_answer_as_sqlite_ones() {
     );
 
     // Product details, stock, a seller's products per category.
+    let mut pages = 0;
     for id in product_ids.iter().map(String::as_str).chain(["nope"]) {
         let i = id.to_owned();
         let want = sqlite(&lite_catalog, move |c| lite::get_product(c, &i)).await;
@@ -521,7 +523,13 @@ async fn postgres_read_models_answer_as_sqlite_ones() {
         let i = id.to_owned();
         let want = sqlite(&lite_catalog, move |c| lite::product_stock(c, &i)).await;
         assert_eq!(pg::product_stock(client, id).await.unwrap(), want, "{id}");
+        // The product page of the views: price history and related products too.
+        let i = id.to_owned();
+        let want = sqlite(&lite_catalog, move |c| lite::product_page(c, &i)).await;
+        assert_eq!(pg::product_page(client, id).await.unwrap(), want, "{id}");
+        pages += usize::from(want.is_some_and(|p| p.price_history.len() > 1));
     }
+    assert!(pages > 0, "some products were repriced");
     for s in SELLERS {
         for c in CATEGORIES {
             let want = sqlite(&lite_catalog, move |conn| {

@@ -20,6 +20,7 @@ mod sagas;
 mod shop;
 mod streams;
 mod subjects;
+mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,7 +330,7 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
             .merge(console::routes());
     }
     if routes.queries {
-        app = app.merge(shop::query_routes());
+        app = app.merge(shop::query_routes()).merge(views::routes());
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -46,10 +46,13 @@ fn build() -> Value {
             {"name": "events", "description": "Raw event-store access (admin)."},
             {"name": "projections", "description": "Read-model status and rebuilds (admin)."},
             {"name": "products", "description": "Product commands and catalog queries."},
+            {"name": "views", "description": "Backend-for-frontend views of the catalog, shaped per client."},
             {"name": "orders", "description": "Order commands and queries."},
             {"name": "queues", "description": "Job queues, their dead-letter queues and job items (admin)."},
             {"name": "jobs", "description": "Bulk jobs: submit one, follow its progress and result, cancel it."},
             {"name": "accounts", "description": "The bank-account ledger: money in exact minor units, no overdraft, and an account's state as of any past version or instant (time travel)."},
+            {"name": "sagas", "description": "Sagas: the order-fulfilment saga's state, event-sourced in its own stream."},
+            {"name": "subjects", "description": "Data subjects (admin): crypto-shredding of personal fields (docs/adr/0011-crypto-shredding.md)."},
         ],
         "paths": paths(),
         "components": {
@@ -329,6 +332,8 @@ fn paths() -> Value {
         .chain(queue_paths())
         .chain(job_paths())
         .chain(account_paths())
+        .chain(saga_paths())
+        .chain(subject_paths())
     {
         p.insert(path.to_owned(), item);
     }
@@ -631,12 +636,46 @@ fn product_paths() -> Vec<(&'static str, Value)> {
             ]),
         ),
         (
+            "/v1/mobile/products/{id}",
+            path_item(vec![(
+                "get",
+                Op::new("getMobileProduct", "views", "A product, shaped for mobile clients")
+                    .describe("Public. A view of the product page (see `views.rs`): compact. `ETag` is the product's version; `If-None-Match` → `304`; `min_position` as for every query.")
+                    .param(param_ref("ProductId"))
+                    .param(param_ref("MinPosition"))
+                    .success(200, success("The compact product.", schema_ref("MobileProduct"), &["ETag", "Ficus-Position"]))
+                    .errors(&[
+                        (400, "`invalid_query`, `invalid_path`."),
+                        (404, "`product_not_found` (also when deleted)."),
+                        (500, ""),
+                        QUERY_503,
+                    ]),
+            )]),
+        ),
+        (
+            "/v1/web/products/{id}",
+            path_item(vec![(
+                "get",
+                Op::new("getWebProduct", "views", "A product, shaped for the web product page")
+                    .describe("Public. A view of the product page: description, stock per warehouse, the newest prices (at most 20), related products of the same category (at most 5). `ETag` is the catalog's position (related products change with other products); `If-None-Match` → `304`.")
+                    .param(param_ref("ProductId"))
+                    .param(param_ref("MinPosition"))
+                    .success(200, success("The rich product page.", schema_ref("WebProduct"), &["ETag", "Ficus-Position"]))
+                    .errors(&[
+                        (400, "`invalid_query`, `invalid_path`."),
+                        (404, "`product_not_found` (also when deleted)."),
+                        (500, ""),
+                        QUERY_503,
+                    ]),
+            )]),
+        ),
+        (
             "/v1/products/{id}",
             path_item(vec![
                 (
                     "get",
                     Op::new("getProduct", "products", "Get a product")
-                        .describe("Public. `ETag` is the product's version, for `If-Match` on later commands.")
+                        .describe("Public. `ETag` is the product's version, for `If-Match` on later commands. Every query answers `Cache-Control: private, no-cache` and an `ETag` (lists: `\"p<position>\"`, the read model's position); a matching `If-None-Match` (a list, weak tags or `*`) gets `304` with no body.")
                         .param(param_ref("ProductId"))
                         .param(param_ref("MinPosition"))
                         .success(200, success("The product.", schema_ref("Product"), &["ETag", "Ficus-Position"]))
@@ -790,7 +829,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
             path_item(vec![(
                 "post",
                 Op::new("placeOrder", "orders", "Place a draft order")
-                    .describe("No body. Only the order's customer may.")
+                    .describe("No body. Only the order's customer may. When the server runs order fulfilment (`--payments URL`), the order becomes `pending` and its fulfilment saga (`GET /v1/sagas/fulfilment-{id}`) reserves stock, charges the payment and creates the shipment; the order then turns `confirmed`, or `rejected` once every started step was undone. Without it, the order is `placed`.")
                     .secured()
                         .idempotent()
                     .param(param_ref("OrderId"))
@@ -825,7 +864,7 @@ fn order_paths() -> Vec<(&'static str, Value)> {
                         (404, "`order_not_found`."),
                         COMMAND_409,
                         (413, ""),
-                        (422, "`order_cancelled`."),
+                        (422, "`order_cancelled`, `order_in_fulfilment` (pending, confirmed or rejected: the fulfilment saga decides)."),
                         (500, ""),
                         (503, "`store_unavailable`."),
                     ]),
@@ -1054,6 +1093,57 @@ fn job_paths() -> Vec<(&'static str, Value)> {
 // ---------------------------------------------------------------------------------------------
 // Components
 
+fn saga_paths() -> Vec<(&'static str, Value)> {
+    vec![(
+        "/v1/sagas/{id}",
+        path_item(vec![(
+            "get",
+            Op::new("getSaga", "sagas", "Read a saga's state")
+                .describe("Folds the saga's stream `saga-{id}`: its status (`running`, `compensating`, `completed`, `failed`), each step's status, attempts, last error and output, and the step that failed. An order's fulfilment saga is `fulfilment-{order_id}`. An admin may read any saga, a customer only the fulfilment of their own order (anything else is a 404).")
+                .secured()
+                .param(json!({"name": "id", "in": "path", "required": true, "description": "Saga id.",
+                              "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_.:@-]+$"}}))
+                .success(200, success("The saga's state.", schema_ref("Saga"), &[]))
+                .errors(&[
+                    (400, "`invalid_field`: a malformed id."),
+                    (404, "`saga_not_found`."),
+                    (500, ""),
+                    (503, "`store_unavailable`."),
+                ]),
+        )]),
+    )]
+}
+
+fn saga_schemas() -> Value {
+    json!({
+        "Saga": {
+            "type": "object",
+            "required": ["id", "kind", "status", "steps", "version"],
+            "properties": {
+                "id": {"type": "string"},
+                "kind": {"type": "string", "examples": ["order_fulfilment"]},
+                "status": {"type": "string", "enum": ["running", "compensating", "completed", "failed"]},
+                "input": {"description": "What the saga was started with, e.g. `{\"order_id\": ...}`."},
+                "steps": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "examples": ["reserve_stock", "charge_payment"]},
+                        "status": {"type": "string", "enum": ["pending", "running", "retrying", "succeeded", "failed", "compensating", "compensation_failed", "compensated"]},
+                        "attempts": {"type": "integer"},
+                        "compensation_attempts": {"type": "integer"},
+                        "last_error": {"type": ["string", "null"]},
+                        "output": {"description": "What the step returned (null until it succeeded)."}
+                    }
+                }},
+                "failure": {"type": ["object", "null"], "properties": {"step": {"type": "string"}, "reason": {"type": "string"}}},
+                "started_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "version": {"type": "integer", "description": "Version of the saga's stream."}
+            }
+        }
+    })
+}
+
 fn account_paths() -> Vec<(&'static str, Value)> {
     let id = || {
         json!({"name": "id", "in": "path", "required": true, "description": "Account id.",
@@ -1166,6 +1256,29 @@ fn account_paths() -> Vec<(&'static str, Value)> {
     ]
 }
 
+fn subject_paths() -> Vec<(&'static str, Value)> {
+    vec![(
+        "/v1/subjects/{id}/keys",
+        path_item(vec![(
+            "delete",
+            Op::new("forgetSubject", "subjects", "Destroy a data subject's keys")
+                .describe("Destroys the encryption keys of data subject `id` (a customer or user id), durably, before answering. Personal fields of the events naming the subject (today `AccountOpened.holder_name`) are stored encrypted under those keys; from now on they read as the string `\"[erased]\"` in stream reads, subscriptions, aggregates and read models (also after a rebuild), while the events, their versions and positions stay. Idempotent: `204` whether or not the subject had keys. A subject that comes back later gets a new key. Needs the admin role.")
+                .secured()
+                .param(json!({"name": "id", "in": "path", "required": true, "description": "The subject's id, as the events name it.",
+                              "schema": {"type": "string", "minLength": 1, "maxLength": 255}}))
+                .success(
+                    204,
+                    json!({"description": "The subject's keys are gone (or there were none).", "headers": response_headers(&[])}),
+                )
+                .errors(&[
+                    (400, "`invalid_subject`: empty or longer than 255 bytes; `invalid_path`."),
+                    (403, "`forbidden`: not an admin."),
+                    (503, "`store_unavailable`."),
+                ]),
+        )]),
+    )]
+}
+
 fn account_schemas() -> Value {
     json!({
         "OpenAccount": {
@@ -1175,6 +1288,7 @@ fn account_schemas() -> Value {
             "properties": {
                 "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code; else 400 `invalid_currency`.", "examples": ["EUR"]},
                 "owner_id": {"type": "string", "description": "The owner; only an admin may name someone other than itself. Defaults to the caller."},
+                "holder_name": {"type": "string", "minLength": 1, "maxLength": 200, "description": "The holder's name: personal data of the owner, stored encrypted under the owner's key (`AccountOpened.holder_name` in the stream); reads `\"[erased]\"` after `DELETE /v1/subjects/{owner_id}/keys`."},
             },
         },
         "Movement": {
@@ -1360,6 +1474,7 @@ fn schemas() -> Value {
         request_schemas(),
         queue_schemas(),
         account_schemas(),
+        saga_schemas(),
     ] {
         if let Value::Object(m) = part {
             s.extend(m);
@@ -1569,6 +1684,46 @@ fn read_schemas() -> Value {
                 "version": {"type": "integer", "minimum": 1},
             },
         },
+        "MobileProduct": {
+            "type": "object",
+            "required": ["id", "name", "price", "currency", "thumbnail"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "price": schema_ref("Money"),
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "thumbnail": {"type": ["string", "null"], "description": "Always null: the catalog holds no images yet."},
+            },
+        },
+        "WebProduct": {
+            "type": "object",
+            "required": ["id", "name", "description", "category", "price", "currency", "seller_id", "stock_total", "in_stock", "stock", "price_history", "related", "updated_at", "version"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "category": {"type": "string"},
+                "price": schema_ref("Money"),
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "seller_id": {"type": "string"},
+                "stock_total": {"type": "integer"},
+                "in_stock": {"type": "boolean"},
+                "stock": {"type": "array", "description": "Per warehouse, by warehouse id.", "items": {
+                    "type": "object", "required": ["warehouse", "quantity"],
+                    "properties": {"warehouse": {"type": "string"}, "quantity": {"type": "integer"}},
+                }},
+                "price_history": {"type": "array", "maxItems": 20, "description": "Newest first.", "items": {
+                    "type": "object", "required": ["price", "at", "version"],
+                    "properties": {"price": schema_ref("Money"), "at": {"type": "string", "format": "date-time"}, "version": {"type": "integer", "minimum": 1}},
+                }},
+                "related": {"type": "array", "maxItems": 5, "description": "Live products of the same category, by id.", "items": {
+                    "type": "object", "required": ["id", "name", "price", "currency", "in_stock"],
+                    "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "price": schema_ref("Money"), "currency": {"type": "string"}, "in_stock": {"type": "boolean"}},
+                }},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "version": {"type": "integer", "minimum": 1},
+            },
+        },
         "SearchResult": {
             "type": "object",
             "required": ["total", "products"],
@@ -1582,7 +1737,7 @@ fn read_schemas() -> Value {
             "required": ["id", "status", "total", "currency", "item_count", "created_at"],
             "properties": {
                 "id": {"type": "string"},
-                "status": {"type": "string", "enum": ["draft", "placed", "cancelled"]},
+                "status": {"type": "string", "enum": ["draft", "placed", "cancelled", "pending", "confirmed", "rejected"]},
                 "total": schema_ref("Money"),
                 "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$", "description": "Null while the order has no items."},
                 "item_count": {"type": "integer", "minimum": 0},
@@ -1826,6 +1981,8 @@ mod tests {
         ("/v1/projections/{name}/rebuild", &[("post", 202)]),
         ("/v1/products", &[("get", 200), ("post", 201)]),
         ("/v1/products/{id}", &[("get", 200), ("delete", 200)]),
+        ("/v1/mobile/products/{id}", &[("get", 200)]),
+        ("/v1/web/products/{id}", &[("get", 200)]),
         ("/v1/products/{id}/price", &[("put", 200)]),
         ("/v1/products/{id}/stock", &[("post", 200)]),
         ("/v1/orders", &[("post", 201)]),
@@ -1845,6 +2002,8 @@ mod tests {
         ("/v1/accounts/{id}", &[("get", 200)]),
         ("/v1/accounts/{id}/deposits", &[("post", 201)]),
         ("/v1/accounts/{id}/withdrawals", &[("post", 201)]),
+        ("/v1/sagas/{id}", &[("get", 200)]),
+        ("/v1/subjects/{id}/keys", &[("delete", 204)]),
     ];
 
     /// Operations that need no token.
@@ -1854,6 +2013,8 @@ mod tests {
         ("/v1/openapi.json", "get"),
         ("/v1/products", "get"),
         ("/v1/products/{id}", "get"),
+        ("/v1/mobile/products/{id}", "get"),
+        ("/v1/web/products/{id}", "get"),
     ];
 
     fn operations() -> Vec<(String, String, &'static Value)> {

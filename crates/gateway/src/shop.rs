@@ -451,7 +451,7 @@ impl From<ProductView> for ProductDto {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsistencyQuery {
-    min_position: Option<Position>,
+    pub(crate) min_position: Option<Position>,
 }
 
 /// A live product's details and the catalog position they were read at; deleted or unknown

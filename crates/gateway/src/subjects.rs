@@ -1,6 +1,6 @@
 //! Data subjects (admin): `DELETE /v1/subjects/{id}/keys` destroys a subject's encryption
 //! keys, which erases the personal fields of every event naming it (crypto-shredding,
-//! docs/adr/0012-crypto-shredding.md). The events stay: streams keep their versions and
+//! docs/adr/0011-crypto-shredding.md). The events stay: streams keep their versions and
 //! positions, aggregates still load; the personal fields read as `"[erased]"`.
 //!
 //! Idempotent: the answer is `204 No Content` whether the subject had keys or not, so a retry

@@ -153,6 +153,8 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     Compensating,
+    /// Its compensation failed; it will be tried again.
+    CompensationFailed,
     Compensated,
 }
 
@@ -293,7 +295,9 @@ impl SagaState {
             SagaEvent::CompensationFailed {
                 step, error, at_ms, ..
             } => {
-                self.step_mut(step).last_error = Some(error.clone());
+                let s = self.step_mut(step);
+                s.status = StepStatus::CompensationFailed;
+                s.last_error = Some(error.clone());
                 self.updated_at_ms = *at_ms;
             }
             SagaEvent::SagaCompleted { at_ms } => {
@@ -660,34 +664,31 @@ impl SagaOrchestrator {
         policy: &StepPolicy,
     ) -> Result<(), SagaError> {
         let saga_id = &state.saga_id;
-        let attempts = state.step(policy.name).map_or(0, |s| s.attempts);
+        let step = state.step(policy.name);
+        let attempts = step.map_or(0, |s| s.attempts);
         let mut version = state.version;
-        if attempts >= policy.max_attempts.max(1) {
-            // The last attempt's outcome was lost in a crash and no attempt is left: give up.
-            let failed = SagaEvent::StepFailed {
+        let attempt = if step.is_some_and(|s| s.status == StepStatus::Running) {
+            // Started, outcome unknown: its driver died (or is still at it, when a lease ran
+            // out). Invoked again under the same attempt and key — idempotent on the step's
+            // side — rather than counted as a new attempt, so a slow driver cannot make another
+            // give the step up. A crash loop is bounded by the driving job's attempts.
+            attempts
+        } else {
+            let attempt = attempts + 1;
+            let started = SagaEvent::StepStarted {
                 step: policy.name.to_owned(),
-                attempt: attempts,
-                error: "attempts exhausted (the last one's outcome was lost)".into(),
-                gave_up: true,
+                attempt,
                 at_ms: (self.now_ms)(),
             };
-            self.record(saga_id, ExpectedVersion::Exact(version), failed)
-                .await?;
-            return Ok(());
-        }
-        let attempt = attempts + 1;
-        let started = SagaEvent::StepStarted {
-            step: policy.name.to_owned(),
-            attempt,
-            at_ms: (self.now_ms)(),
+            if !self
+                .record(saga_id, ExpectedVersion::Exact(version), started)
+                .await?
+            {
+                return Ok(());
+            }
+            version += 1;
+            attempt
         };
-        if !self
-            .record(saga_id, ExpectedVersion::Exact(version), started)
-            .await?
-        {
-            return Ok(());
-        }
-        version += 1;
         let ctx = Self::context(state, policy.name, attempt);
         let outcome = match tokio::time::timeout(policy.timeout, saga.run(&ctx)).await {
             Ok(r) => r,
@@ -746,23 +747,26 @@ impl SagaOrchestrator {
         policy: &StepPolicy,
     ) -> Result<Result<(), String>, SagaError> {
         let saga_id = &state.saga_id;
-        let attempt = state
-            .step(policy.name)
-            .map_or(0, |s| s.compensation_attempts)
-            + 1;
+        let step = state.step(policy.name);
+        let mut attempt = step.map_or(0, |s| s.compensation_attempts);
         let mut version = state.version;
-        let started = SagaEvent::CompensationStarted {
-            step: policy.name.to_owned(),
-            attempt,
-            at_ms: (self.now_ms)(),
-        };
-        if !self
-            .record(saga_id, ExpectedVersion::Exact(version), started)
-            .await?
-        {
-            return Ok(Ok(()));
+        // A compensation started whose outcome is unknown is invoked again under the same
+        // attempt (see `attempt_step`).
+        if !step.is_some_and(|s| s.status == StepStatus::Compensating) {
+            attempt += 1;
+            let started = SagaEvent::CompensationStarted {
+                step: policy.name.to_owned(),
+                attempt,
+                at_ms: (self.now_ms)(),
+            };
+            if !self
+                .record(saga_id, ExpectedVersion::Exact(version), started)
+                .await?
+            {
+                return Ok(Ok(()));
+            }
+            version += 1;
         }
-        version += 1;
         let ctx = Self::context(state, policy.name, attempt);
         let outcome = match tokio::time::timeout(policy.timeout, saga.compensate(&ctx)).await {
             Ok(r) => r,

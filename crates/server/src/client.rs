@@ -101,6 +101,61 @@ impl Remote {
         }
     }
 
+    /// Asks the server to rebuild projection `name`; with `wait`, shows the replay's progress
+    /// (its checkpoint against the head when the rebuild started) until it is done or
+    /// `timeout` passes.
+    pub async fn projection_rebuild(
+        &self,
+        name: &str,
+        wait: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let started = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/projections/{name}/rebuild"),
+                None,
+            )
+            .await?;
+        let target = started["target_position"].as_u64().unwrap_or(0);
+        println!("rebuilding {name} up to position {target}");
+        if !wait {
+            return Ok(());
+        }
+        let bar = indicatif::ProgressBar::new(target);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} events  {per_sec}  {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let list = self
+                .call(reqwest::Method::GET, "/v1/projections", None)
+                .await?;
+            let p = list["projections"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .with_context(|| format!("no projection {name} in the server's list"))?;
+            let checkpoint = p["checkpoint"].as_u64().unwrap_or(0);
+            let state = p["state"].as_str().unwrap_or("");
+            bar.set_position(checkpoint.min(target));
+            bar.set_message(state.to_owned());
+            // Done once the replay passed the head it started from and left the rebuild state.
+            if checkpoint >= target && !state.starts_with("Rebuilding") {
+                bar.finish();
+                println!("{name} rebuilt: checkpoint {checkpoint}, state {state}");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bar.abandon();
+                bail!("{name} not rebuilt within {timeout:?}: checkpoint {checkpoint} of {target}, state {state}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn routes_list(&self) -> anyhow::Result<()> {
         let body = self
             .call(reqwest::Method::GET, "/v1/admin/routes", None)

@@ -195,6 +195,13 @@ enum Command {
         #[command(subcommand)]
         which: DlqCommand,
     },
+    /// The read models of a running server.
+    Projections {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        which: ProjectionsCommand,
+    },
     /// Run the example legacy shop: the "monolith" of the strangler-fig walkthrough
     /// (docs/strangler-walkthrough.md), plain CRUD over its own SQLite file.
     LegacyShop {
@@ -269,6 +276,21 @@ enum JobsCommand {
         id: String,
         #[arg(long)]
         wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Replay the log into a read model from the start, with a progress bar until it is done.
+    Rebuild {
+        /// The projection (`catalog` or `orders`).
+        name: String,
+        /// Return once the rebuild has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest to follow the replay, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
     },
 }
 
@@ -705,6 +727,18 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Projections { remote, which } => match which {
+            ProjectionsCommand::Rebuild {
+                name,
+                no_wait,
+                timeout_secs,
+            } => {
+                remote
+                    .remote()
+                    .projection_rebuild(&name, !no_wait, Duration::from_secs(timeout_secs))
+                    .await?
+            }
+        },
         Command::LegacyShop { listen, db } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let shop = ficus_server::legacy::start(&db, listen).await?;

@@ -615,23 +615,24 @@ on_both_backends!(
     records_are_purged_after_the_window,
 );
 
-/// Not a check but a figure: the cost of a key on a command, sequential restocks of one
+/// Not a check but a figure: the cost of a key on a command, sequential restocks of a
 /// product without and with a fresh `Idempotency-Key` each. Run with
 /// `cargo test --release -p ficus-server --test http_idempotency -- --ignored --nocapture`.
 async fn measure_key_overhead(b: Backend) {
     const COMMANDS: usize = 300;
     let srv = Srv::start(b, |_| {}).await;
-    let product = srv
-        .send(Method::POST, "/v1/products", SELLER, None, PRODUCT, None)
-        .await
-        .ok(201);
-    let path = format!(
-        "/v1/products/{}/stock",
-        product.body["id"].as_str().unwrap()
-    );
     let stock = r#"{"warehouse":"main","delta":1}"#;
     let mut per_command_us = Vec::new();
     for keyed in [false, true] {
+        // A product of its own per run, so both runs load streams of the same lengths.
+        let product = srv
+            .send(Method::POST, "/v1/products", SELLER, None, PRODUCT, None)
+            .await
+            .ok(201);
+        let path = format!(
+            "/v1/products/{}/stock",
+            product.body["id"].as_str().unwrap()
+        );
         let started = Instant::now();
         for i in 0..COMMANDS {
             let key = keyed.then(|| HeaderValue::from_str(&format!("m-{i}")).unwrap());

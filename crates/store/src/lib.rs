@@ -31,9 +31,9 @@ pub use jobs::{
     NewBatch, NewJob, QueueStats,
 };
 pub use port::{event_json, new_event, AppendResult, EventStore, LiveBatch, MAX_READ_LIMIT};
+pub use shredding::{PersonalFields, Shredder, ShreddingStore, SubjectKeys};
 pub use snapshots::{MemSnapshotStore, Snapshot, SnapshotStore, MAX_SNAPSHOT_BYTES};
 pub use subscription::{Subscription, SUBSCRIPTION_PAGE_EVENTS};
-pub use shredding::{PersonalFields, Shredder, ShreddingStore, SubjectKeys};
 pub use upcasting::UpcastingStore;
 
 /// Runs `cleanup` to completion on a thread with its own small runtime, and waits for it. For

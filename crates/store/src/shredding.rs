@@ -1,7 +1,7 @@
 //! Crypto-shredding: personal fields of events are stored encrypted with a key per data
 //! subject (the customer or user the event names), kept apart from the log; destroying the key
 //! erases those fields from every copy of the history at once, while the events themselves,
-//! their versions and positions stay as they were (docs/adr/0012-crypto-shredding.md).
+//! their versions and positions stay as they were (docs/adr/0011-crypto-shredding.md).
 //!
 //! - [`PersonalFields`] declares, per event type, where the subject's id is and which fields
 //!   are personal (JSON pointers into the payload; each a string or null).
@@ -746,5 +746,66 @@ impl IdempotencyStore for ShreddingStore {
 
     async fn get(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.keyed()?.get(scope, key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ficus_core::EventType;
+
+    fn recorded(e: NewEvent) -> RecordedEvent {
+        RecordedEvent {
+            id: e.id,
+            stream_id: StreamId::new("account-1").unwrap(),
+            version: 1,
+            position: 1,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            metadata: e.metadata,
+            payload: e.payload,
+            recorded_at_ms: 0,
+        }
+    }
+
+    fn shredder() -> Arc<Shredder> {
+        let mut fields = PersonalFields::new();
+        fields.declare("Opened", 1, "/owner", &["/name"]);
+        Shredder::new(fields, Arc::new(MemSubjectKeys::default()))
+    }
+
+    fn opened(name: &str) -> NewEvent {
+        crate::new_event(
+            EventType::new("Opened").unwrap(),
+            serde_json::json!({"owner": "ann", "name": name}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_tampered_or_moved_ciphertext_is_corrupt_not_erased() {
+        let s = shredder();
+        let sealed = s.seal(vec![opened("Ann")]).await.unwrap().remove(0);
+        let stored = sealed.payload["name"].as_str().unwrap().to_owned();
+        assert!(stored.starts_with(ENCRYPTED_PREFIX));
+        assert_eq!(
+            s.open(recorded(sealed.clone())).await.unwrap().payload["name"],
+            "Ann"
+        );
+
+        // One changed character inside the ciphertext (not the last, whose low bits may be
+        // padding): the tag no longer authenticates.
+        let mut tampered = sealed.clone();
+        let mut chars: Vec<char> = stored.chars().collect();
+        let i = chars.len() - 10;
+        chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+        tampered.payload["name"] = Value::String(chars.into_iter().collect());
+        let err = s.open(recorded(tampered)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+
+        // The same ciphertext under another event's id (associated data differs).
+        let mut moved = opened("Bob");
+        moved.payload["name"] = Value::String(stored);
+        let err = s.open(recorded(moved)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     }
 }

@@ -38,8 +38,10 @@ struct Backend {
 
 fn fields() -> PersonalFields {
     let mut f = PersonalFields::new();
+    // `new_event` writes schema version 1.
     f.declare(
         "AccountOpened",
+        1,
         "/owner_id",
         &["/holder_name", "/address/street"],
     );

@@ -25,7 +25,10 @@ async fn noop(_k: u64) -> Result<(), BoxDynError> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: apalis_jobs <url> <jobs> <concurrency>");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: apalis_jobs <url> <jobs> <concurrency>"
+    );
     let (url, jobs, concurrency): (&str, u64, usize) =
         (&args[1], args[2].parse()?, args[3].parse()?);
     let pool = PgPool::connect(url).await?;
@@ -52,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let done = async {
         while DONE.load(Ordering::Relaxed) < jobs {
-            anyhow::ensure!(start.elapsed() < DRAIN_LIMIT, "apalis did not finish in {DRAIN_LIMIT:?}");
+            anyhow::ensure!(
+                start.elapsed() < DRAIN_LIMIT,
+                "apalis did not finish in {DRAIN_LIMIT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         anyhow::Ok(())

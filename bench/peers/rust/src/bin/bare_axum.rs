@@ -10,7 +10,10 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.len() == 3, "usage: bare_axum <listen> <body file>");
     let body: &'static [u8] = Box::leak(std::fs::read(&args[2])?.into_boxed_slice());
     let app = axum::Router::new().fallback(move || async move {
-        ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
     });
     let listener = tokio::net::TcpListener::bind(&args[1]).await?;
     axum::serve(listener, app).await?;

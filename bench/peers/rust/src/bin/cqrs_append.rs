@@ -32,7 +32,12 @@ struct Append {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum CounterEvent {
-    Appended { w: usize, i: u64, sku: String, qty: u32 },
+    Appended {
+        w: usize,
+        i: u64,
+        sku: String,
+        qty: u32,
+    },
 }
 
 impl DomainEvent for CounterEvent {
@@ -104,7 +109,10 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: cqrs_append <url> <writers> <seconds>");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: cqrs_append <url> <writers> <seconds>"
+    );
     let (url, writers, secs): (&str, usize, u64) = (&args[1], args[2].parse()?, args[3].parse()?);
     let pool = PgPoolOptions::new()
         .max_connections(MAX_POOL_CONNECTIONS.min(writers as u32 + 1))
