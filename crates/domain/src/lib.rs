@@ -35,9 +35,9 @@ pub fn personal_fields() -> ficus_store::PersonalFields {
 }
 
 /// Checks an event appended through the raw stream API to a stream this domain owns
-/// (`product-{id}`, `order-{id}` or `account-{id}`). Such an event must decode as the aggregate's own event
-/// type and name the stream's id, or the aggregate (and its read models) could no longer be
-/// loaded. Streams outside the domain are not its business: `Ok`.
+/// (`product-{id}`, `order-{id}`, `account-{id}`, `shipment-{id}`; `saga-{id}` is refused
+/// outright). Such an event must decode as the aggregate's own event type and name the
+/// stream's id, or the aggregate (and its read models) could no longer be loaded. Streams outside the domain are not its business: `Ok`.
 pub fn check_raw_event(
     stream: &str,
     event_type: &str,
@@ -59,6 +59,15 @@ pub fn check_raw_event(
         let (version, current) = current.unwrap_or((schema_version, payload.clone()));
         let d = decode::<account::AccountEvent>(event_type, version, &current).map(|_| ());
         (id, "account_id", d)
+    } else if stream.starts_with("saga-") {
+        // A saga's record of what it did: an event slipped in could skip a compensation.
+        return Err(format!(
+            "stream {stream} holds a saga's state: only its orchestrator writes it"
+        ));
+    } else if let Some(id) = stream.strip_prefix("shipment-") {
+        let d =
+            decode::<fulfilment::ShipmentEvent>(event_type, schema_version, payload).map(|_| ());
+        (id, "order_id", d)
     } else {
         return Ok(());
     };

@@ -59,12 +59,20 @@ pub enum OrderCommand {
     },
     /// Places the order for fulfilment: like `Place`, and the order is then `pending` until
     /// the fulfilment saga confirms or rejects it.
-    PlaceForFulfilment { actor_id: String, at_ms: i64 },
+    PlaceForFulfilment {
+        actor_id: String,
+        at_ms: i64,
+    },
     /// The fulfilment saga succeeded (system command). Idempotent.
-    Confirm { at_ms: i64 },
+    Confirm {
+        at_ms: i64,
+    },
     /// The fulfilment saga failed and undid its steps (system command). Idempotent; a no-op
     /// on an order that was never placed for fulfilment.
-    Reject { reason: String, at_ms: i64 },
+    Reject {
+        reason: String,
+        at_ms: i64,
+    },
 }
 
 /// Where an order is in its life. Serialized lowercase: `"draft"`, `"placed"`, `"cancelled"`,
@@ -131,8 +139,14 @@ pub enum OrderEvent {
         at_ms: i64,
     },
     /// Follows `OrderPlaced` when the order was placed for fulfilment.
-    OrderFulfilmentPending { order_id: String, at_ms: i64 },
-    OrderConfirmed { order_id: String, at_ms: i64 },
+    OrderFulfilmentPending {
+        order_id: String,
+        at_ms: i64,
+    },
+    OrderConfirmed {
+        order_id: String,
+        at_ms: i64,
+    },
     OrderRejected {
         order_id: String,
         reason: String,
@@ -186,7 +200,10 @@ pub enum OrderError {
     /// The order's fulfilment is under way, or over: it cannot be cancelled. 422,
     /// `order_in_fulfilment`.
     #[error("order {order_id} is {status}: its fulfilment decides what happens to it")]
-    OrderInFulfilment { order_id: String, status: &'static str },
+    OrderInFulfilment {
+        order_id: String,
+        status: &'static str,
+    },
     /// `Confirm` of an order that is not pending. 422, `order_not_pending`.
     #[error("order {order_id} is not pending")]
     OrderNotPending { order_id: String },

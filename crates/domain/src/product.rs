@@ -62,10 +62,7 @@ pub enum ProductCommand {
     },
     /// Puts a reservation's units back. Idempotent; releasing a reservation never made closes
     /// its id, so a reservation arriving late (after a timed-out call) is refused.
-    ReleaseStock {
-        reservation_id: String,
-        at_ms: i64,
-    },
+    ReleaseStock { reservation_id: String, at_ms: i64 },
 }
 
 /// Units of one reservation taken from one warehouse.

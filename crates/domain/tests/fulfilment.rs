@@ -771,3 +771,14 @@ async fn placing_for_fulfilment_runs_the_saga_from_the_job_queue() {
         .unwrap();
     assert_eq!(state.status, SagaStatus::Completed);
 }
+
+#[test]
+fn raw_appends_cannot_touch_a_saga_and_must_fit_a_shipment() {
+    use ficus_domain::check_raw_event;
+    let started = json!({"saga_id": "x", "kind": FULFILMENT_SAGA, "input": {}, "at_ms": 1});
+    assert!(check_raw_event("saga-x", "SagaStarted", 1, &started).is_err());
+    let created = json!({"order_id": "o-9", "lines": [["fig", 1]], "at_ms": 1});
+    assert!(check_raw_event("shipment-o-9", "ShipmentCreated", 1, &created).is_ok());
+    assert!(check_raw_event("shipment-o-8", "ShipmentCreated", 1, &created).is_err());
+    assert!(check_raw_event("shipment-o-9", "Nonsense", 1, &created).is_err());
+}

@@ -118,7 +118,9 @@ where
         let (value, position) = read().await?;
         return Ok((Arc::new(value), position));
     };
-    let fresh_from = min_position.unwrap_or(0).max(model.status().checkpoint);
+    let checkpoint = model.status().checkpoint;
+    cache.observe_checkpoint(model.name(), checkpoint);
+    let fresh_from = min_position.unwrap_or(0).max(checkpoint);
     let (value, position) = cache
         .get_or_load(&key, fresh_from, || {
             let pending = read();

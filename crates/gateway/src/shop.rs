@@ -373,7 +373,12 @@ async fn place_order(
             ..f.clone()
         };
         let out = fulfilment
-            .place(&caller.0, &id, &metadata(&caller, &corr), if_match(&headers)?)
+            .place(
+                &caller.0,
+                &id,
+                &metadata(&caller, &corr),
+                if_match(&headers)?,
+            )
             .await?;
         return Ok(answer(StatusCode::OK, &id, out));
     }

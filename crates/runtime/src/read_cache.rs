@@ -75,6 +75,8 @@ struct Inner<V> {
     /// Keys by last use, oldest first.
     by_use: BTreeMap<u64, String>,
     clock: u64,
+    /// The last checkpoint seen per read model (a handful of names), to notice a rebuild.
+    checkpoints: HashMap<String, Position>,
 }
 
 /// Cached read-model answers of type `V` by key.
@@ -93,6 +95,7 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
                 slots: HashMap::new(),
                 by_use: BTreeMap::new(),
                 clock: 0,
+                checkpoints: HashMap::new(),
             }),
             max_entries: config.max_entries.max(1),
             backend_reads: AtomicU64::new(0),
@@ -115,6 +118,22 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
         let mut inner = self.lock();
         inner.slots.clear();
         inner.by_use.clear();
+    }
+
+    /// Records read model `source`'s checkpoint as this process knows it. Checkpoints only go
+    /// back when a read model is rebuilt (here or, on PostgreSQL, by another process): then
+    /// every entry is dropped, since positions start over and an old answer could otherwise
+    /// look fresh again.
+    pub fn observe_checkpoint(&self, source: &str, checkpoint: Position) {
+        let mut inner = self.lock();
+        let last = inner.checkpoints.get(source).copied();
+        if last.is_some_and(|last| checkpoint < last) {
+            inner.slots.clear();
+            inner.by_use.clear();
+        }
+        if last != Some(checkpoint) {
+            inner.checkpoints.insert(source.to_owned(), checkpoint);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
@@ -278,6 +297,13 @@ mod tests {
             c.get_or_load("b", 2, load("b3", 2)).await,
             Ok(("b3".into(), 2))
         );
+        // A checkpoint going back (a rebuild) drops everything.
+        c.observe_checkpoint("catalog", 7);
+        c.observe_checkpoint("orders", 1);
+        c.observe_checkpoint("catalog", 8);
+        assert_eq!(c.stats().entries, 2);
+        c.observe_checkpoint("catalog", 0);
+        assert_eq!(c.stats().entries, 0);
         // A failed load is not cached.
         let failed = c
             .get_or_load("d", 2, || async { Err::<(String, Position), _>("down") })

@@ -81,7 +81,7 @@ impl Srv {
     /// Creates a product and answers its id and the position of its creation.
     async fn product(&self, name: &str, price: &str) -> (String, u64) {
         let body: Value = serde_json::from_str(&format!(
-            r#"{{"name":"{name}","category":"garden","price":{price},"currency":"EUR","stock":5}}"#
+            r#"{{"name":"{name}","category":"garden","price":{price},"currency":"EUR"}}"#
         ))
         .unwrap();
         let r = self
@@ -241,6 +241,9 @@ async fn etag_and_304_on_every_query(b: Backend) {
     s.stop().await;
 }
 
+/// A command on an existing stream, given the `If-Match` value to send.
+type Command<'a> = Box<dyn Fn(&str) -> RequestBuilder + 'a>;
+
 async fn if_match_guards_every_versioned_command(b: Backend) {
     let s = Srv::start(b, |_| {}).await;
     let (id, _) = s.product("Hoe", "20.00").await;
@@ -256,7 +259,7 @@ async fn if_match_guards_every_versioned_command(b: Backend) {
         .to_owned();
     // (request, the stream's current version): a stale tag is a 409 that writes nothing, the
     // current one goes through.
-    let cmds: Vec<(Box<dyn Fn(&str) -> RequestBuilder + '_>, u64)> = vec![
+    let cmds: Vec<(Command<'_>, u64)> = vec![
         (
             Box::new(|v| {
                 s.req(Method::PUT, &format!("/v1/products/{id}/price"), &s.seller)
@@ -283,7 +286,7 @@ async fn if_match_guards_every_versioned_command(b: Backend) {
                 .header("if-match", v)
                 .json(&json!({"product_id": id, "quantity": 1}))
             }),
-            1,
+            2,
         ),
         (
             Box::new(|v| {
@@ -294,7 +297,7 @@ async fn if_match_guards_every_versioned_command(b: Backend) {
                 )
                 .header("if-match", v)
             }),
-            2,
+            3,
         ),
         (
             Box::new(|v| {
