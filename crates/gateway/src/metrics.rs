@@ -327,6 +327,35 @@ pub async fn render(State(st): State<AppState>) -> Response {
         "Live SSE subscribers served at most.",
         &[(String::new(), st.config.max_sse_subscribers as f64)],
     );
+    if let Some(cache) = &st.read_cache {
+        let c = cache.stats();
+        let one = |v: u64| [(String::new(), v as f64)];
+        let figures = [
+            (
+                "ficus_read_cache_entries",
+                "Query answers cached now.",
+                c.entries,
+            ),
+            (
+                "ficus_read_cache_hits_total",
+                "Queries answered from the read cache.",
+                c.hits,
+            ),
+            (
+                "ficus_read_cache_backend_reads_total",
+                "Read-model reads the read cache made (one per coalesced miss).",
+                c.backend_reads,
+            ),
+            (
+                "ficus_read_cache_evictions_total",
+                "Cached answers evicted to stay within the bound.",
+                c.evictions,
+            ),
+        ];
+        for (name, help, v) in figures {
+            gauge(&mut out, name, help, &one(v));
+        }
+    }
     gauge(
         &mut out,
         "ficus_event_store_head_position",

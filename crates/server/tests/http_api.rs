@@ -1413,7 +1413,10 @@ async fn order_lifecycle_prices_and_rules(b: Backend) {
     s.get(&path, ANON).await.err(401, "unauthorized");
     s.get(&path, &s.admin).await.ok(200);
     let list = s.get(&path, &s.customer).await.ok(200);
-    assert!(list.ficus_position() > last, "the listing reflects the draft too");
+    assert!(
+        list.ficus_position() > last,
+        "the listing reflects the draft too"
+    );
     let ids: Vec<&str> = list.body["orders"]
         .as_array()
         .unwrap()

@@ -389,6 +389,15 @@ async fn a_thousand_concurrent_misses_cause_one_read(b: Backend) {
         1,
         "one read-model read for 1,000 requests"
     );
+    // Operators see the same counter on /metrics.
+    let metrics = s
+        .get("/metrics", &s.admin, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let line = format!("ficus_read_cache_backend_reads_total {}", s.backend_reads());
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     s.stop().await;
 }
 
