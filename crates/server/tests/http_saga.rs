@@ -283,7 +283,8 @@ async fn a_failing_payment_service_rejects_and_a_healthy_one_confirms(b: Backend
     srv.payments.set_fail_rate(0.0);
     let (order, s, body) = srv.place(&ann, &product, 4).await;
     assert_eq!(s, 200, "{body}");
-    srv.order_status("ann", &ann, &order, "pending").await;
+    // No poll for `pending` here: with a healthy payment service the saga may finish before
+    // the first read, so that state can be too brief to observe (the domain tests cover it).
     let saga = srv.saga_end(&order, &ann).await;
     assert_eq!(saga["status"], "completed", "{saga}");
     srv.order_status("ann", &ann, &order, "confirmed").await;
