@@ -15,6 +15,38 @@ pub const MAX_READ_LIMIT: usize = 10_000;
 /// Events committed together, in commit order. Live subscribers receive these.
 pub type LiveBatch = Arc<[RecordedEvent]>;
 
+/// Relays the live batches of an inner store to the subscribers of a wrapper that changes
+/// events on read (upcasting, opening sealed fields), until the inner feed closes. A batch
+/// none of whose events `touches` selects is passed on as is; the others go through
+/// `transform`, and a batch it refuses (`None`, after logging why) is dropped: subscribers
+/// notice the missing positions and read them from the store, through the wrapper.
+pub(crate) async fn relay_live<F, Fut>(
+    mut from: broadcast::Receiver<LiveBatch>,
+    to: broadcast::Sender<LiveBatch>,
+    touches: impl Fn(&RecordedEvent) -> bool,
+    transform: F,
+) where
+    F: Fn(Vec<RecordedEvent>) -> Fut,
+    Fut: std::future::Future<Output = Option<Vec<RecordedEvent>>>,
+{
+    use broadcast::error::RecvError;
+    loop {
+        let batch = match from.recv().await {
+            Ok(b) => b,
+            // Subscribers notice the missing positions and read them from the store.
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        if !batch.iter().any(&touches) {
+            let _ = to.send(batch);
+            continue;
+        }
+        if let Some(events) = transform(batch.to_vec()).await {
+            let _ = to.send(events.into());
+        }
+    }
+}
+
 /// What an append committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {

@@ -33,7 +33,7 @@ use deadpool_postgres::Pool;
 use ficus_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Version};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::idempotency::{
@@ -637,31 +637,23 @@ impl ShreddingStore {
 }
 
 async fn forward(
-    mut from: broadcast::Receiver<LiveBatch>,
+    from: broadcast::Receiver<LiveBatch>,
     to: broadcast::Sender<LiveBatch>,
     shredder: Arc<Shredder>,
 ) {
-    loop {
-        let batch = match from.recv().await {
-            Ok(b) => b,
-            // Subscribers notice the missing positions and read them from the store.
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        if !batch.iter().any(|e| shredder.touches(e)) {
-            let _ = to.send(batch);
-            continue;
-        }
-        match shredder.open_all(batch.to_vec()).await {
-            Ok(events) => {
-                let _ = to.send(events.into());
-            }
-            // Never delivered sealed: subscribers find the gap and read the store.
-            Err(e) => {
+    let touches = |e: &RecordedEvent| shredder.touches(e);
+    // Never delivered sealed: a batch that cannot be opened is dropped and subscribers read
+    // it from the store.
+    let transform = |events| async {
+        shredder
+            .open_all(events)
+            .await
+            .map_err(|e| {
                 tracing::warn!(error = %e, "a live batch could not be opened; subscribers will read it from the store");
-            }
-        }
-    }
+            })
+            .ok()
+    };
+    crate::port::relay_live(from, to, touches, transform).await
 }
 
 #[async_trait]

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use ficus_core::{
     ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Upcasters, Version,
 };
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
@@ -87,33 +87,22 @@ fn upcast_all(
 }
 
 async fn forward(
-    mut from: broadcast::Receiver<LiveBatch>,
+    from: broadcast::Receiver<LiveBatch>,
     to: broadcast::Sender<LiveBatch>,
     upcasters: Arc<Upcasters>,
 ) {
-    loop {
-        let batch = match from.recv().await {
-            Ok(b) => b,
-            // Subscribers notice the missing positions and read them from the store.
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        let touched = batch
-            .iter()
-            .any(|e| upcasters.applies(e.event_type.as_str(), e.schema_version));
-        if !touched {
-            let _ = to.send(batch);
-            continue;
+    let touches = |e: &RecordedEvent| upcasters.applies(e.event_type.as_str(), e.schema_version);
+    let transform = |events| {
+        let outcome = upcast_all(&upcasters, events);
+        async move {
+            outcome
+                .map_err(|e| {
+                    tracing::error!(error = %e, "a live batch does not upcast; subscribers will read it from the store");
+                })
+                .ok()
         }
-        match upcast_all(&upcasters, batch.to_vec()) {
-            Ok(events) => {
-                let _ = to.send(events.into());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a live batch does not upcast; subscribers will read it from the store");
-            }
-        }
-    }
+    };
+    crate::port::relay_live(from, to, touches, transform).await
 }
 
 #[async_trait]
