@@ -409,22 +409,7 @@ async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
         let first_version = row.get::<_, i64>(2) as Version;
         let first_position = row.get::<_, i64>(3) as Position;
         let n = req.events.len() as u64;
-        let recorded: Vec<RecordedEvent> = req
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| RecordedEvent {
-                id: e.id,
-                stream_id: req.stream.clone(),
-                version: first_version + i as u64,
-                position: first_position + i as u64,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                recorded_at_ms: at,
-                metadata: e.metadata,
-                payload: e.payload,
-            })
-            .collect();
+        let recorded = recorded(&req.stream, req.events, first_version, first_position, at);
         committed.push(LiveBatch::from(recorded));
         replies.push((
             req.reply,
@@ -533,22 +518,7 @@ impl PgEventStore {
             return Err(StoreError::ClaimLost);
         }
         tx.commit().await.map_err(super::unavailable)?;
-        let recorded: Vec<RecordedEvent> = req
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| RecordedEvent {
-                id: e.id,
-                stream_id: req.stream.clone(),
-                version: first_version + i as u64,
-                position: first_position + i as u64,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                recorded_at_ms: at,
-                metadata: e.metadata,
-                payload: e.payload,
-            })
-            .collect();
+        let recorded = recorded(&req.stream, req.events, first_version, first_position, at);
         publish_local(&self.shared, vec![LiveBatch::from(recorded)]);
         Ok(result)
     }
@@ -702,4 +672,30 @@ async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, star
             }
         }
     }
+}
+
+/// The events of one append as committed: versions and positions counted on from the first
+/// ones the database handed out, all recorded at `at_ms`.
+fn recorded(
+    stream: &StreamId,
+    events: Vec<NewEvent>,
+    first_version: Version,
+    first_position: Position,
+    at_ms: i64,
+) -> Vec<RecordedEvent> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| RecordedEvent {
+            id: e.id,
+            stream_id: stream.clone(),
+            version: first_version + i as u64,
+            position: first_position + i as u64,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            recorded_at_ms: at_ms,
+            metadata: e.metadata,
+            payload: e.payload,
+        })
+        .collect()
 }
