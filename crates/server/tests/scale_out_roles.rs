@@ -9,7 +9,7 @@
 //! `FICUS_TEST_NATS_URL` the processes also share the NATS JetStream bus.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ficus_store::nats::testing::StreamGuard;
@@ -18,7 +18,7 @@ use ficus_store::postgres::testing::{fresh_schema, test_url};
 use serde_json::{json, Value};
 
 mod common;
-use common::{cli_token, events_of_type, free_port, get_json, wait_ready};
+use common::{cli_token, events_of_type, get_json, serve_on_postgres, wait_ready, Proc};
 
 const SECRET: &str = "scale-out-roles-secret";
 const BOOKS: usize = 60;
@@ -26,55 +26,8 @@ const CUSTOMERS: usize = 8;
 /// Upper bound of the whole scenario: a hang is a failure, not a stuck CI job.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// One `ficus serve` process on the shared schema, killed when dropped.
-struct Proc {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(url: &str, schema: &str, role: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
-    cmd.args([
-        "serve",
-        "--role",
-        role,
-        "--store",
-        url,
-        "--pg-schema",
-        schema,
-    ]);
-    if let Some(nats) = test_nats_url() {
-        cmd.args(["--bus", &nats]);
-    }
-    let child = cmd
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("FICUS_AUTH_HS256_SECRET", SECRET)
-        .env("FICUS_PG_POOL_SIZE", "5")
-        // Items leased by the killed worker come back after this long.
-        .env("FICUS_JOB_VISIBILITY_MS", "1500")
-        // Few workers per process, so the job is still running when the kill comes.
-        .env("FICUS_JOB_CONCURRENCY", "2")
-        .env("FICUS_JOB_MAX_CONCURRENCY", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ficus serve");
-    Proc {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
+    serve_on_postgres(url, schema, role, SECRET)
 }
 
 /// `POST path` with a bearer token: status and JSON body.

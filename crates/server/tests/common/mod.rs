@@ -166,3 +166,59 @@ pub fn events_of_type<'a>(stream: &'a Value, ty: &str) -> Vec<&'a Value> {
         .filter(|e| e["type"] == ty)
         .collect()
 }
+
+/// One `ficus serve` child process on a shared PostgreSQL schema (and the NATS bus when
+/// `FICUS_TEST_NATS_URL` is set), killed when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub base: String,
+    _dir: TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ficus serve --role role` on `schema` of the database at `url`, with tokens signed
+/// by `secret`, a small pool, and few job workers with a short visibility timeout, so a job
+/// is still running when a test kills a worker and its leased items come back quickly.
+pub fn serve_on_postgres(url: &str, schema: &str, role: &str, secret: &str) -> Proc {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
+    cmd.args([
+        "serve",
+        "--role",
+        role,
+        "--store",
+        url,
+        "--pg-schema",
+        schema,
+    ]);
+    if let Some(nats) = test_nats_url() {
+        cmd.args(["--bus", &nats]);
+    }
+    let child = cmd
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("FICUS_AUTH_HS256_SECRET", secret)
+        .env("FICUS_PG_POOL_SIZE", "5")
+        // Items leased by a killed worker come back after this long.
+        .env("FICUS_JOB_VISIBILITY_MS", "1500")
+        // Few workers per process, so a job is still running when the kill comes.
+        .env("FICUS_JOB_CONCURRENCY", "2")
+        .env("FICUS_JOB_MAX_CONCURRENCY", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ficus serve");
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
