@@ -7,6 +7,7 @@
 //! adapter.
 
 pub mod backoff;
+pub mod blobs;
 pub mod conformance;
 mod error;
 pub mod idempotency;

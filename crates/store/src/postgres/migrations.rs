@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "subject keys",
         sql: crate::shredding::PG_SCHEMA,
     },
+    Migration {
+        version: 7,
+        name: "blob references",
+        sql: crate::blobs::PG_SCHEMA,
+    },
 ];
 
 /// The event log. Positions are gap-free because they are handed out under the row lock on
