@@ -23,7 +23,7 @@ const OUT = join(HERE, "output");
 const SECRET = "browser-test-secret";
 const STEP_TIMEOUT_MS = 15_000;
 
-let dir, server, legacy, browser, api, gw, admin, seller, serverLog;
+let dir, server, payments, legacy, browser, api, gw, admin, seller, serverLog;
 
 const freePort = () =>
   new Promise((ok, fail) => {
@@ -92,7 +92,10 @@ before(async () => {
     res.end(JSON.stringify({ legacy: true, path: req.url }));
   });
   await new Promise((ok) => legacy.listen(0, "127.0.0.1", ok));
-  const [apiPort, gwPort] = [await freePort(), await freePort()];
+  const [apiPort, gwPort, payPort] = [await freePort(), await freePort(), await freePort()];
+  // The payment service of order fulfilment, so placing an order runs its saga.
+  payments = spawn(FICUS, ["debug", "payments", "--listen", `127.0.0.1:${payPort}`],
+    { stdio: ["ignore", "ignore", "ignore"] });
   api = `http://127.0.0.1:${apiPort}`;
   gw = `http://127.0.0.1:${gwPort}`;
   const routes = join(dir, "routes.toml");
@@ -124,7 +127,8 @@ legacy = "ficus"
   server = spawn(
     FICUS,
     ["serve", "--listen", `127.0.0.1:${apiPort}`, "--data-dir", join(dir, "data"),
-     "--gateway-routes", routes, "--gateway-listen", `127.0.0.1:${gwPort}`],
+     "--gateway-routes", routes, "--gateway-listen", `127.0.0.1:${gwPort}`,
+     "--payments", `http://127.0.0.1:${payPort}`],
     { env: { ...process.env, FICUS_AUTH_HS256_SECRET: SECRET }, stdio: ["ignore", "ignore", "pipe"] },
   );
   server.stderr.pipe(createWriteStream(serverLog));
@@ -146,6 +150,7 @@ legacy = "ficus"
 after(async () => {
   await browser?.close();
   server?.kill("SIGTERM");
+  payments?.kill("SIGTERM");
   legacy?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -240,6 +245,37 @@ test("rebuild a projection", async () => {
   assert.ok(resp.status() < 300, `rebuild answered ${resp.status()}`);
   await page.waitForTimeout(2200);
   await page.screenshot({ path: join(OUT, "projections.png") });
+  assert.deepEqual(page.jsErrors, []);
+  await page.close();
+});
+
+test("see a fulfilment saga's counters and steps", async () => {
+  const customer = token("cy", "customer");
+  const product = await call("POST", `${api}/v1/products`, seller,
+    { name: "Saga kettle", category: "kitchen", price: 30, currency: "EUR", stock: 5 });
+  assert.equal(product.status, 201);
+  const order = await call("POST", `${api}/v1/orders`, customer,
+    { items: [{ product_id: product.body.id, quantity: 1 }] });
+  assert.equal(order.status, 201);
+  const placed = await call("POST", `${api}/v1/orders/${order.body.id}/place`, customer);
+  assert.equal(placed.status, 200);
+  const saga = `fulfilment-${order.body.id}`;
+  await until("the saga to complete", async () =>
+    (await call("GET", `${api}/v1/sagas/${saga}`, admin)).body?.status === "completed");
+  const page = await signedInPage(api);
+  await page.click("a[data-tab=sagas]");
+  const row = page.locator('#saga-table tbody tr[data-saga="order_fulfilment"]');
+  await row.waitFor();
+  // Started, completed, failed, running: this process ran the one saga to its end.
+  await page.waitForFunction(() => [...document.querySelectorAll(
+    '#saga-table tbody tr[data-saga="order_fulfilment"] td')].map((c) => c.textContent.trim()).join("|")
+    === "order_fulfilment|1|1|0|0");
+  assert.match(await page.textContent("#saga-steps"), /charge_payment/);
+  await page.fill("#saga-id", saga);
+  await page.click("#saga-open");
+  await page.waitForSelector('#saga-view tr[data-step="create_shipment"]');
+  assert.match(await page.textContent("#saga-view"), /completed/);
+  await page.screenshot({ path: join(OUT, "sagas.png") });
   assert.deepEqual(page.jsErrors, []);
   await page.close();
 });

@@ -68,6 +68,51 @@ pub struct ApiConfig {
     pub idempotency: ficus_store::IdempotencyConfig,
     /// The in-process cache-aside layer in front of the shop's read models (off by default).
     pub read_cache: ficus_runtime::ReadCacheConfig,
+    /// How far behind the log a projection may be while `/health/ready` still says ready.
+    pub ready_lag: ReadyLagBound,
+}
+
+/// The lag bound of readiness: a process whose read models are further behind than this
+/// answers 503 on `/health/ready`, so a load balancer stops sending it queries that would
+/// read stale data (a process catching up after a start, or a query process whose
+/// projectors have all stopped). `None` leaves that side unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyLagBound {
+    /// Most events committed to the log but not yet applied.
+    pub max_events: Option<u64>,
+    /// Longest commit-to-apply delay of the last applied event, counted only while the
+    /// projection is behind (a caught-up projection is ready whatever its history).
+    pub max_ms: Option<u64>,
+}
+
+impl Default for ReadyLagBound {
+    fn default() -> Self {
+        Self {
+            max_events: Some(READY_DEFAULT_MAX_LAG_EVENTS),
+            max_ms: Some(READY_DEFAULT_MAX_LAG_MS),
+        }
+    }
+}
+
+/// Default of [`ReadyLagBound::max_events`].
+pub const READY_DEFAULT_MAX_LAG_EVENTS: u64 = 100_000;
+/// Default of [`ReadyLagBound::max_ms`].
+pub const READY_DEFAULT_MAX_LAG_MS: u64 = 60_000;
+
+impl ReadyLagBound {
+    /// Why a projection `lag_events` behind, whose last event took `last_lag_ms` to apply,
+    /// is outside the bound; `None` when it is within.
+    pub fn broken_by(&self, lag_events: u64, last_lag_ms: u64) -> Option<String> {
+        if let Some(max) = self.max_events.filter(|max| lag_events > *max) {
+            return Some(format!("{lag_events} events behind, bound {max}"));
+        }
+        match self.max_ms {
+            Some(max) if lag_events > 0 && last_lag_ms > max => Some(format!(
+                "{lag_events} events behind and the last took {last_lag_ms} ms to apply, bound {max} ms"
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -79,6 +124,7 @@ impl Default for ApiConfig {
             sse_keep_alive: Duration::from_secs(15),
             idempotency: Default::default(),
             read_cache: Default::default(),
+            ready_lag: Default::default(),
         }
     }
 }
@@ -246,18 +292,25 @@ async fn ready(State(st): State<AppState>) -> Response {
         check["stream"] = json!(bus.config().stream_name);
         checks.insert("bus".into(), check);
     }
+    let bound = st.config.ready_lag;
     for p in st.projections() {
         let status = p.status();
-        let healthy = !matches!(
+        let lag_events = p.lag_events();
+        let running = !matches!(
             status.state,
             ProjectionState::Failed { .. } | ProjectionState::Stopped
         );
+        let lagging = bound.broken_by(lag_events, status.last_lag_ms);
+        let healthy = running && lagging.is_none();
         ok &= healthy;
-        checks.insert(
-            format!("projection:{}", p.name()),
-            json!({"ok": healthy, "checkpoint": status.checkpoint, "lag_events": p.lag_events(),
-                   "state": format!("{:?}", status.state), "mode": p.mode()}),
-        );
+        let mut check = json!({"ok": healthy, "checkpoint": status.checkpoint,
+                   "lag_events": lag_events, "last_lag_ms": status.last_lag_ms,
+                   "max_lag_events": bound.max_events, "max_lag_ms": bound.max_ms,
+                   "state": format!("{:?}", status.state), "mode": p.mode()});
+        if let Some(why) = lagging {
+            check["error"] = json!(format!("lagging: {why}"));
+        }
+        checks.insert(format!("projection:{}", p.name()), check);
     }
     let code = if ok {
         StatusCode::OK
@@ -341,4 +394,26 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
         ))
         .layer(axum::middleware::from_fn(correlation))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod ready_lag_tests {
+    use super::ReadyLagBound;
+
+    #[test]
+    fn the_lag_bound_counts_events_and_the_delay_only_while_behind() {
+        let bound = ReadyLagBound {
+            max_events: Some(10),
+            max_ms: Some(1000),
+        };
+        assert_eq!(bound.broken_by(10, 0), None, "at the bound is within it");
+        assert!(bound.broken_by(11, 0).unwrap().contains("11 events behind"));
+        assert_eq!(bound.broken_by(0, 5000), None, "caught up: a slow past is no lag");
+        assert!(bound.broken_by(1, 5000).unwrap().contains("5000 ms"));
+        let open = ReadyLagBound {
+            max_events: None,
+            max_ms: None,
+        };
+        assert_eq!(open.broken_by(u64::MAX, u64::MAX), None);
+    }
 }

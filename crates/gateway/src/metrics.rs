@@ -481,6 +481,9 @@ pub async fn render(State(st): State<AppState>) -> Response {
             &q(&|s| s.oldest_ready_wait_ms),
         );
     }
+    if let Some(f) = &st.fulfilment {
+        render_sagas(&mut out, &f.orchestrator.metrics().snapshot());
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -489,4 +492,72 @@ pub async fn render(State(st): State<AppState>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The saga families: sagas started and finished, step attempts by outcome, step durations.
+fn render_sagas(out: &mut String, m: &ficus_runtime::saga_metrics::SagaMetricsSnapshot) {
+    let started: Vec<(String, f64)> = m
+        .started
+        .iter()
+        .map(|(kind, n)| (format!("saga=\"{kind}\""), *n as f64))
+        .collect();
+    gauge(
+        out,
+        "ficus_sagas_started_total",
+        "Sagas this process started.",
+        &started,
+    );
+    let finished: Vec<(String, f64)> = m
+        .finished
+        .iter()
+        .map(|((kind, outcome), n)| {
+            (
+                format!("saga=\"{kind}\",outcome=\"{}\"", outcome.as_str()),
+                *n as f64,
+            )
+        })
+        .collect();
+    gauge(
+        out,
+        "ficus_sagas_finished_total",
+        "Sagas this process finished, by outcome (completed, or failed after compensating).",
+        &finished,
+    );
+    let steps: Vec<(String, f64)> = m
+        .steps
+        .iter()
+        .map(|((kind, step, outcome), n)| {
+            (
+                format!(
+                    "saga=\"{kind}\",step=\"{step}\",outcome=\"{}\"",
+                    outcome.as_str()
+                ),
+                *n as f64,
+            )
+        })
+        .collect();
+    gauge(
+        out,
+        "ficus_saga_steps_total",
+        "Recorded step and compensation attempts, by outcome.",
+        &steps,
+    );
+    let name = "ficus_saga_step_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How long a step's invocation took.\n# TYPE {name} histogram"
+    );
+    for ((kind, step), d) in &m.durations {
+        write_histogram(
+            out,
+            name,
+            &format!("saga=\"{kind}\",step=\"{step}\""),
+            ficus_runtime::saga_metrics::STEP_BUCKETS_S
+                .iter()
+                .copied()
+                .zip(d.buckets),
+            d.count,
+            d.sum_seconds,
+        );
+    }
 }

@@ -1525,7 +1525,7 @@ fn common_schemas() -> Value {
                 "status": {"type": "string", "enum": ["ready", "not_ready"]},
                 "checks": {
                     "type": "object",
-                    "description": "`shutting_down` and one `projection:<name>` entry per projection.",
+                    "description": "`shutting_down`, the backends, and one `projection:<name>` entry per projection (not ok when failed, stopped or behind the lag bound).",
                     "additionalProperties": {
                         "type": "object",
                         "required": ["ok"],
@@ -1533,6 +1533,10 @@ fn common_schemas() -> Value {
                             "ok": {"type": "boolean"},
                             "checkpoint": {"type": "integer", "minimum": 0},
                             "lag_events": {"type": "integer", "minimum": 0},
+                            "last_lag_ms": {"type": "integer", "minimum": 0, "description": "Commit-to-apply delay of the last applied event."},
+                            "max_lag_events": {"type": ["integer", "null"], "minimum": 0, "description": "The readiness bound on `lag_events` (`--ready-max-lag-events`); null when unbounded."},
+                            "max_lag_ms": {"type": ["integer", "null"], "minimum": 0, "description": "The readiness bound on `last_lag_ms` while behind (`--ready-max-lag-ms`); null when unbounded."},
+                            "error": {"type": "string", "description": "Why the check failed, e.g. `lagging: ...`."},
                             "state": {"type": "string", "description": "As `ProjectionStatus.state`."},
                             "mode": schema_ref("ProjectionMode"),
                         },

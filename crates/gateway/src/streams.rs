@@ -119,6 +119,16 @@ async fn append(
         metadata
             .user_id
             .get_or_insert_with(|| caller.0.user_id.clone());
+        // The request's trace goes with the events, as on the shop's commands; a traceparent
+        // the client put into the metadata itself is kept.
+        if !metadata
+            .extra
+            .contains_key(ficus_runtime::telemetry::TRACEPARENT_KEY)
+        {
+            if let Some(ctx) = ficus_runtime::telemetry::current() {
+                ctx.stamp_metadata(&mut metadata);
+            }
+        }
         events.push(NewEvent {
             id: e.id.unwrap_or_else(uuid::Uuid::now_v7),
             event_type,

@@ -7,12 +7,14 @@
 /// Retry delays: exponential backoff with full jitter (kept in the store crate, whose bus
 /// relay retries with it too).
 pub use ficus_store::backoff;
+pub mod claim_check;
 pub mod idempotency;
 pub mod pg_projection;
 pub mod projection;
 pub mod read_cache;
 pub mod repository;
 pub mod saga;
+pub mod saga_metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod workers;

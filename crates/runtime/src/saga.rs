@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::saga_metrics::{SagaOutcome, StepOutcome};
 use crate::workers::{JobError, JobHandler};
 
 /// The queue saga-driving jobs run on.
@@ -425,6 +426,7 @@ pub struct SagaOrchestrator {
     sagas: BTreeMap<&'static str, Arc<dyn Saga>>,
     record_hook: Option<RecordHook>,
     now_ms: fn() -> i64,
+    metrics: Arc<crate::saga_metrics::SagaMetrics>,
 }
 
 impl SagaOrchestrator {
@@ -434,7 +436,13 @@ impl SagaOrchestrator {
             sagas: BTreeMap::new(),
             record_hook: None,
             now_ms: ficus_store::now_ms,
+            metrics: Default::default(),
         }
+    }
+
+    /// What this orchestrator (and its clones) recorded: sagas, steps, compensations.
+    pub fn metrics(&self) -> &Arc<crate::saga_metrics::SagaMetrics> {
+        &self.metrics
     }
 
     /// This orchestrator also driving sagas of `saga.kind()`.
@@ -576,8 +584,14 @@ impl SagaOrchestrator {
                 at_ms: (self.now_ms)(),
             };
             // Lost to a concurrent starter: that one's record stands, fold it below.
-            self.record(saga_id, ExpectedVersion::NoStream, started)
-                .await?;
+            if self
+                .record(saga_id, ExpectedVersion::NoStream, started)
+                .await?
+            {
+                if let Some(saga) = self.sagas.get(kind) {
+                    self.metrics.started(saga.kind());
+                }
+            }
         }
         let mut compensation_tries = 0u32;
         loop {
@@ -603,8 +617,12 @@ impl SagaOrchestrator {
                             .is_none_or(|s| s.status != StepStatus::Succeeded)
                     });
                     let Some(policy) = next else {
-                        self.record(saga_id, expected, SagaEvent::SagaCompleted { at_ms: now })
-                            .await?;
+                        if self
+                            .record(saga_id, expected, SagaEvent::SagaCompleted { at_ms: now })
+                            .await?
+                        {
+                            self.metrics.finished(saga.kind(), SagaOutcome::Completed);
+                        }
                         continue;
                     };
                     self.attempt_step(&*saga, &state, policy).await?;
@@ -623,7 +641,9 @@ impl SagaOrchestrator {
                             reason,
                             at_ms: now,
                         };
-                        self.record(saga_id, expected, failed).await?;
+                        if self.record(saga_id, expected, failed).await? {
+                            self.metrics.finished(saga.kind(), SagaOutcome::Failed);
+                        }
                         continue;
                     };
                     compensation_tries += 1;
@@ -690,6 +710,7 @@ impl SagaOrchestrator {
             attempt
         };
         let ctx = Self::context(state, policy.name, attempt);
+        let invoked = std::time::Instant::now();
         let outcome = match tokio::time::timeout(policy.timeout, saga.run(&ctx)).await {
             Ok(r) => r,
             Err(_) => Err(StepError::Retry(format!(
@@ -697,7 +718,14 @@ impl SagaOrchestrator {
                 policy.timeout.as_millis()
             ))),
         };
+        let took = invoked.elapsed();
         let now = (self.now_ms)();
+        let counted = match &outcome {
+            Ok(_) => StepOutcome::Succeeded,
+            Err(StepError::Permanent(_)) => StepOutcome::GaveUp,
+            Err(_) if attempt >= policy.max_attempts.max(1) => StepOutcome::GaveUp,
+            Err(_) => StepOutcome::Retried,
+        };
         let (event, pause) = match outcome {
             Ok(output) => (
                 SagaEvent::StepSucceeded {
@@ -731,6 +759,8 @@ impl SagaOrchestrator {
             .record(saga_id, ExpectedVersion::Exact(version), event)
             .await?
         {
+            self.metrics
+                .step(saga.kind(), policy.name, counted, Some(took));
             if let Some(p) = pause {
                 tokio::time::sleep(p).await;
             }
@@ -782,8 +812,13 @@ impl SagaOrchestrator {
                     step: policy.name.to_owned(),
                     at_ms: now,
                 };
-                self.record(saga_id, ExpectedVersion::Exact(version), done)
-                    .await?;
+                if self
+                    .record(saga_id, ExpectedVersion::Exact(version), done)
+                    .await?
+                {
+                    self.metrics
+                        .step(saga.kind(), policy.name, StepOutcome::Compensated, None);
+                }
                 Ok(Ok(()))
             }
             Err(e) => {
@@ -801,6 +836,12 @@ impl SagaOrchestrator {
                     .record(saga_id, ExpectedVersion::Exact(version), failed)
                     .await?
                 {
+                    self.metrics.step(
+                        saga.kind(),
+                        policy.name,
+                        StepOutcome::CompensationFailed,
+                        None,
+                    );
                     let pause = policy.backoff.delay_ms(attempt, &mut rand::thread_rng());
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }

@@ -464,7 +464,19 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             .then(|| Arc::new(ficus_gateway::cache::ShopCache::new(&cfg.api.read_cache))),
         auth: Arc::new(Auth::new(secret)),
         sse_permits: Arc::new(Semaphore::new(cfg.api.max_sse_subscribers)),
-        config: Arc::new(cfg.api.clone()),
+        config: Arc::new(ApiConfig {
+            // Only a process serving queries answers from read models, so only its readiness
+            // depends on how far behind they are.
+            ready_lag: if cfg.role.query {
+                cfg.api.ready_lag
+            } else {
+                ficus_gateway::ReadyLagBound {
+                    max_events: None,
+                    max_ms: None,
+                }
+            },
+            ..cfg.api.clone()
+        }),
         shutdown: shutdown.clone(),
         http_metrics: Arc::new(ficus_gateway::metrics::HttpMetrics::with_job_counters(
             job_counters,

@@ -81,6 +81,22 @@ enum Command {
             default_value_t = 5000
         )]
         read_your_writes_timeout_ms: u64,
+        /// `/health/ready` answers 503 while a projection is more than this many events
+        /// behind the log (0: no bound).
+        #[arg(
+            long,
+            env = "FICUS_READY_MAX_LAG_EVENTS",
+            default_value_t = ficus_gateway::READY_DEFAULT_MAX_LAG_EVENTS
+        )]
+        ready_max_lag_events: u64,
+        /// `/health/ready` answers 503 while a projection is behind and its last event took
+        /// longer than this to apply, in milliseconds (0: no bound).
+        #[arg(
+            long,
+            env = "FICUS_READY_MAX_LAG_MS",
+            default_value_t = ficus_gateway::READY_DEFAULT_MAX_LAG_MS
+        )]
+        ready_max_lag_ms: u64,
         /// Cache query answers in this process, invalidated as the read models apply events.
         #[arg(long, env = "FICUS_READ_CACHE")]
         read_cache: bool,
@@ -483,6 +499,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_body_bytes,
             read_your_writes_timeout_ms,
+            ready_max_lag_events,
+            ready_max_lag_ms,
             read_cache,
             read_cache_max_entries,
             idempotency_retention_secs,
@@ -509,6 +527,10 @@ async fn main() -> anyhow::Result<()> {
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
             cfg.api.read_your_writes_timeout = Duration::from_millis(read_your_writes_timeout_ms);
+            cfg.api.ready_lag = ficus_gateway::ReadyLagBound {
+                max_events: Some(ready_max_lag_events).filter(|n| *n > 0),
+                max_ms: Some(ready_max_lag_ms).filter(|n| *n > 0),
+            };
             cfg.api.read_cache.enabled = read_cache;
             cfg.api.read_cache.max_entries = read_cache_max_entries.max(1);
             cfg.api.idempotency.retention = Duration::from_secs(idempotency_retention_secs.max(1));

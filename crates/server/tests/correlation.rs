@@ -281,3 +281,52 @@ async fn traceparent_is_propagated_into_exported_spans() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_appends_store_the_requests_trace_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &server.base).await;
+    let base = &server.base;
+    let admin = cli_token(SECRET, "ada", "admin");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+
+    // An append through the raw streams API: its event carries the request's ids.
+    let r = http
+        .post(format!("{base}/v1/streams/audit-1"))
+        .bearer_auth(&admin)
+        .header("x-correlation-id", "raw-append-1")
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .json(&json!({"events": [{"type": "AuditNoted", "data": {"n": 1}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let answered = r.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert_eq!(trace_of(&answered).0, trace);
+    // A client that sets a traceparent in the event's own metadata keeps it.
+    let own = "00-11111111111111111111111111111111-2222222222222222-01";
+    let r = http
+        .post(format!("{base}/v1/streams/audit-1"))
+        .bearer_auth(&admin)
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .json(&json!({"events": [{"type": "AuditNoted", "data": {"n": 2},
+                                  "metadata": {"traceparent": own}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let read = get_json(&http, &format!("{base}/v1/streams/audit-1"), &admin).await;
+    let events = read["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{read}");
+    assert_eq!(events[0]["metadata"]["correlation_id"], "raw-append-1");
+    assert_eq!(
+        events[0]["metadata"]["traceparent"],
+        answered.as_str(),
+        "the stored context names the request's span: {read}"
+    );
+    assert_eq!(events[1]["metadata"]["traceparent"], own, "{read}");
+}

@@ -307,6 +307,44 @@ async fn a_failing_payment_service_rejects_and_a_healthy_one_confirms(b: Backend
         (404, Some("saga_not_found")),
         "{b}"
     );
+
+    // `/metrics` counts what the two sagas recorded.
+    let metrics = reqwest::get(format!("{}/metrics", srv.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+    };
+    let f = ficus_domain::fulfilment::FULFILMENT_SAGA;
+    assert_eq!(sample(&format!("ficus_sagas_started_total{{saga=\"{f}\"}}")), 2.0);
+    for outcome in ["completed", "failed"] {
+        let series = format!("ficus_sagas_finished_total{{saga=\"{f}\",outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&series), 1.0, "{series}");
+    }
+    let step = |name: &str, outcome: &str| {
+        sample(&format!(
+            "ficus_saga_steps_total{{saga=\"{f}\",step=\"{name}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(step("charge_payment", "retried"), 3.0, "4 attempts, the last given up");
+    assert_eq!(step("charge_payment", "gave_up"), 1.0);
+    assert_eq!(step("charge_payment", "succeeded"), 1.0);
+    assert_eq!(step("charge_payment", "compensated"), 1.0);
+    assert_eq!(step("reserve_stock", "compensated"), 1.0);
+    assert_eq!(step("create_shipment", "succeeded"), 1.0);
+    assert_eq!(
+        sample(&format!(
+            "ficus_saga_step_duration_seconds_count{{saga=\"{f}\",step=\"charge_payment\"}}"
+        )),
+        5.0,
+        "every invocation timed, compensations not"
+    );
     srv.running.stop().await.unwrap();
 }
 

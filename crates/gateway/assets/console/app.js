@@ -441,6 +441,57 @@ async function refreshBatch() {
     b.result ? el("pre", {}, JSON.stringify(b.result, null, 2)) : "");
 }
 
+// ---- sagas ---------------------------------------------------------------------------
+
+// Saga counters from /metrics: per kind, and per (kind, step) by outcome.
+async function refreshSagas() {
+  const m = await scrape();
+  if (!m) return;
+  const kinds = new Map();
+  const steps = new Map();
+  const kind = (k) => kinds.get(k) || kinds.set(k, { started: 0, completed: 0, failed: 0 }).get(k);
+  const step = (k) => steps.get(k) || steps.set(k, { sum: 0, count: 0 }).get(k);
+  for (const x of m.ms) {
+    const l = x.labels;
+    if (x.name === "ficus_sagas_started_total") kind(l.saga).started += x.value;
+    if (x.name === "ficus_sagas_finished_total") kind(l.saga)[l.outcome] = (kind(l.saga)[l.outcome] || 0) + x.value;
+    const key = `${l.saga} · ${l.step}`;
+    if (x.name === "ficus_saga_steps_total") step(key)[l.outcome] = (step(key)[l.outcome] || 0) + x.value;
+    if (x.name === "ficus_saga_step_duration_seconds_sum") step(key).sum += x.value;
+    if (x.name === "ficus_saga_step_duration_seconds_count") step(key).count += x.value;
+  }
+  const empty = (n, text) => el("tr", {}, el("td", { colspan: n, class: "empty" }, text));
+  $("#saga-table tbody").replaceChildren(...(kinds.size ? [...kinds].map(([k, v]) =>
+    el("tr", { "data-saga": k }, el("td", {}, el("b", {}, k)), el("td", {}, v.started),
+      el("td", {}, pill(v.completed, "ok")), el("td", {}, pill(v.failed, v.failed ? "bad" : "")),
+      el("td", {}, Math.max(0, v.started - v.completed - v.failed))))
+    : [empty(5, "No saga has run in this process (order fulfilment runs with --payments).")]));
+  $("#saga-steps tbody").replaceChildren(...[...steps].map(([k, v]) =>
+    el("tr", { "data-step": k }, el("td", {}, k), el("td", {}, v.succeeded || 0), el("td", {}, v.retried || 0),
+      el("td", {}, v.gave_up ? pill(v.gave_up, "bad") : 0), el("td", {}, v.compensated || 0),
+      el("td", {}, v.compensation_failed ? pill(v.compensation_failed, "warn") : 0),
+      el("td", { class: "muted" }, v.count ? fmtMs(Math.round((1000 * v.sum) / v.count)) : "—"))));
+}
+
+async function showSaga(id) {
+  let s;
+  try {
+    s = await api("GET", `/v1/sagas/${encodeURIComponent(id)}`);
+  } catch (e) {
+    $("#saga-view").replaceChildren(el("span", { class: "error" }, e.message));
+    return;
+  }
+  const kindOf = (st) => (/succeeded|compensated/.test(st) ? "ok" : /failed/.test(st) ? "bad" : "warn");
+  $("#saga-view").replaceChildren(
+    el("div", { class: "split-row" }, el("b", {}, `${s.kind} ${s.id}`), pill(s.status, kindOf(s.status === "completed" ? "succeeded" : s.status))),
+    el("table", { class: "grid" },
+      el("thead", {}, el("tr", {}, el("th", {}, "step"), el("th", {}, "status"), el("th", {}, "attempts"), el("th", {}, "last error"))),
+      el("tbody", {}, ...(s.steps || []).map((st) => el("tr", { "data-step": st.name },
+        el("td", {}, st.name), el("td", {}, pill(st.status, kindOf(st.status))), el("td", {}, st.attempts),
+        el("td", { class: "muted" }, st.last_error || ""))))),
+    s.failure ? el("p", { class: "error" }, `failed at ${s.failure.step}: ${s.failure.reason}`) : "");
+}
+
 // ---- façade routes -------------------------------------------------------------------
 
 function routeCard(r) {
@@ -512,6 +563,7 @@ async function refresh() {
     if (current === "projections") await refreshProjections();
     if (current === "queues") { await refreshQueues(); await refreshBatch(); }
     if (current === "routes") await refreshRoutes();
+    if (current === "sagas") await refreshSagas();
   } catch (e) {
     if (e.status !== 401) $("#status-dot").className = "dot bad";
   } finally {
@@ -527,6 +579,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#stream-open").addEventListener("click", () => $("#stream-id").value.trim() && readStream($("#stream-id").value.trim()));
   $("#event-close").addEventListener("click", () => ($("#event-detail").hidden = true));
   $("#batch-open").addEventListener("click", () => { batchId = $("#batch-id").value.trim() || null; refreshBatch(); });
+  $("#saga-open").addEventListener("click", () => $("#saga-id").value.trim() && showSaga($("#saga-id").value.trim()));
   $("#redrive").addEventListener("click", () => deadAction("redrive"));
   $("#purge").addEventListener("click", () => deadAction("purge"));
   $("#dead-all").addEventListener("change", (ev) => document.querySelectorAll("#dead-table tbody input").forEach((c) => (c.checked = ev.target.checked)));

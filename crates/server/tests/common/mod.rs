@@ -186,6 +186,17 @@ impl Drop for Proc {
 /// by `secret`, a small pool, and few job workers with a short visibility timeout, so a job
 /// is still running when a test kills a worker and its leased items come back quickly.
 pub fn serve_on_postgres(url: &str, schema: &str, role: &str, secret: &str) -> Proc {
+    serve_on_postgres_with(url, schema, role, secret, &[])
+}
+
+/// [`serve_on_postgres`] with extra environment variables (flags' twins) for the process.
+pub fn serve_on_postgres_with(
+    url: &str,
+    schema: &str,
+    role: &str,
+    secret: &str,
+    env: &[(&str, &str)],
+) -> Proc {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -212,6 +223,7 @@ pub fn serve_on_postgres(url: &str, schema: &str, role: &str, secret: &str) -> P
         // Few workers per process, so a job is still running when the kill comes.
         .env("FICUS_JOB_CONCURRENCY", "2")
         .env("FICUS_JOB_MAX_CONCURRENCY", "2")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
