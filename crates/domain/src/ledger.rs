@@ -56,6 +56,7 @@ impl LedgerError {
             LedgerError::Store(StoreError::Invalid(_)) => 400,
             LedgerError::Store(StoreError::WrongExpectedVersion { .. }) => 409,
             LedgerError::Store(StoreError::Unavailable(_)) => 503,
+            LedgerError::Store(StoreError::StorageFault(_) | StoreError::OutcomeUnknown(_)) => 503,
             LedgerError::Store(StoreError::ClaimLost) => 409,
             LedgerError::Store(StoreError::Corrupt(_)) | LedgerError::Internal(_) => 500,
         }
@@ -72,6 +73,8 @@ impl LedgerError {
             LedgerError::Store(StoreError::Invalid(_)) => "invalid_request",
             LedgerError::Store(StoreError::WrongExpectedVersion { .. }) => "wrong_expected_version",
             LedgerError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            LedgerError::Store(StoreError::StorageFault(_)) => "storage_unavailable",
+            LedgerError::Store(StoreError::OutcomeUnknown(_)) => "storage_outcome_unknown",
             LedgerError::Store(StoreError::ClaimLost) => "request_in_progress",
             LedgerError::Store(StoreError::Corrupt(_)) | LedgerError::Internal(_) => "internal",
         }

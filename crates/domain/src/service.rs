@@ -72,6 +72,7 @@ impl ShopError {
             ShopError::Store(StoreError::Invalid(_)) => 400,
             ShopError::Store(StoreError::WrongExpectedVersion { .. }) => 409,
             ShopError::Store(StoreError::Unavailable(_)) => 503,
+            ShopError::Store(StoreError::StorageFault(_) | StoreError::OutcomeUnknown(_)) => 503,
             ShopError::Store(StoreError::ClaimLost) => 409,
             ShopError::Store(StoreError::Corrupt(_)) | ShopError::Internal(_) => 500,
         }
@@ -95,6 +96,8 @@ impl ShopError {
             ShopError::Store(StoreError::Invalid(_)) => "invalid_request",
             ShopError::Store(StoreError::WrongExpectedVersion { .. }) => "wrong_expected_version",
             ShopError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            ShopError::Store(StoreError::StorageFault(_)) => "storage_unavailable",
+            ShopError::Store(StoreError::OutcomeUnknown(_)) => "storage_outcome_unknown",
             ShopError::Store(StoreError::ClaimLost) => "request_in_progress",
             ShopError::Store(StoreError::Corrupt(_)) | ShopError::Internal(_) => "internal",
         }

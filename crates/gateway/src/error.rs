@@ -85,6 +85,8 @@ impl From<StoreError> for ApiError {
             .with("actual_version", actual),
             StoreError::Invalid(m) => ApiError::bad_request("invalid_request", m),
             StoreError::Unavailable(m) => ApiError::unavailable("store_unavailable", m),
+            StoreError::StorageFault(m) => ApiError::unavailable("storage_unavailable", m),
+            StoreError::OutcomeUnknown(m) => ApiError::unavailable("storage_outcome_unknown", m),
             StoreError::Corrupt(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }

@@ -17,6 +17,18 @@ pub enum StoreError {
     /// Nothing from the failed call was committed. (503 `store_unavailable`)
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The storage device failed the write (disk full, I/O error, torn write), or the store
+    /// is still refusing writes after a failed fsync: nothing from the failed call was
+    /// committed, now or later. Reads keep working. (503 `storage_unavailable`)
+    #[error("storage unavailable: {0}")]
+    StorageFault(String),
+    /// The write was committed to the log, but the fsync that had to cover it failed: it is
+    /// not acknowledged, and whether it survives is not known until the store recovers (it
+    /// then becomes visible and durable) or restarts (it may or may not be there). Read the
+    /// stream, or retry with the same `Idempotency-Key`, to learn the outcome.
+    /// (503 `storage_outcome_unknown`)
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// A stored record failed to decode: a loud error, never a silent skip. (500)
     #[error("corrupt record: {0}")]
     Corrupt(String),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::open_connection;
+use super::open_connection_in;
 
 pub(crate) struct Checkpointer {
     stop: Arc<AtomicBool>,
@@ -25,13 +25,14 @@ impl Checkpointer {
         path: PathBuf,
         interval: Duration,
         wal_max_frames: i64,
+        vfs: Option<String>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("ficus-sqlite-checkpoint".into())
             .spawn(move || {
-                let conn = match open_connection(&path) {
+                let conn = match open_connection_in(&path, vfs.as_deref()) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "checkpointer could not open the database");

@@ -8,6 +8,7 @@
 //! the writer.
 
 mod checkpointer;
+pub mod faulty_vfs;
 mod idempotency;
 mod jobs;
 mod reader;
@@ -27,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
+pub use faulty_vfs::{FaultPlan, StorageFault};
 pub use jobs::SqliteJobQueue;
 pub use reader::ConnectionPool;
 pub use snapshots::{SqliteSnapshotStore, SNAPSHOT_READERS};
@@ -59,6 +61,10 @@ pub struct SqliteConfig {
     pub checkpoint_interval: std::time::Duration,
     /// WAL size (in pages) past which a blocking RESTART checkpoint forces it back to empty.
     pub wal_max_pages: i64,
+    /// Storage-fault injection (drills and tests only, off by default): when set, the event
+    /// log's connections open through a VFS that fails or slows writes and fsyncs as this
+    /// plan says (see `faulty_vfs.rs`).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl Default for SqliteConfig {
@@ -75,6 +81,7 @@ impl Default for SqliteConfig {
             writer_cache_kib: 64 * 1024,
             checkpoint_interval: std::time::Duration::from_millis(100),
             wal_max_pages: 64 * 1024,
+            faults: None,
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct SqliteEventStore {
     readers: Arc<ConnectionPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<checkpointer::Checkpointer>,
+    /// Whether the last write reached the disk; what `/health/ready` reports.
+    health: Arc<writer::WriteHealth>,
     config: SqliteConfig,
     path: PathBuf,
     /// Held for the store's life: a second process opening the same file is refused.
@@ -149,7 +158,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)
 
 /// Opens a connection with the pragmas every Ficus SQLite file uses: WAL, `synchronous=FULL`.
 pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(unavailable)?;
+    open_connection_in(path, None)
+}
+
+/// [`open_connection`] through the named VFS (`None`: SQLite's default).
+pub(crate) fn open_connection_in(path: &Path, vfs: Option<&str>) -> Result<Connection, StoreError> {
+    let conn = match vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
+        None => Connection::open(path),
+    }
+    .map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(unavailable)?;
     conn.execute_batch(
@@ -164,6 +182,17 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// Maps an SQLite or I/O error to [`StoreError::Unavailable`].
 pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Maps an SQLite error to [`StoreError::StorageFault`] when the device failed (disk full,
+/// I/O error), else to [`StoreError::Unavailable`].
+pub(crate) fn storage_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure) => {
+            StoreError::StorageFault(e.to_string())
+        }
+        _ => unavailable(e),
+    }
 }
 
 impl SqliteEventStore {
@@ -183,12 +212,21 @@ impl SqliteEventStore {
         lock.try_lock().map_err(|_| {
             StoreError::Unavailable(format!("{} is in use by another process", path.display()))
         })?;
+        let vfs = match &config.faults {
+            Some(plan) => Some(faulty_vfs::register(plan.clone()).map_err(unavailable)?),
+            None => None,
+        };
         // The page size must be set before the file turns to WAL; on an existing file it is a
         // no-op.
-        Connection::open(&path)
-            .and_then(|c| c.execute_batch(&format!("PRAGMA page_size = {};", config.page_bytes)))
-            .map_err(unavailable)?;
-        let conn = open_connection(&path)?;
+        match vfs.as_deref() {
+            Some(vfs) => {
+                Connection::open_with_flags_and_vfs(&path, rusqlite::OpenFlags::default(), vfs)
+            }
+            None => Connection::open(&path),
+        }
+        .and_then(|c| c.execute_batch(&format!("PRAGMA page_size = {};", config.page_bytes)))
+        .map_err(unavailable)?;
+        let conn = open_connection_in(&path, vfs.as_deref())?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         conn.execute_batch(idempotency::SCHEMA)
             .map_err(unavailable)?;
@@ -215,14 +253,23 @@ impl SqliteEventStore {
             })
             .map_err(unavailable)?;
         let head = Arc::new(AtomicU64::new(head as u64));
-        let readers = Arc::new(ConnectionPool::open_readers(
+        let readers = Arc::new(ConnectionPool::open_readers_in(
             &path,
             config.read_connections,
+            vfs.as_deref(),
         )?);
         let (live, _) = broadcast::channel(config.live_buffer_batches);
         let (tx, rx) = mpsc::channel(config.append_queue_requests);
-        let writer = writer::Writer::new(conn, wal, head.clone(), live.clone(), &config)
-            .map_err(unavailable)?;
+        let health = Arc::new(writer::WriteHealth::default());
+        let writer = writer::Writer::new(
+            conn,
+            wal,
+            head.clone(),
+            live.clone(),
+            health.clone(),
+            &config,
+        )
+        .map_err(unavailable)?;
         let handle = std::thread::Builder::new()
             .name("ficus-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -231,6 +278,7 @@ impl SqliteEventStore {
             path.clone(),
             config.checkpoint_interval,
             config.wal_max_pages,
+            vfs,
         )
         .map_err(unavailable)?;
         Ok(Self {
@@ -240,6 +288,7 @@ impl SqliteEventStore {
             readers,
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(checkpointer),
+            health,
             config,
             path,
             _lock: lock,
@@ -248,6 +297,33 @@ impl SqliteEventStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the store cannot take writes right now (the storage device failed the last write
+    /// or fsync), or `None` when the last write reached the disk. Reads are not affected.
+    pub fn storage_fault(&self) -> Option<String> {
+        self.health.fault()
+    }
+
+    /// The fault-injection plan of this store, when it was opened with one.
+    pub fn fault_plan(&self) -> Option<&Arc<FaultPlan>> {
+        self.config.faults.as_ref()
+    }
+
+    /// Writes one small change through the writer and waits for its fsync: how a store in a
+    /// storage fault finds out that the device works again (a successful write clears
+    /// [`SqliteEventStore::storage_fault`]; after a failed fsync it first runs the writer's
+    /// recovery).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            // Rewriting the header's user_version dirties page 1: a real write and fsync.
+            let v: i64 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(storage_error)?;
+            c.execute_batch(&format!("PRAGMA user_version = {v}"))
+                .map_err(storage_error)
+        })
+        .await
     }
 
     /// Runs `op` inside the writer's next batch transaction, in its own savepoint, and returns

@@ -7,7 +7,7 @@ use ficus_core::{EventType, Metadata, Position, RecordedEvent, StreamId, Version
 use rusqlite::{params, Connection, Row};
 use tokio::sync::Semaphore;
 
-use super::{open_connection, unavailable};
+use super::{open_connection_in, unavailable};
 use crate::{StoreError, MAX_READ_LIMIT};
 
 /// A bounded pool of SQLite connections, each lent to one blocking closure at a time.
@@ -20,10 +20,19 @@ pub struct ConnectionPool {
 impl ConnectionPool {
     /// Opens `n` query-only connections to the database at `path`.
     pub fn open_readers(path: &Path, n: usize) -> Result<Self, StoreError> {
+        Self::open_readers_in(path, n, None)
+    }
+
+    /// [`ConnectionPool::open_readers`] through the named VFS (`None`: SQLite's default).
+    pub(crate) fn open_readers_in(
+        path: &Path,
+        n: usize,
+        vfs: Option<&str>,
+    ) -> Result<Self, StoreError> {
         let n = n.max(1);
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            let c = open_connection(path)?;
+            let c = open_connection_in(path, vfs)?;
             c.execute_batch("PRAGMA query_only = ON;")
                 .map_err(unavailable)?;
             conns.push(c);
@@ -190,7 +199,7 @@ mod tests {
     async fn cancelled_reads_give_their_connection_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.db");
-        drop(open_connection(&path).unwrap());
+        drop(open_connection_in(&path, None).unwrap());
         let pool = Arc::new(ConnectionPool::open_readers(&path, 2).unwrap());
         for _ in 0..20 {
             let slow = pool.run(|_| {

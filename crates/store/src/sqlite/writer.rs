@@ -16,23 +16,36 @@
 //! runs on a `synchronous = FULL` connection and fsyncs the database file before it marks the
 //! frames as copied. Readers never look past the durable head (see `reader.rs`).
 //!
-//! If fdatasync ever fails, the store stops taking writes: after a failed fsync the kernel may
-//! have dropped the dirty pages, so nothing after it can be promised.
+//! Storage faults (see docs/adr/0014-storage-fault-injection.md):
+//! - A write the device refuses (disk full, I/O error, torn write) fails the batch's
+//!   transaction before its commit frame is valid: SQLite rolls it back, every caller in the
+//!   batch gets [`StoreError::StorageFault`], nothing of it is committed (then or later), and
+//!   the cached stream versions are dropped. The next batch simply tries again.
+//! - If fdatasync fails, the batches it covered (and those committed behind it) are in the WAL
+//!   but may not be on disk: their callers get [`StoreError::OutcomeUnknown`], never an ack.
+//!   After a failed fsync the kernel may have dropped the dirty pages, so nothing can be
+//!   promised until the store has recovered: the writer refuses every batch (StorageFault)
+//!   until a recovery succeeds. Recovery (tried at the next batch) waits for the syncer to
+//!   drain, probes the WAL with an fdatasync, rewrites everything the WAL holds into the
+//!   database file with a FULL checkpoint on a `synchronous = FULL` connection (fresh writes,
+//!   fsynced), then re-reads the head from the file instead of trusting what it had in
+//!   memory, and publishes the events that turned out to be committed.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ficus_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Version};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::reader::stream_version;
-use super::{unavailable, SqliteConfig};
+use super::faulty_vfs::FaultPlan;
+use super::reader::{read_all, stream_version};
+use super::{storage_error, SqliteConfig};
 use crate::{now_ms, AppendResult, LiveBatch, StoreError};
 
 /// An event with its metadata and payload already encoded by the caller's task, so the
@@ -116,7 +129,40 @@ impl Answer {
 struct Committed {
     events: Vec<RecordedEvent>,
     answers: Vec<Answer>,
+    /// Whether the batch wrote anything (events or write ops), so that its fsync proves the
+    /// device takes writes again.
+    wrote: bool,
 }
+
+/// What the writer hands the syncer, in commit order.
+enum SyncMsg {
+    Batch(Committed),
+    /// Answered once every batch sent before it has been synced or failed.
+    Barrier(std_mpsc::SyncSender<()>),
+}
+
+/// Whether the event log's last write reached the disk: what readiness reports.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    fault: Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    pub(crate) fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, why: &str) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+    }
+
+    fn clear(&self) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Events read per query when the writer publishes what a recovery found committed.
+const RECOVERY_PAGE_EVENTS: usize = 512;
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -126,10 +172,18 @@ pub(crate) struct Writer {
     versions: HashMap<StreamId, Version>,
     max_batch_events: usize,
     version_cache_streams: usize,
-    sync_tx: Option<std_mpsc::SyncSender<Committed>>,
+    sync_tx: Option<std_mpsc::SyncSender<SyncMsg>>,
     syncer: Option<JoinHandle<()>>,
-    /// Set once an fdatasync failed; every later append is refused.
+    /// Set once an fdatasync failed; every batch is refused until a recovery succeeds.
     failed: Arc<AtomicBool>,
+    health: Arc<WriteHealth>,
+    /// The durable head and the live feed, which the writer touches only during a recovery,
+    /// while the syncer is drained and idle.
+    head: Arc<AtomicU64>,
+    live: broadcast::Sender<LiveBatch>,
+    /// A second handle on the WAL, for the recovery's fsync probe.
+    wal: File,
+    faults: Option<Arc<FaultPlan>>,
 }
 
 impl Writer {
@@ -138,15 +192,19 @@ impl Writer {
         wal: File,
         head: Arc<AtomicU64>,
         live: broadcast::Sender<LiveBatch>,
+        health: Arc<WriteHealth>,
         config: &SqliteConfig,
     ) -> std::io::Result<Self> {
         let failed = Arc::new(AtomicBool::new(false));
         let (sync_tx, sync_rx) = std_mpsc::sync_channel(config.sync_pipeline_batches);
+        let probe_wal = wal.try_clone()?;
         let syncer = Syncer {
             wal,
             head: head.clone(),
-            live,
+            live: live.clone(),
             failed: failed.clone(),
+            health: health.clone(),
+            faults: config.faults.clone(),
         };
         let syncer = std::thread::Builder::new()
             .name("ficus-sqlite-sync".into())
@@ -160,6 +218,11 @@ impl Writer {
             sync_tx: Some(sync_tx),
             syncer: Some(syncer),
             failed,
+            health,
+            head,
+            live,
+            wal: probe_wal,
+            faults: config.faults.clone(),
         })
     }
 
@@ -203,25 +266,41 @@ impl Writer {
         let mut answers: Vec<Answer> = Vec::new();
         let mut committed: Vec<RecordedEvent> = Vec::new();
         let msgs = std::mem::take(batch);
-        let outcome = if self.failed.load(Ordering::Acquire) {
-            route_unwritten(msgs, shutdown, &mut answers);
-            Err(StoreError::Unavailable(
-                "event store refuses writes after a failed fsync; restart it".into(),
-            ))
+        let only_shutdown = msgs.iter().all(|m| matches!(m, WriterMsg::Shutdown(_)));
+        let recovered = if self.failed.load(Ordering::Acquire) && !only_shutdown {
+            self.recover()
         } else {
-            self.write(msgs, shutdown, &mut answers, &mut committed)
+            Ok(())
+        };
+        let outcome = match recovered {
+            Err(e) => {
+                route_unwritten(msgs, shutdown, &mut answers);
+                Err(StoreError::StorageFault(format!(
+                    "the event log refuses writes until it recovers from a failed fsync: {e}"
+                )))
+            }
+            Ok(()) if self.failed.load(Ordering::Acquire) => {
+                // Only shutdown requests: nothing to write, nothing to recover.
+                route_unwritten(msgs, shutdown, &mut answers);
+                Ok(())
+            }
+            Ok(()) => self.write(msgs, shutdown, &mut answers, &mut committed),
         };
         match outcome {
             Ok(()) => {
                 if let Some(last) = committed.last() {
                     self.written = last.position;
                 }
+                let wrote = !committed.is_empty()
+                    || answers.iter().any(|a| matches!(a, Answer::Exec(_, Ok(_))));
                 let c = Committed {
                     events: committed,
                     answers,
+                    wrote,
                 };
                 if let Some(tx) = &self.sync_tx {
-                    if let Err(std_mpsc::SendError(c)) = tx.send(c) {
+                    if let Err(std_mpsc::SendError(SyncMsg::Batch(c))) = tx.send(SyncMsg::Batch(c))
+                    {
                         fail_all(c.answers, &StoreError::Unavailable("syncer stopped".into()));
                     }
                 }
@@ -230,6 +309,16 @@ impl Writer {
                 // Nothing of this batch is committed: forget cached versions it may have
                 // advanced and fail every caller in it.
                 self.versions.clear();
+                // After an I/O error SQLite may have rolled the transaction back itself, or
+                // left it open: make sure none stays open for the next batch.
+                if !self.conn.is_autocommit() {
+                    if let Err(rb) = self.conn.execute_batch("ROLLBACK") {
+                        tracing::error!(error = %rb, "rollback after a failed batch failed");
+                    }
+                }
+                if let StoreError::StorageFault(why) = &e {
+                    self.health.set(why);
+                }
                 tracing::error!(error = %e, "event store batch failed; nothing acknowledged");
                 fail_all(answers, &e);
             }
@@ -237,6 +326,73 @@ impl Writer {
         if self.versions.len() > self.version_cache_streams {
             self.versions.clear();
         }
+    }
+
+    /// Brings the writer back after a failed fsync, or says why it cannot yet.
+    fn recover(&mut self) -> Result<(), String> {
+        // 1. Every batch committed before the failure has been answered (OutcomeUnknown) and
+        //    the syncer is idle, so nothing else touches the head or the live feed.
+        let (done_tx, done_rx) = std_mpsc::sync_channel(1);
+        let tx = self.sync_tx.as_ref().ok_or("syncer stopped")?;
+        tx.send(SyncMsg::Barrier(done_tx))
+            .map_err(|_| "syncer stopped")?;
+        done_rx.recv().map_err(|_| "syncer stopped")?;
+        // 2. Does the device take an fsync again?
+        if let Some(plan) = &self.faults {
+            plan.before_sync()
+                .map_err(|e| format!("fsync probe: {e}"))?;
+        }
+        self.wal
+            .sync_data()
+            .map_err(|e| format!("fsync probe: {e}"))?;
+        // 3. The WAL's pages may be clean in the page cache without being on disk
+        //    (fsyncgate): rewrite all of it into the database file with fresh writes and
+        //    fsync those, on a synchronous = FULL connection.
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL")
+            .map_err(|e| e.to_string())?;
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0));
+        let restored = self.conn.execute_batch("PRAGMA synchronous = OFF");
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => return Err("recovery checkpoint was blocked by a reader".into()),
+            Err(e) => return Err(format!("recovery checkpoint: {e}")),
+        }
+        restored.map_err(|e| e.to_string())?;
+        // 4. Trust the file, not memory: re-read the head and forget every cached version.
+        let on_disk: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| e.to_string())?;
+        let on_disk = on_disk as Position;
+        self.versions.clear();
+        self.written = on_disk;
+        // 5. The batches whose outcome was unknown are committed and now durable: publish
+        //    them in order, as the syncer would have.
+        let mut durable = self.head.load(Ordering::Acquire);
+        while durable < on_disk {
+            let page = read_all(&self.conn, durable + 1, on_disk, RECOVERY_PAGE_EVENTS)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            durable = last.position;
+            self.head.store(durable, Ordering::Release);
+            let _ = self.live.send(page.into());
+        }
+        self.head.store(on_disk, Ordering::Release);
+        self.failed.store(false, Ordering::Release);
+        self.health.clear();
+        tracing::warn!(
+            head = on_disk,
+            "event store recovered from a failed fsync; writes resume"
+        );
+        Ok(())
     }
 
     /// Inserts every append of `msgs` in one transaction and commits it. Every caller ends up
@@ -255,7 +411,7 @@ impl Writer {
             Ok(tx) => tx,
             Err(e) => {
                 route_unwritten(msgs, shutdown, answers);
-                return Err(unavailable(e));
+                return Err(storage_error(e));
             }
         };
         let mut next_position: Position = self.written + 1;
@@ -270,7 +426,7 @@ impl Writer {
                 Ok(stmt) => stmt,
                 Err(e) => {
                     route_unwritten(msgs, shutdown, answers);
-                    return Err(unavailable(e));
+                    return Err(storage_error(e));
                 }
             };
             for msg in msgs {
@@ -332,7 +488,7 @@ impl Writer {
                 let committed_before = committed.len();
                 if also.is_some() {
                     if let Err(err) = tx.execute_batch("SAVEPOINT ficus_append") {
-                        failure = Some(unavailable(err));
+                        failure = Some(storage_error(err));
                         answers.push(Answer::Append(reply, Ok(dummy())));
                         continue;
                     }
@@ -352,7 +508,7 @@ impl Writer {
                         e.payload_json,
                     ]);
                     if let Err(err) = r {
-                        failure = Some(unavailable(err));
+                        failure = Some(storage_error(err));
                         break;
                     }
                     committed.push(RecordedEvent {
@@ -377,7 +533,7 @@ impl Writer {
                     match op(&tx) {
                         Ok(v) => {
                             if let Err(err) = tx.execute_batch("RELEASE ficus_append") {
-                                failure = Some(unavailable(err));
+                                failure = Some(storage_error(err));
                                 answers.push(Answer::Append(reply, Ok(dummy())));
                                 continue;
                             }
@@ -388,7 +544,7 @@ impl Writer {
                             if let Err(err) =
                                 tx.execute_batch("ROLLBACK TO ficus_append; RELEASE ficus_append")
                             {
-                                failure = Some(unavailable(err));
+                                failure = Some(storage_error(err));
                                 answers.push(Answer::Append(reply, Ok(dummy())));
                                 continue;
                             }
@@ -419,7 +575,14 @@ impl Writer {
             // caller of `write`.
             return Err(e);
         }
-        tx.commit().map_err(unavailable)
+        if tx.is_autocommit() {
+            // An I/O error inside a write op made SQLite roll the whole transaction back
+            // behind the op's savepoint: nothing of this batch may be acknowledged.
+            return Err(StoreError::StorageFault(
+                "the batch transaction was rolled back by SQLite after an I/O error".into(),
+            ));
+        }
+        tx.commit().map_err(storage_error)
     }
 }
 
@@ -464,15 +627,16 @@ fn run_in_savepoint(
     op: WriteOp,
 ) -> Result<Result<Box<dyn Any + Send>, StoreError>, StoreError> {
     tx.execute_batch("SAVEPOINT ficus_op")
-        .map_err(unavailable)?;
+        .map_err(storage_error)?;
     match op(tx) {
         Ok(v) => {
-            tx.execute_batch("RELEASE ficus_op").map_err(unavailable)?;
+            tx.execute_batch("RELEASE ficus_op")
+                .map_err(storage_error)?;
             Ok(Ok(v))
         }
         Err(e) => {
             tx.execute_batch("ROLLBACK TO ficus_op; RELEASE ficus_op")
-                .map_err(unavailable)?;
+                .map_err(storage_error)?;
             Ok(Err(e))
         }
     }
@@ -493,23 +657,52 @@ struct Syncer {
     head: Arc<AtomicU64>,
     live: broadcast::Sender<LiveBatch>,
     failed: Arc<AtomicBool>,
+    health: Arc<WriteHealth>,
+    faults: Option<Arc<FaultPlan>>,
 }
 
 impl Syncer {
-    fn run(self, rx: std_mpsc::Receiver<Committed>) {
+    fn run(self, rx: std_mpsc::Receiver<SyncMsg>) {
         while let Ok(first) = rx.recv() {
-            let mut group = vec![first];
-            while let Ok(c) = rx.try_recv() {
-                group.push(c);
+            let mut group = Vec::new();
+            let mut barrier = None;
+            match first {
+                SyncMsg::Batch(c) => group.push(c),
+                SyncMsg::Barrier(b) => barrier = Some(b),
             }
+            while barrier.is_none() {
+                match rx.try_recv() {
+                    Ok(SyncMsg::Batch(c)) => group.push(c),
+                    Ok(SyncMsg::Barrier(b)) => barrier = Some(b),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.sync_group(group);
+            }
+            if let Some(b) = barrier {
+                let _ = b.send(());
+            }
+        }
+    }
+
+    fn sync_group(&self, group: Vec<Committed>) {
+        {
             // One fdatasync covers every batch committed before it started.
             let synced = if self.failed.load(Ordering::Acquire) {
                 Err(std::io::Error::other("an earlier fsync failed"))
             } else {
-                self.wal.sync_data()
+                match &self.faults {
+                    Some(plan) => plan.before_sync(),
+                    None => Ok(()),
+                }
+                .and_then(|()| self.wal.sync_data())
             };
             match synced {
                 Ok(()) => {
+                    if group.iter().any(|c| c.wrote) {
+                        self.health.clear();
+                    }
                     for c in group {
                         if let Some(last) = c.events.last() {
                             self.head.store(last.position, Ordering::Release);
@@ -523,8 +716,15 @@ impl Syncer {
                 }
                 Err(e) => {
                     self.failed.store(true, Ordering::Release);
-                    tracing::error!(error = %e, "fdatasync of the WAL failed; the event store stops taking writes");
-                    let err = StoreError::Unavailable(format!("fsync failed: {e}"));
+                    self.health
+                        .set(&format!("fsync of the event log failed: {e}"));
+                    tracing::error!(error = %e, "fdatasync of the WAL failed; the event store refuses writes until it recovers");
+                    // Committed but not known to be durable: never an ack, never a plain
+                    // refusal either (a recovery makes these batches visible).
+                    let err = StoreError::OutcomeUnknown(format!(
+                        "the write was committed but its fsync failed ({e}); it becomes \
+                         durable if the store recovers, and may be lost if it crashes first"
+                    ));
                     for c in group {
                         fail_all(c.answers, &err);
                     }
