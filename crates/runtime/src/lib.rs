@@ -24,8 +24,9 @@ pub use pg_projection::{
     ReadModelHandle, PG_PROJECTION_BATCH_EVENTS,
 };
 pub use projection::{
-    ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
-    ReadModelDb, SqliteProjection, WaitError, PROJECTION_BATCH_EVENTS,
+    ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionRunnerConfig, ProjectionState,
+    ProjectionStatus, ReadModelDb, RebuildHook, RebuildMoment, RebuildProgress, SqliteProjection,
+    WaitError, PROJECTION_BATCH_EVENTS,
 };
 pub use read_cache::{ReadCache, ReadCacheConfig, ReadCacheStats};
 pub use repository::{

@@ -479,6 +479,7 @@ impl ReadModelHandle {
                     state: s.state,
                     last_lag_ms: s.last_lag_ms,
                     events_applied: s.events_applied,
+                    rebuild: None,
                 }
             }
         }

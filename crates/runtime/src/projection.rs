@@ -7,7 +7,7 @@
 //! queries wait on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ficus_core::{codec::CodecError, Position, RecordedEvent};
@@ -16,6 +16,7 @@ use ficus_store::{EventStore, StoreError, Subscription, SubscriptionError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backoff::Backoff;
 use crate::Shutdown;
 
 /// The connection a read-model query runs on.
@@ -60,39 +61,27 @@ const CHECKPOINT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ficus_checkpoint (
     updated_at_ms INTEGER NOT NULL
 );";
 
-/// The SQLite file of one read model: a writer connection for the runner and a pool of
-/// query connections.
-pub struct ReadModelDb {
+/// One generation of a read model: its own SQLite file, a writer connection for the runner
+/// and a pool of query connections. A rebuild fills a new generation while the current one
+/// serves, then switches (see [`ReadModelDb`]).
+struct Generation {
+    number: u64,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Arc<ConnectionPool>,
 }
 
-fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Position> {
-    let p: Option<i64> = conn
-        .query_row(
-            "SELECT position FROM ficus_checkpoint WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(p.unwrap_or(0) as Position)
-}
-
-impl ReadModelDb {
-    /// Opens (creating if needed) the read model's database at `path`.
-    pub fn open(
-        path: impl AsRef<Path>,
+impl Generation {
+    fn open(
+        path: PathBuf,
+        number: u64,
         projection: &dyn SqliteProjection,
     ) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
-        }
         let writer = open_connection(&path)?;
         // A read model's checkpoint commits with its data, so a lost tail after a power
         // failure rolls both back together and is re-applied from the log: WAL's NORMAL
-        // sync keeps it consistent without an fsync per batch (see docs/adr/0003).
+        // sync keeps it consistent without an fsync per batch (see docs/adr/0003). A
+        // rebuilt generation is made durable as a whole before it is switched to.
         writer
             .execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(unavailable)?;
@@ -104,40 +93,19 @@ impl ReadModelDb {
             .map_err(unavailable)?;
         let readers = Arc::new(ConnectionPool::open_readers(&path, READ_MODEL_READERS)?);
         Ok(Self {
+            number,
             path,
             writer: Mutex::new(writer),
             readers,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The position of the last event applied.
-    pub fn checkpoint(&self) -> Result<Position, StoreError> {
+    fn checkpoint(&self) -> Result<Position, StoreError> {
         read_checkpoint(&self.writer()).map_err(unavailable)
-    }
-
-    /// Runs a read-only query and returns its result with the checkpoint it reflects (read in
-    /// the same transaction, so the pair is consistent).
-    pub async fn query<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<(T, Position), StoreError> {
-        self.readers
-            .run(move |conn| {
-                let tx = conn.unchecked_transaction().map_err(unavailable)?;
-                let position = read_checkpoint(&tx).map_err(unavailable)?;
-                let out = f(&tx)?;
-                tx.commit().map_err(unavailable)?;
-                Ok((out, position))
-            })
-            .await
     }
 
     /// Applies a batch and moves the checkpoint past it, atomically.
@@ -153,9 +121,10 @@ impl ReadModelDb {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let checkpoint = read_checkpoint(&tx)?;
         assert!(
-            events[0].position > checkpoint,
-            "projection {} would apply position {} again (checkpoint {checkpoint})",
+            events[0].position == checkpoint + 1,
+            "projection {} (generation {}) would apply position {} after checkpoint {checkpoint}",
             projection.name(),
+            self.number,
             events[0].position
         );
         for e in events {
@@ -181,16 +150,247 @@ impl ReadModelDb {
         Ok(())
     }
 
-    /// Drops and recreates the read model's tables and sets the checkpoint to 0, atomically.
-    fn reset(&self, projection: &dyn SqliteProjection) -> Result<(), ProjectionError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(projection.drop_schema())?;
-        tx.execute_batch(projection.schema())?;
-        tx.execute("DELETE FROM ficus_checkpoint", [])?;
-        tx.commit()?;
+    /// Makes every committed batch durable: with `synchronous = NORMAL` a WAL checkpoint
+    /// syncs the WAL before copying it and the database file after.
+    fn make_durable(&self) -> Result<(), ProjectionError> {
+        self.writer()
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// The files of generation `number`: the database and its WAL and shared-memory files.
+fn generation_files(path: &Path) -> [PathBuf; 3] {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    [path.to_path_buf(), wal.into(), shm.into()]
+}
+
+fn remove_generation(path: &Path) -> Result<(), StoreError> {
+    for f in generation_files(path) {
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable(format!("removing {}: {e}", f.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// The read model of one projection, in generations: generation 0 is `{name}.db`, generation
+/// N ≥ 1 is `{name}.g{N}.db`, and the pointer file `{name}.current` names the one that serves
+/// (no pointer file: generation 0). A rebuild fills generation N + 1 while N serves and keeps
+/// up; the switch makes N + 1 durable, replaces the pointer file by an atomic rename (fsynced,
+/// with its directory), and swaps the in-memory generation that queries take. Queries that
+/// started on N finish on N; generation N's files are removed once nothing uses them.
+///
+/// On open, generation N − 1 is what a switch left behind if the process died before removing
+/// it: removed. Generation N + 1 is a rebuild the process died in the middle of: the runner
+/// resumes it from its own checkpoint (see docs/adr/0013).
+pub struct ReadModelDb {
+    dir: PathBuf,
+    name: String,
+    current: RwLock<Arc<Generation>>,
+}
+
+fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Position> {
+    let p: Option<i64> = conn
+        .query_row(
+            "SELECT position FROM ficus_checkpoint WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(p.unwrap_or(0) as Position)
+}
+
+fn generation_path(dir: &Path, name: &str, number: u64) -> PathBuf {
+    if number == 0 {
+        dir.join(format!("{name}.db"))
+    } else {
+        dir.join(format!("{name}.g{number}.db"))
+    }
+}
+
+fn pointer_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.current"))
+}
+
+/// The generation the pointer file names; 0 without one. A pointer file that does not hold a
+/// number is a loud error, never a silent fall back to another generation.
+fn read_pointer(path: &Path) -> Result<u64, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            unavailable(format!(
+                "read model pointer {} holds {text:?}, not a generation number",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+impl ReadModelDb {
+    /// Opens (creating if needed) the read model whose generation-0 file is `path`
+    /// (`{dir}/{name}.db`), serving the generation its pointer file names.
+    pub fn open(
+        path: impl AsRef<Path>,
+        projection: &dyn SqliteProjection,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(&dir).map_err(unavailable)?;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| unavailable(format!("read model path {} has no name", path.display())))?
+            .to_owned();
+        let number = read_pointer(&pointer_path(&dir, &name))?;
+        if number > 0 {
+            remove_generation(&generation_path(&dir, &name, number - 1))?;
+        }
+        let current = Generation::open(generation_path(&dir, &name, number), number, projection)?;
+        Ok(Self {
+            dir,
+            name,
+            current: RwLock::new(Arc::new(current)),
+        })
+    }
+
+    fn generation_path(&self, number: u64) -> PathBuf {
+        generation_path(&self.dir, &self.name, number)
+    }
+
+    fn pointer_path(&self) -> PathBuf {
+        pointer_path(&self.dir, &self.name)
+    }
+
+    /// Replaces the pointer file atomically and durably: a temporary file, fsynced, renamed
+    /// over the pointer, then the directory fsynced so the rename itself survives a crash.
+    fn write_pointer(&self, number: u64) -> Result<(), StoreError> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("{}.current.tmp", self.name));
+        let mut f = std::fs::File::create(&tmp).map_err(unavailable)?;
+        writeln!(f, "{number}").map_err(unavailable)?;
+        f.sync_all().map_err(unavailable)?;
+        drop(f);
+        std::fs::rename(&tmp, self.pointer_path()).map_err(unavailable)?;
+        let dir = if self.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(unavailable)
+    }
+
+    fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The file of the generation that serves now.
+    pub fn path(&self) -> PathBuf {
+        self.current().path.clone()
+    }
+
+    /// The number of the generation that serves now (0 until the first rebuild switched).
+    pub fn generation(&self) -> u64 {
+        self.current().number
+    }
+
+    /// The position of the last event applied.
+    pub fn checkpoint(&self) -> Result<Position, StoreError> {
+        self.current().checkpoint()
+    }
+
+    /// Runs a read-only query and returns its result with the checkpoint it reflects (read in
+    /// the same transaction, so the pair is consistent). It runs on the generation that
+    /// serves when it starts, to its end, also if a rebuild switches meanwhile.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<(T, Position), StoreError> {
+        let generation = self.current();
+        generation
+            .readers
+            .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(unavailable)?;
+                let position = read_checkpoint(&tx).map_err(unavailable)?;
+                let out = f(&tx)?;
+                tx.commit().map_err(unavailable)?;
+                Ok((out, position))
+            })
+            .await
+    }
+
+    fn apply_batch(
+        &self,
+        projection: &dyn SqliteProjection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        self.current().apply_batch(projection, events)
+    }
+
+    /// The generation after the serving one, opened (created empty, or as a crashed rebuild
+    /// left it when `resume`), with its checkpoint.
+    fn open_next(
+        &self,
+        projection: &dyn SqliteProjection,
+        resume: bool,
+    ) -> Result<Option<(Arc<Generation>, Position)>, StoreError> {
+        let number = self.generation() + 1;
+        let path = self.generation_path(number);
+        if resume && !path.exists() {
+            return Ok(None);
+        }
+        if !resume {
+            remove_generation(&path)?;
+        }
+        let next = Generation::open(path, number, projection)?;
+        let checkpoint = next.checkpoint()?;
+        Ok(Some((Arc::new(next), checkpoint)))
+    }
+
+    /// Makes `next` the serving generation: durable first, then the pointer, then the swap.
+    /// Returns the generation it replaced, to be removed once unused.
+    fn switch_to(&self, next: Arc<Generation>) -> Result<Arc<Generation>, ProjectionError> {
+        next.make_durable()?;
+        self.write_pointer(next.number)
+            .map_err(|e| ProjectionError::Other(e.to_string()))?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        Ok(std::mem::replace(&mut *current, next))
+    }
+}
+
+/// Longest a replaced generation waits for the queries still running on it before its files
+/// are removed anyway (removing an open file is safe on Unix: the open handles keep reading).
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
+/// How often a replaced generation looks whether its last query has finished.
+const RETIRE_POLL: Duration = Duration::from_millis(20);
+
+/// Removes a replaced generation's files once no query holds it any more.
+fn retire(old: Arc<Generation>) {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&old) > 1 && started.elapsed() < RETIRE_WAIT {
+            std::thread::sleep(RETIRE_POLL);
+        }
+        let path = old.path.clone();
+        drop(old);
+        if let Err(e) = remove_generation(&path) {
+            // Left behind, it is removed at the next open.
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a replaced read-model generation");
+        }
+    });
 }
 
 /// What a runner is doing. The SQLite and the PostgreSQL runners share it.
@@ -246,7 +446,21 @@ pub struct ProjectionStatus {
     pub state: ProjectionState,
     /// Milliseconds from the last applied event's commit to its application.
     pub last_lag_ms: u64,
+    /// Events applied since the runner started, a rebuild's replay included.
     pub events_applied: u64,
+    /// A blue/green rebuild under way: the copy being built while this one serves.
+    pub rebuild: Option<RebuildProgress>,
+}
+
+/// The progress of a blue/green rebuild: the new copy (green) is at `position`, replaying
+/// toward `target`, the head of the log when the rebuild started; once it has caught up with
+/// the serving copy (blue) it is switched to and the rebuild ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildProgress {
+    pub position: Position,
+    pub target: Position,
+    /// The last failure of the replay, retried after a pause; `None` while it goes well.
+    pub error: Option<String>,
 }
 
 /// Why a read-your-own-writes wait ended without reaching its position.
@@ -265,6 +479,28 @@ pub enum WaitError {
 
 enum Control {
     Rebuild(oneshot::Sender<Result<(), String>>),
+}
+
+/// The moments of a rebuild a crash test may stop the process at (see
+/// [`ProjectionRunnerConfig::rebuild_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildMoment {
+    /// A batch of the replay into the new copy has committed; the position is its last.
+    Replayed,
+    /// The new copy has caught up and is durable; the pointer still names the old one.
+    Switching,
+    /// The pointer names the new copy and queries read it; the old one is not removed yet.
+    Switched,
+}
+
+/// Called at each [`RebuildMoment`] with the new copy's position.
+pub type RebuildHook = Arc<dyn Fn(RebuildMoment, Position) + Send + Sync>;
+
+/// How a runner is started beyond its projection, directory and store.
+#[derive(Clone, Default)]
+pub struct ProjectionRunnerConfig {
+    /// Crash tests only: called at every [`RebuildMoment`] (e.g. to abort the process there).
+    pub rebuild_hook: Option<RebuildHook>,
 }
 
 /// A handle on a running projection: its status, lag, read-your-writes waits and rebuild.
@@ -319,8 +555,11 @@ impl ProjectionHandle {
         }
     }
 
-    /// Resets the read model to empty and replays the log from position 1. Returns once the
-    /// reset is committed; follow progress with [`ProjectionHandle::status`].
+    /// Starts a blue/green rebuild: a new, empty copy of the read model replays the log from
+    /// position 1 while the current copy keeps serving and applying live events; once the
+    /// new copy has caught up it replaces the current one atomically. Returns once the new
+    /// copy exists (a request while a rebuild is under way joins that one); follow progress
+    /// with [`ProjectionStatus::rebuild`].
     pub async fn rebuild(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.control
@@ -332,13 +571,30 @@ impl ProjectionHandle {
     }
 }
 
+/// Retry pauses of a failing rebuild replay or switch (full jitter).
+const REBUILD_BACKOFF: Backoff = Backoff {
+    base_ms: 100,
+    max_ms: 30_000,
+};
+
+/// A rebuild under way: its replay task, and the channel on which the task hands back the new
+/// copy once it has caught up with the serving one.
+struct Rebuild {
+    done: oneshot::Receiver<(Arc<Generation>, Position)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Runs one projection until shutdown.
 pub struct ProjectionRunner {
     projection: Arc<dyn SqliteProjection>,
     db: Arc<ReadModelDb>,
     store: Arc<dyn EventStore>,
-    status: watch::Sender<ProjectionStatus>,
+    status: Arc<watch::Sender<ProjectionStatus>>,
     control: mpsc::Receiver<Control>,
+    config: ProjectionRunnerConfig,
+    rebuild: Option<Rebuild>,
+    /// A new copy found on open: the rebuild a previous process died in the middle of.
+    resume: Option<(Arc<Generation>, Position)>,
 }
 
 impl ProjectionRunner {
@@ -349,16 +605,35 @@ impl ProjectionRunner {
         store: Arc<dyn EventStore>,
         shutdown: Shutdown,
     ) -> Result<(ProjectionHandle, tokio::task::JoinHandle<()>), StoreError> {
+        Self::spawn_with(
+            projection,
+            dir,
+            store,
+            shutdown,
+            ProjectionRunnerConfig::default(),
+        )
+    }
+
+    /// [`ProjectionRunner::spawn`] with a [`ProjectionRunnerConfig`].
+    pub fn spawn_with(
+        projection: Arc<dyn SqliteProjection>,
+        dir: &Path,
+        store: Arc<dyn EventStore>,
+        shutdown: Shutdown,
+        config: ProjectionRunnerConfig,
+    ) -> Result<(ProjectionHandle, tokio::task::JoinHandle<()>), StoreError> {
         let db = Arc::new(ReadModelDb::open(
             dir.join(format!("{}.db", projection.name())),
             projection.as_ref(),
         )?);
         let checkpoint = db.checkpoint()?;
+        let resume = db.open_next(projection.as_ref(), true)?;
         let (status_tx, status_rx) = watch::channel(ProjectionStatus {
             checkpoint,
             state: ProjectionState::CatchingUp,
             last_lag_ms: 0,
             events_applied: 0,
+            rebuild: None,
         });
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let handle = ProjectionHandle {
@@ -372,14 +647,26 @@ impl ProjectionRunner {
             projection,
             db,
             store,
-            status: status_tx,
+            status: Arc::new(status_tx),
             control: control_rx,
+            config,
+            rebuild: None,
+            resume,
         };
         let task = tokio::spawn(runner.run(shutdown));
         Ok((handle, task))
     }
 
     async fn run(mut self, shutdown: Shutdown) {
+        if let Some((next, position)) = self.resume.take() {
+            tracing::info!(
+                projection = self.projection.name(),
+                generation = next.number,
+                position,
+                "resuming the rebuild a previous process left unfinished"
+            );
+            self.start_replay(next, position, 0, &shutdown);
+        }
         let mut retry_delay = Duration::from_millis(100);
         'restart: loop {
             let checkpoint = match self.db.checkpoint() {
@@ -398,8 +685,13 @@ impl ProjectionRunner {
                 let first = tokio::select! {
                     _ = shutdown.wait() => break 'restart,
                     Some(ctl) = self.control.recv() => {
-                        self.handle_control(ctl).await;
-                        continue 'restart;
+                        self.handle_control(ctl, &shutdown).await;
+                        continue;
+                    }
+                    done = rebuild_done(&mut self.rebuild) => {
+                        self.rebuild = None;
+                        self.finish_rebuild(done, &shutdown).await;
+                        continue;
                     }
                     next = sub.next() => next,
                 };
@@ -466,38 +758,172 @@ impl ProjectionRunner {
                 }
             }
         }
+        // The replay watches the same shutdown; its committed batches stay in the new copy's
+        // file, and the next process resumes from them.
+        if let Some(rebuild) = self.rebuild.take() {
+            let _ = rebuild.task.await;
+        }
         self.status
             .send_modify(|s| s.state = ProjectionState::Stopped);
     }
 
-    async fn handle_control(&mut self, ctl: Control) {
+    async fn handle_control(&mut self, ctl: Control, shutdown: &Shutdown) {
         match ctl {
             Control::Rebuild(ack) => {
-                let target = self.store.head_position();
-                let (db, projection) = (self.db.clone(), self.projection.clone());
-                let r = tokio::task::spawn_blocking(move || db.reset(projection.as_ref()))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                if r.is_ok() {
-                    tracing::info!(
-                        projection = self.projection.name(),
-                        target,
-                        "rebuild started"
-                    );
-                    self.status.send_modify(|s| {
-                        s.checkpoint = 0;
-                        s.state = ProjectionState::Rebuilding { target };
-                    });
+                if self.rebuild.is_some() {
+                    let _ = ack.send(Ok(()));
+                    return;
                 }
+                let (db, projection) = (self.db.clone(), self.projection.clone());
+                let opened =
+                    tokio::task::spawn_blocking(move || db.open_next(projection.as_ref(), false))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                let r = match opened {
+                    Ok(Some((next, position))) => {
+                        tracing::info!(
+                            projection = self.projection.name(),
+                            generation = next.number,
+                            target = self.store.head_position(),
+                            "blue/green rebuild started"
+                        );
+                        self.start_replay(next, position, 0, shutdown);
+                        Ok(())
+                    }
+                    Ok(None) => Err("the new copy of the read model was not created".into()),
+                    Err(e) => Err(e),
+                };
                 let _ = ack.send(r);
             }
         }
     }
 
+    /// Starts the replay task filling `next` from `position`, after a pause when the previous
+    /// attempt failed (`failures` > 0).
+    fn start_replay(
+        &mut self,
+        next: Arc<Generation>,
+        position: Position,
+        failures: u32,
+        shutdown: &Shutdown,
+    ) {
+        let target = self.store.head_position().max(position);
+        self.status.send_modify(|s| {
+            let error = s.rebuild.take().and_then(|r| r.error);
+            s.rebuild = Some(RebuildProgress {
+                position,
+                target,
+                error,
+            });
+        });
+        let (done_tx, done) = oneshot::channel();
+        let replay = Replay {
+            projection: self.projection.clone(),
+            store: self.store.clone(),
+            status: self.status.clone(),
+            hook: self.config.rebuild_hook.clone(),
+            next,
+            position,
+            target,
+        };
+        let task = tokio::spawn(replay.run(failures, done_tx, shutdown.clone()));
+        self.rebuild = Some(Rebuild { done, task });
+    }
+
+    /// The replay has caught up with the serving copy: applies what the serving copy applied
+    /// since (nothing else runs on this task meanwhile, so the serving checkpoint stands
+    /// still), then switches. On failure the replay starts again from where the new copy is.
+    async fn finish_rebuild(
+        &mut self,
+        done: Result<(Arc<Generation>, Position), oneshot::error::RecvError>,
+        shutdown: &Shutdown,
+    ) {
+        let Ok((next, mut position)) = done else {
+            // The replay task panicked: take the new copy up again from its file.
+            self.rebuild_failed("the rebuild's replay task ended unexpectedly".into());
+            let (db, projection) = (self.db.clone(), self.projection.clone());
+            match tokio::task::spawn_blocking(move || db.open_next(projection.as_ref(), true)).await
+            {
+                Ok(Ok(Some((next, position)))) => self.start_replay(next, position, 1, shutdown),
+                _ => self.status.send_modify(|s| s.rebuild = None),
+            }
+            return;
+        };
+        let serving = self.status.borrow().checkpoint;
+        let mut applied = 0u64;
+        let switched: Result<Arc<Generation>, String> = async {
+            while position < serving {
+                let limit = ((serving - position) as usize).min(PROJECTION_BATCH_EVENTS);
+                let events = self
+                    .store
+                    .read_all(position + 1, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = events.last().map(|e| e.position) else {
+                    return Err(format!("the log has nothing after {position}"));
+                };
+                let (g, p) = (next.clone(), self.projection.clone());
+                let n = events.len() as u64;
+                tokio::task::spawn_blocking(move || g.apply_batch(p.as_ref(), &events))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                position = last;
+                applied += n;
+            }
+            if let Some(hook) = &self.config.rebuild_hook {
+                let g = next.clone();
+                tokio::task::spawn_blocking(move || g.make_durable())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                hook(RebuildMoment::Switching, position);
+            }
+            let (db, g) = (self.db.clone(), next.clone());
+            tokio::task::spawn_blocking(move || db.switch_to(g))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match switched {
+            Ok(old) => {
+                if let Some(hook) = &self.config.rebuild_hook {
+                    hook(RebuildMoment::Switched, position);
+                }
+                tracing::info!(
+                    projection = self.projection.name(),
+                    generation = next.number,
+                    position,
+                    "rebuild switched to the new copy"
+                );
+                self.status.send_modify(|s| {
+                    s.events_applied += applied;
+                    s.rebuild = None;
+                });
+                retire(old);
+            }
+            Err(e) => {
+                self.rebuild_failed(format!("switching to the new copy: {e}"));
+                self.status.send_modify(|s| s.events_applied += applied);
+                self.start_replay(next, position, 1, shutdown);
+            }
+        }
+    }
+
+    fn rebuild_failed(&self, error: String) {
+        tracing::error!(projection = self.projection.name(), %error, "rebuild step failed; will retry");
+        self.status.send_modify(|s| {
+            if let Some(r) = &mut s.rebuild {
+                r.error = Some(error);
+            }
+        });
+    }
+
     /// Reports `Live` once everything committed has been applied. Without it a runner that
-    /// reached the head (end of catch-up or rebuild, an empty log, a retry that found nothing
-    /// new) kept its old state until the next event arrived, possibly forever.
+    /// reached the head (end of catch-up, an empty log, a retry that found nothing new) kept
+    /// its old state until the next event arrived, possibly forever.
     fn mark_live_if_at_head(&self) {
         let head = self.store.head_position();
         self.status.send_if_modified(|s| {
@@ -524,5 +950,113 @@ impl ProjectionRunner {
             _ = shutdown.wait() => false,
             _ = tokio::time::sleep(d) => true,
         }
+    }
+}
+
+/// Waits for the running rebuild's replay to hand back its copy; never ready without one.
+async fn rebuild_done(
+    rebuild: &mut Option<Rebuild>,
+) -> Result<(Arc<Generation>, Position), oneshot::error::RecvError> {
+    match rebuild {
+        Some(r) => (&mut r.done).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The replay of a blue/green rebuild: fills the new copy from the log, in batches, never past
+/// the serving copy's checkpoint, so that once it has reached it (and the target) the runner
+/// can switch without the serving copy applying anything the new one lacks.
+struct Replay {
+    projection: Arc<dyn SqliteProjection>,
+    store: Arc<dyn EventStore>,
+    status: Arc<watch::Sender<ProjectionStatus>>,
+    hook: Option<RebuildHook>,
+    next: Arc<Generation>,
+    position: Position,
+    target: Position,
+}
+
+impl Replay {
+    async fn run(
+        mut self,
+        mut failures: u32,
+        done: oneshot::Sender<(Arc<Generation>, Position)>,
+        shutdown: Shutdown,
+    ) {
+        let mut serving = self.status.subscribe();
+        loop {
+            if failures > 0 {
+                let pause = Duration::from_millis(
+                    REBUILD_BACKOFF.delay_ms(failures, &mut rand::thread_rng()),
+                );
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            let blue = serving.borrow_and_update().checkpoint;
+            if self.position >= blue {
+                if self.position >= self.target {
+                    let _ = done.send((self.next, self.position));
+                    return;
+                }
+                // Level with the serving copy, which is still catching up to the target.
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    changed = serving.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let limit = ((blue - self.position) as usize).min(PROJECTION_BATCH_EVENTS);
+            let step = tokio::select! {
+                _ = shutdown.wait() => return,
+                step = self.step(limit) => step,
+            };
+            match step {
+                Ok(n) => {
+                    failures = 0;
+                    let position = self.position;
+                    self.status.send_modify(|s| {
+                        s.events_applied += n;
+                        if let Some(r) = &mut s.rebuild {
+                            r.position = position;
+                            r.error = None;
+                        }
+                    });
+                    if let Some(hook) = &self.hook {
+                        hook(RebuildMoment::Replayed, position);
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::error!(projection = self.projection.name(), %error, "rebuild replay failed; will retry");
+                    self.status.send_modify(|s| {
+                        if let Some(r) = &mut s.rebuild {
+                            r.error = Some(error);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads and applies one batch of at most `limit` events; returns how many.
+    async fn step(&mut self, limit: usize) -> Result<u64, String> {
+        let events = self
+            .store
+            .read_all(self.position + 1, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Err(format!("the log has nothing after {}", self.position));
+        };
+        let n = events.len() as u64;
+        let (g, p) = (self.next.clone(), self.projection.clone());
+        tokio::task::spawn_blocking(move || g.apply_batch(p.as_ref(), &events))
+            .await
+            .map_err(|e| format!("replay task panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+        self.position = last;
+        Ok(n)
     }
 }

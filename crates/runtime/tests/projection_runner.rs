@@ -408,11 +408,15 @@ async fn rebuild_reproduces_the_same_tables() {
     assert_eq!(handle.status().events_applied, head);
 
     handle.rebuild().await.expect("rebuild");
-    // The reset is committed before rebuild() returns: the checkpoint went back to 0.
-    assert!(handle.status().checkpoint < head || handle.status().events_applied > head);
-    handle.wait_for(head, WAIT).await.unwrap();
-    let status = eventually(&handle, "rebuilt", |s| s.state == ProjectionState::Live).await;
+    // Blue/green: the serving copy keeps its checkpoint while the new one is built.
+    assert_eq!(handle.status().checkpoint, head);
+    let status = eventually(&handle, "rebuilt", |s| {
+        s.rebuild.is_none() && s.events_applied == 2 * head
+    })
+    .await;
+    assert_eq!(status.state, ProjectionState::Live);
     assert_eq!(status.checkpoint, head);
+    assert_eq!(handle.db().generation(), 1, "switched to the new copy");
     assert_eq!(
         status.events_applied,
         2 * head,
