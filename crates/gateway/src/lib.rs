@@ -310,6 +310,10 @@ async fn ready(State(st): State<AppState>) -> Response {
         if let Some(why) = lagging {
             check["error"] = json!(format!("lagging: {why}"));
         }
+        // A blue/green rebuild does not make the model unready: the current copy serves.
+        if let Some(r) = &status.rebuild {
+            check["rebuild"] = streams::rebuild_json(r);
+        }
         checks.insert(format!("projection:{}", p.name()), check);
     }
     let code = if ok {

@@ -523,7 +523,7 @@ fn projection_paths() -> Vec<(&'static str, Value)> {
             path_item(vec![(
                 "post",
                 Op::new("rebuildProjection", "projections", "Rebuild a projection")
-                    .describe("Drops the read model and replays the log into it from the start; answers once the rebuild has begun. On PostgreSQL any process may ask: the active runner, in whichever process, performs it. Queries keep answering meanwhile, and `min_position` waits still hold. Needs the admin role.")
+                    .describe("Builds a new copy of the read model from the start of the log while the current copy keeps serving and applying live events, then switches to the new copy atomically once it has caught up (blue/green; progress in the projection's `rebuild`); answers once the rebuild has begun. Replaying fires no side effect: projections only write their read model. On PostgreSQL any process may ask: the active runner, in whichever process, performs it. Queries keep answering meanwhile, and `min_position` waits still hold. Needs the admin role.")
                     .secured()
                     .param(param_ref("ProjectionName"))
                     .success(202, success("The rebuild started.", schema_ref("RebuildAccepted"), &[]))
@@ -1647,7 +1647,18 @@ fn ops_schemas() -> Value {
                 "mode": schema_ref("ProjectionMode"),
                 "lag_events": {"type": "integer", "minimum": 0, "description": "Head position minus checkpoint."},
                 "last_lag_ms": {"type": "integer", "minimum": 0, "description": "Milliseconds from the last applied event's commit to its application."},
-                "events_applied": {"type": "integer", "minimum": 0},
+                "events_applied": {"type": "integer", "minimum": 0, "description": "Since the runner started, a rebuild's replay included."},
+                "rebuild": schema_ref("RebuildProgress"),
+            },
+        },
+        "RebuildProgress": {
+            "type": "object",
+            "description": "Present while a blue/green rebuild runs: the new copy replays the log while the current one keeps serving (`checkpoint`), and replaces it atomically once level.",
+            "required": ["position", "target"],
+            "properties": {
+                "position": {"type": "integer", "minimum": 0, "description": "Last position the new copy has applied."},
+                "target": {"type": "integer", "minimum": 0, "description": "The head of the log when the rebuild started."},
+                "error": {"type": "string", "description": "The replay's last failure; it is retried."},
             },
         },
         "ProjectionList": {

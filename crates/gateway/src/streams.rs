@@ -304,7 +304,7 @@ pub async fn list_projections(
         .iter()
         .map(|p| {
             let s = p.status();
-            json!({
+            let mut status = json!({
                 "name": p.name(),
                 "checkpoint": s.checkpoint,
                 "state": format!("{:?}", s.state),
@@ -312,12 +312,26 @@ pub async fn list_projections(
                 "last_lag_ms": s.last_lag_ms,
                 "events_applied": s.events_applied,
                 "mode": p.mode(),
-            })
+            });
+            if let Some(r) = &s.rebuild {
+                status["rebuild"] = rebuild_json(r);
+            }
+            status
         })
         .collect();
     Ok(Json(
         json!({"projections": list, "head_position": st.store.head_position()}),
     ))
+}
+
+/// A blue/green rebuild's progress while the current copy serves: the new copy's position,
+/// the head it replays toward, and its last failure (retried) if any.
+pub(crate) fn rebuild_json(r: &ficus_runtime::RebuildProgress) -> Value {
+    let mut v = json!({"position": r.position, "target": r.target});
+    if let Some(e) = &r.error {
+        v["error"] = json!(e);
+    }
+    v
 }
 
 /// Longest a rebuild request waits for the active runner (in any process, on PostgreSQL) to

@@ -207,17 +207,20 @@ async fn start_read_side(
     match store {
         OpenStore::Sqlite(_) => {
             let read_dir = cfg.data_dir.join("read-models");
-            let (catalog, catalog_task) = ProjectionRunner::spawn(
+            let runner_config = rebuild_crash_hook();
+            let (catalog, catalog_task) = ProjectionRunner::spawn_with(
                 Arc::new(CatalogProjection),
                 &read_dir,
                 dyn_store.clone(),
                 shutdown.clone(),
+                runner_config.clone(),
             )?;
-            let (orders, orders_task) = ProjectionRunner::spawn(
+            let (orders, orders_task) = ProjectionRunner::spawn_with(
                 Arc::new(OrdersProjection),
                 &read_dir,
                 dyn_store.clone(),
                 shutdown.clone(),
+                runner_config,
             )?;
             Ok((
                 ShopReadSide::Sqlite { catalog, orders },
@@ -614,6 +617,36 @@ pub(crate) async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Environment variable for crash tests of the embedded blue/green rebuild: `replayed:N` makes
+/// the process abort (like kill -9) once the new copy has applied position N, `switching`
+/// once it has caught up (durable, not yet switched to), `switched` right after the switch
+/// (the old copy not yet removed).
+pub const ABORT_IN_REBUILD_ENV: &str = "FICUS_TEST_ABORT_IN_REBUILD";
+
+fn rebuild_crash_hook() -> ficus_runtime::ProjectionRunnerConfig {
+    use ficus_runtime::RebuildMoment;
+    let Ok(spec) = std::env::var(ABORT_IN_REBUILD_ENV) else {
+        return Default::default();
+    };
+    let at = match spec.split_once(':') {
+        Some(("replayed", n)) => n.parse::<u64>().ok().map(|n| (RebuildMoment::Replayed, n)),
+        None if spec == "switching" => Some((RebuildMoment::Switching, 0)),
+        None if spec == "switched" => Some((RebuildMoment::Switched, 0)),
+        _ => None,
+    };
+    let Some((moment, position)) = at else {
+        return Default::default();
+    };
+    tracing::warn!(%spec, "crash test: the process aborts at this moment of a rebuild");
+    ficus_runtime::ProjectionRunnerConfig {
+        rebuild_hook: Some(Arc::new(move |m, p| {
+            if m == moment && p >= position {
+                std::process::abort();
+            }
+        })),
+    }
 }
 
 /// Environment variable for crash tests: `after:N` makes the process abort (like kill -9)

@@ -140,10 +140,17 @@ impl Remote {
                 .with_context(|| format!("no projection {name} in the server's list"))?;
             let checkpoint = p["checkpoint"].as_u64().unwrap_or(0);
             let state = p["state"].as_str().unwrap_or("");
-            bar.set_position(checkpoint.min(target));
-            bar.set_message(state.to_owned());
+            // Blue/green: the new copy's position while it is built (the serving copy keeps
+            // its own checkpoint); once switched, the rebuild entry is gone.
+            let rebuild = &p["rebuild"];
+            let replayed = rebuild["position"].as_u64().unwrap_or(checkpoint);
+            bar.set_position(replayed.min(target));
+            match rebuild["error"].as_str() {
+                Some(e) => bar.set_message(format!("{state}; retrying: {e}")),
+                None => bar.set_message(state.to_owned()),
+            }
             // Done once the replay passed the head it started from and left the rebuild state.
-            if checkpoint >= target && !state.starts_with("Rebuilding") {
+            if rebuild.is_null() && checkpoint >= target && !state.starts_with("Rebuilding") {
                 bar.finish();
                 println!("{name} rebuilt: checkpoint {checkpoint}, state {state}");
                 return Ok(());
