@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
+/// The gateway's own admin API (rollouts) has a document of its own: it is served on the
+/// gateway's address, not the API's.
+pub(crate) mod gateway_admin;
+
 /// `GET /v1/openapi.json`.
 pub async fn document() -> axum::Json<Value> {
     axum::Json(spec().clone())

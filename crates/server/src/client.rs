@@ -214,6 +214,53 @@ impl Remote {
         Ok(())
     }
 
+    /// `ficus routes status [NAME]`: each rollout's plan, step, window metrics and decisions.
+    pub async fn routes_status(&self, name: Option<&str>) -> anyhow::Result<()> {
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_owned()],
+            None => {
+                let all = self
+                    .call(reqwest::Method::GET, "/v1/admin/routes", None)
+                    .await?;
+                all["routes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|r| r.get("rollout").is_some())
+                    .filter_map(|r| r["name"].as_str().map(str::to_owned))
+                    .collect()
+            }
+        };
+        if names.is_empty() {
+            println!("no route has a rollout plan");
+        }
+        for n in names {
+            let r = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/admin/routes/{n}/rollout"),
+                    None,
+                )
+                .await?;
+            print!("{}", render_rollout(&r));
+        }
+        Ok(())
+    }
+
+    /// `ficus routes rollout start|pause|resume|abort NAME`.
+    pub async fn rollout_action(&self, name: &str, action: &str) -> anyhow::Result<()> {
+        let r = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/admin/routes/{name}/rollout/{action}"),
+                None,
+            )
+            .await?;
+        print!("{}", render_rollout(&r));
+        Ok(())
+    }
+
     pub async fn dlq_list(&self, queue: &str, limit: u32) -> anyhow::Result<()> {
         let body = self
             .call(
@@ -283,4 +330,90 @@ impl Remote {
         println!("purged: {}", body["purged"]);
         Ok(())
     }
+}
+
+/// A rollout as the gateway describes it, for people.
+pub fn render_rollout(r: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let steps: Vec<String> = r["plan"]["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| format!("{w}"))
+        .collect();
+    let step = r["step"]
+        .as_u64()
+        .map_or("-".to_owned(), |s| (s + 1).to_string());
+    let _ = writeln!(
+        out,
+        "route {}: rollout {}, step {} of {} (steps {} %), new side at {} %",
+        r["route"].as_str().unwrap_or(""),
+        r["status"].as_str().unwrap_or(""),
+        step,
+        r["steps"],
+        steps.join(" → "),
+        r["weight_new"]
+    );
+    if let Some(ms) = r["dwell_remaining_ms"].as_u64().filter(|ms| *ms > 0) {
+        let _ = writeln!(out, "  dwell left: {ms} ms of {}", r["plan"]["dwell_ms"]);
+    }
+    if let Some(why) = r["reason"].as_str() {
+        let _ = writeln!(out, "  reason: {why}");
+    }
+    let w = &r["window"];
+    let side = |s: &Value| {
+        let (n, e) = (
+            s["requests"].as_u64().unwrap_or(0),
+            s["errors"].as_u64().unwrap_or(0),
+        );
+        let rate = if n == 0 {
+            0.0
+        } else {
+            e as f64 * 100.0 / n as f64
+        };
+        let p99 = s["p99_ms"]
+            .as_u64()
+            .map_or("-".to_owned(), |p| format!("{p} ms"));
+        format!("{n} req, {e} errors ({rate:.2} %), p99 {p99}")
+    };
+    let _ = writeln!(
+        out,
+        "  window {} ms:  legacy {}  |  new {}",
+        r["plan"]["window_ms"],
+        side(&w["legacy"]),
+        side(&w["new"])
+    );
+    let (c, m) = (
+        w["shadow"]["requests"].as_u64().unwrap_or(0),
+        w["shadow"]["errors"].as_u64().unwrap_or(0),
+    );
+    if c > 0 {
+        let _ = writeln!(out, "  shadow: {m} of {c} comparisons differed");
+    }
+    if let Some(e) = r["last_evaluation"].as_object() {
+        let _ = writeln!(
+            out,
+            "  last evaluation: {} ({})",
+            e.get("outcome").and_then(Value::as_str).unwrap_or(""),
+            e.get("reason").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    let history = r["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        let _ = writeln!(out, "  decisions:");
+    }
+    for d in history {
+        let _ = writeln!(
+            out,
+            "    {}  {:<10} step {} at {:>3} %  {}",
+            d["at"].as_str().unwrap_or(""),
+            d["outcome"].as_str().unwrap_or(""),
+            d["step"].as_u64().unwrap_or(0) + 1,
+            d["weight_new"],
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    out
 }

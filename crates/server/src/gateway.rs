@@ -16,6 +16,8 @@ use ficus_runtime::Shutdown;
 
 /// How often the route file is checked for changes.
 pub const ROUTES_POLL: Duration = Duration::from_millis(500);
+/// How often running rollouts are judged.
+pub const ROLLOUT_TICK: Duration = Duration::from_millis(200);
 
 /// A running gateway.
 pub struct RunningGateway {
@@ -24,6 +26,7 @@ pub struct RunningGateway {
     pub shutdown: Shutdown,
     workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
     watcher: tokio::task::JoinHandle<()>,
+    rollouts: tokio::task::JoinHandle<()>,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -51,7 +54,19 @@ pub async fn start(
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("loading routes from {}", routes.display()))?,
     );
+    // A weight the saved rollout state asks for (a crash came between the two) is set
+    // before the first request is served.
+    gateway
+        .rollouts
+        .apply_pending(&gateway)
+        .map_err(anyhow::Error::msg)
+        .context("applying the saved rollout state")?;
     let shutdown = Shutdown::new();
+    let rollouts = tokio::spawn(proxy::rollout_ctl::run(
+        gateway.clone(),
+        ROLLOUT_TICK,
+        shutdown.clone(),
+    ));
     let watcher = tokio::spawn(proxy::watch_file(
         gateway.clone(),
         ROUTES_POLL,
@@ -95,6 +110,7 @@ pub async fn start(
         shutdown,
         workers,
         watcher,
+        rollouts,
     })
 }
 
@@ -116,6 +132,7 @@ impl RunningGateway {
         })
         .await??;
         let _ = self.watcher.await;
+        let _ = self.rollouts.await;
         Ok(())
     }
 }

@@ -273,6 +273,15 @@ enum RoutesCommand {
         #[arg(long)]
         sticky: Option<String>,
     },
+    /// Rollouts: plan, step, window metrics and decision history (of one route, or of all
+    /// routes with a plan).
+    Status { name: Option<String> },
+    /// Start, pause, resume or abort a route's rollout plan.
+    Rollout {
+        #[arg(value_parser = ["start", "pause", "resume", "abort"])]
+        action: String,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -720,6 +729,10 @@ async fn main() -> anyhow::Result<()> {
                     weight_new,
                     sticky,
                 } => remote.route_set(&name, weight_new, sticky).await?,
+                RoutesCommand::Status { name } => remote.routes_status(name.as_deref()).await?,
+                RoutesCommand::Rollout { action, name } => {
+                    remote.rollout_action(&name, &action).await?
+                }
             }
         }
         Command::Jobs { remote, which } => {

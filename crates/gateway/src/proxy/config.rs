@@ -106,6 +106,9 @@ pub struct RouteConfig {
     /// fallback.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback_last_good: bool,
+    /// Progressive delivery: weights in steps, judged against bounds (`rollout.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::RolloutPlan>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -272,6 +275,14 @@ impl RouteConfig {
         if let Some(f) = &self.fallback {
             serde_json::from_str::<serde_json::Value>(f)
                 .map_err(|e| format!("route {n}: fallback must be JSON: {e}"))?;
+        }
+        if let Some(plan) = &self.rollout {
+            plan.validate().map_err(|e| format!("route {n}: {e}"))?;
+            if self.new_reads.is_none() && self.new_writes.is_none() {
+                return Err(format!(
+                    "route {n}: a rollout needs new_reads or new_writes"
+                ));
+            }
         }
         if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
             return Err(format!("route {n}: timeout_ms must be 1..=600000"));

@@ -7,6 +7,8 @@
 pub mod config;
 pub mod diff;
 pub mod resilience;
+pub mod rollout;
+pub mod rollout_ctl;
 pub mod shadow;
 
 use std::collections::HashMap;
@@ -57,6 +59,8 @@ pub struct SideStats {
     pub errors: AtomicU64,
     pub latency_us_total: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    /// The last few seconds, for a rollout's comparison (on only while the route has a plan).
+    pub window: rollout::WindowCell,
 }
 
 impl SideStats {
@@ -73,6 +77,7 @@ impl SideStats {
             .position(|b| ms < *b)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.window.record(Some(elapsed), error);
     }
 
     fn json(&self) -> Value {
@@ -411,6 +416,8 @@ pub struct Gateway {
     change: std::sync::Mutex<()>,
     file_mtime: RwLock<Option<SystemTime>>,
     auth: Arc<Auth>,
+    /// Each route's rollout state (`rollout_ctl.rs`), kept next to the route file.
+    pub rollouts: rollout_ctl::Rollouts,
 }
 
 /// Which side served a request.
@@ -534,6 +541,7 @@ impl Gateway {
         let mtime = file
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        let rollouts = rollout_ctl::Rollouts::load(file.as_deref())?;
         Ok(Self {
             table: RwLock::new(Arc::new(table)),
             stats,
@@ -542,6 +550,7 @@ impl Gateway {
             change: std::sync::Mutex::new(()),
             file_mtime: RwLock::new(mtime),
             auth,
+            rollouts,
         })
     }
 
@@ -1298,6 +1307,7 @@ impl Gateway {
                 }
             }
         }
+        self.rollouts.prometheus(self, &mut out);
         out
     }
 
@@ -1393,7 +1403,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/admin/routes", get(list_routes))
         .route("/v1/admin/routes/{name}", get(get_route).put(put_route))
+        .route(
+            "/v1/admin/routes/{name}/rollout",
+            get(rollout_ctl::get_rollout),
+        )
+        .route(
+            "/v1/admin/routes/{name}/rollout/{action}",
+            axum::routing::post(rollout_ctl::post_action),
+        )
         .route("/v1/admin/metrics", get(metrics))
+        .route(
+            "/v1/admin/openapi.json",
+            get(crate::openapi::gateway_admin::document),
+        )
         .route(
             "/health/live",
             get(|| async { Json(json!({"status": "up"})) }),

@@ -34,12 +34,16 @@ pub struct ShadowStats {
     /// Differences that the legacy twin showed too, and so were not counted.
     pub noise_suppressed: AtomicU64,
     samples: Mutex<VecDeque<Value>>,
+    /// Comparisons (`requests`) and mismatches (`errors`) of the last few seconds, for a
+    /// rollout's mismatch bound.
+    pub window: super::rollout::WindowCell,
 }
 
 impl ShadowStats {
     pub fn record(&self, path: &str, diffs: &BTreeSet<String>, noise: &BTreeSet<String>) {
         self.compared.fetch_add(1, Ordering::Relaxed);
         let real: Vec<&String> = diffs.difference(noise).collect();
+        self.window.record(None, !real.is_empty());
         if diffs.len() > real.len() {
             self.noise_suppressed.fetch_add(1, Ordering::Relaxed);
         }
