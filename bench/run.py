@@ -524,20 +524,29 @@ def scenario_e2e(cfg, work):
 # ---------------------------------------------------------------- scenario 6: scaling curve
 
 
-def scenario_scaling(cfg, work):
-    helptext = sh([str(FICUS), "bench", "--help"])
-    if not re.search(r"^\s+snapshots\b", helptext, re.M):
-        return {"status": "TODO", "reason": "`ficus bench snapshots` does not exist yet in this build; "
-                "the scaling curve (append and read cost vs stream length and log size) is not measured."}
+def scenario_scaling(cfg, pg, work):
     out_json = work / "snapshots.json"
     lengths = "100,1000,10000,100000" if cfg.quick else "100,1000,10000,100000,1000000"
-    log(f"scaling: aggregate load time vs stream length ({lengths} events)")
+    log(f"scaling: aggregate load and append time vs stream length ({lengths} events)")
     sh([str(FICUS), "bench", "snapshots", "--lengths", lengths, "--loads", str(cfg.runs),
         "--dir", str(work / "snapshots"), "--json-out", str(out_json), "--log-format", "text"])
-    return {"status": "measured", "result": json.loads(out_json.read_text()),
-            "todo": "Only aggregate load time vs stream length (SQLite) is measured. Append cost vs stream "
-                    "length, and append and read cost vs global log size (10^4 to 10^7 events), are TODO: "
-                    "no benchmark measures them yet."}
+    res = {"status": "measured", "result": json.loads(out_json.read_text()), "log_size": {}}
+    # One store per backend grows through the sizes; each size is probed once (a round of
+    # `probes` appends and reads), so the curve is within one run by construction.
+    sizes = "10000,100000,1000000" if cfg.quick else "10000,100000,1000000,10000000"
+    probes = "200" if cfg.quick else "1000"
+    for backend in ("sqlite", "postgres"):
+        log(f"scaling: append and read cost vs global log size on {backend} ({sizes} events)")
+        out = work / f"log-size-{backend}.json"
+        cmd = [str(FICUS), "bench", "log-size", "--sizes", sizes, "--probes", probes,
+               "--json-out", str(out), "--log-format", "text"]
+        if backend == "postgres":
+            with FreshDb(pg, "logsize") as url:
+                sh(cmd + ["--store", url], timeout=STEP_TIMEOUT_S * 3)
+        else:
+            sh(cmd + ["--dir", str(work / "log-size")], timeout=STEP_TIMEOUT_S * 3)
+        res["log_size"][backend] = json.loads(out.read_text())
+    return res
 
 
 # ---------------------------------------------------------------- report
@@ -656,12 +665,31 @@ def markdown(res):
             out.append(f"**TODO — not measured.** {s['reason']}\n")
         else:
             out.append("Time to load one aggregate (median), from a stream of N events, without and with a "
-                       "snapshot 50 events before the end (`ficus bench snapshots`, SQLite):\n")
-            out.append("| events in the stream | load without snapshot | load with snapshot | time to write the stream |")
-            out.append("|---:|---:|---:|---:|")
+                       "snapshot 50 events before the end, and the median durable append of one more event "
+                       "with its exact expected version (`ficus bench snapshots`, SQLite):\n")
+            out.append("| events in the stream | load without snapshot | load with snapshot | append one more | time to write the stream |")
+            out.append("|---:|---:|---:|---:|---:|")
             for r in s["result"]:
-                out.append(f"| {r['events']:,} | {n(r['without_ms'], 2)} ms | {n(r['with_ms'], 2)} ms | {n(r['write_secs'], 1)} s |")
-            out.append(f"\n**TODO.** {s['todo']}\n")
+                out.append(f"| {r['events']:,} | {n(r['without_ms'], 2)} ms | {n(r['with_ms'], 2)} ms | "
+                           f"{n(r.get('append_us'), 0)} µs | {n(r['write_secs'], 1)} s |")
+            for backend, rows in s.get("log_size", {}).items():
+                out.append(f"\nCost vs global log size on {backend} (`ficus bench log-size`): a durable single-event "
+                           "append with its exact expected version, a read of a whole 100-event stream picked at "
+                           "random, and a 100-event page of the global log at a random position; medians and p99 "
+                           "of the probes at each size:\n")
+                out.append("| events in the log | append p50 | append p99 | stream read p50 | stream read p99 | page read p50 | page read p99 |")
+                out.append("|---:|---:|---:|---:|---:|---:|---:|")
+                for r in rows:
+                    out.append(f"| {r['log_events']:,} | {r['append_p50_us']} µs | {r['append_p99_us']} µs | "
+                               f"{r['stream_read_p50_us']} µs | {r['stream_read_p99_us']} µs | "
+                               f"{r['page_read_p50_us']} µs | {r['page_read_p99_us']} µs |")
+                if len(rows) >= 2:
+                    a, b = rows[0], rows[-1]
+                    out.append(f"\nFrom {a['log_events']:,} to {b['log_events']:,} events: append p50 "
+                               f"×{ratio(b['append_p50_us'], a['append_p50_us']) or 0:.2f}, stream read p50 "
+                               f"×{ratio(b['stream_read_p50_us'], a['stream_read_p50_us']) or 0:.2f}, page read p50 "
+                               f"×{ratio(b['page_read_p50_us'], a['page_read_p50_us']) or 0:.2f}.")
+            out.append("")
     if res.get("skipped"):
         out.append("## Not measured\n")
         for k, v in res["skipped"].items():
@@ -773,6 +801,26 @@ def plots(res, stem):
         fig.savefig(BENCH / "results" / name, dpi=110)
         plt.close(fig)
         made.append(name)
+    sc = res.get("scaling") or {}
+    if sc.get("log_size"):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for backend, rows in sc["log_size"].items():
+            xs = [r["log_events"] for r in rows]
+            for key, label, ls in (("append_p50_us", "append", "-"), ("stream_read_p50_us", "stream read", "--"),
+                                   ("page_read_p50_us", "page read", ":")):
+                ax.plot(xs, [r[key] / 1000 for r in rows], marker="o", ls=ls, label=f"{backend}: {label} p50")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("events in the global log")
+        ax.set_ylabel("ms")
+        ax.set_title("Append and read cost vs log size (flat is the goal)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"{stem}-log-size.png"
+        fig.savefig(BENCH / "results" / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
     return made
 
 
@@ -799,7 +847,7 @@ def main():
                     "command": cfg.command, "machine": machine(pg)}}
     steps = {"append": lambda: scenario_append(cfg, pg, work), "jobs": lambda: scenario_jobs(cfg, pg, work),
              "gateway": lambda: scenario_gateway(cfg, work), "query": lambda: scenario_query(cfg, work),
-             "e2e": lambda: scenario_e2e(cfg, work), "scaling": lambda: scenario_scaling(cfg, work)}
+             "e2e": lambda: scenario_e2e(cfg, work), "scaling": lambda: scenario_scaling(cfg, pg, work)}
     partial = work.parent / "results" / f"{stem}.partial.json"
     for name in cfg.only.split(","):
         res[name] = steps[name]()

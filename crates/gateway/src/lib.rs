@@ -412,7 +412,11 @@ mod ready_lag_tests {
         };
         assert_eq!(bound.broken_by(10, 0), None, "at the bound is within it");
         assert!(bound.broken_by(11, 0).unwrap().contains("11 events behind"));
-        assert_eq!(bound.broken_by(0, 5000), None, "caught up: a slow past is no lag");
+        assert_eq!(
+            bound.broken_by(0, 5000),
+            None,
+            "caught up: a slow past is no lag"
+        );
         assert!(bound.broken_by(1, 5000).unwrap().contains("5000 ms"));
         let open = ReadyLagBound {
             max_events: None,

@@ -125,10 +125,7 @@ impl SagaMetrics {
     }
 
     pub fn snapshot(&self) -> SagaMetricsSnapshot {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -145,7 +142,12 @@ mod tests {
             StepOutcome::Succeeded,
             Some(Duration::from_millis(30)),
         );
-        m.step("k", "s", StepOutcome::Retried, Some(Duration::from_secs(40)));
+        m.step(
+            "k",
+            "s",
+            StepOutcome::Retried,
+            Some(Duration::from_secs(40)),
+        );
         m.step("k", "s", StepOutcome::Compensated, None);
         let snap = m.snapshot();
         let d = &snap.durations[&("k", "s")];

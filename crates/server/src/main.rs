@@ -368,6 +368,29 @@ enum BenchCommand {
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
+    /// Whether appends and reads stay flat as the global log grows (10^4 … 10^7 events).
+    LogSize {
+        /// Log sizes measured, ascending; one store grows through them.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,100000,1000000,10000000"
+        )]
+        sizes: Vec<u64>,
+        /// Appends, stream reads and page reads measured per size.
+        #[arg(long, default_value_t = 400)]
+        probes: usize,
+        /// Directory for the benchmark's database (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+        /// Benchmark PostgreSQL instead of the embedded store: a `postgres://` URL (a fresh
+        /// schema, dropped afterwards).
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Durable single-event appends/s and ack latency at several writer counts.
     Append {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
@@ -688,6 +711,43 @@ async fn main() -> anyhow::Result<()> {
             };
             let out =
                 bench::append_bench(&at, &writers, Duration::from_secs(duration_secs), runs).await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let out = out?;
+            if let Some(p) = json_out {
+                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+        Command::Bench {
+            which:
+                BenchCommand::LogSize {
+                    sizes,
+                    probes,
+                    dir,
+                    json_out,
+                    store,
+                },
+        } => {
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
+            let (dir, remove) = match dir {
+                Some(d) => (d, false),
+                None => (temp_dir("ficus-bench"), true),
+            };
+            let at = match store {
+                Some(url) => bench::BenchStore::Postgres {
+                    url,
+                    writers: PgConfig::new("").writers,
+                    gather_yields: PgConfig::new("").gather_yields,
+                },
+                None => bench::BenchStore::Sqlite {
+                    dir: dir.clone(),
+                    config: SqliteConfig::default(),
+                },
+            };
+            std::fs::create_dir_all(&dir)?;
+            let out = bench::log_size::run(&at, &sizes, probes).await;
             if remove {
                 let _ = std::fs::remove_dir_all(&dir);
             }

@@ -322,7 +322,10 @@ async fn a_failing_payment_service_rejects_and_a_healthy_one_confirms(b: Backend
             .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
     };
     let f = ficus_domain::fulfilment::FULFILMENT_SAGA;
-    assert_eq!(sample(&format!("ficus_sagas_started_total{{saga=\"{f}\"}}")), 2.0);
+    assert_eq!(
+        sample(&format!("ficus_sagas_started_total{{saga=\"{f}\"}}")),
+        2.0
+    );
     for outcome in ["completed", "failed"] {
         let series = format!("ficus_sagas_finished_total{{saga=\"{f}\",outcome=\"{outcome}\"}}");
         assert_eq!(sample(&series), 1.0, "{series}");
@@ -332,7 +335,11 @@ async fn a_failing_payment_service_rejects_and_a_healthy_one_confirms(b: Backend
             "ficus_saga_steps_total{{saga=\"{f}\",step=\"{name}\",outcome=\"{outcome}\"}}"
         ))
     };
-    assert_eq!(step("charge_payment", "retried"), 3.0, "4 attempts, the last given up");
+    assert_eq!(
+        step("charge_payment", "retried"),
+        3.0,
+        "4 attempts, the last given up"
+    );
     assert_eq!(step("charge_payment", "gave_up"), 1.0);
     assert_eq!(step("charge_payment", "succeeded"), 1.0);
     assert_eq!(step("charge_payment", "compensated"), 1.0);

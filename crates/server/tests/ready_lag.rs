@@ -70,8 +70,10 @@ async fn a_query_process_behind_its_lag_bound_is_not_ready() {
         let r = http
             .post(format!("{}/v1/products", cmd.base))
             .bearer_auth(&seller)
-            .json(&json!({"name": format!("Lamp {i}"), "category": "home", "price": 5,
-                          "currency": "EUR"}))
+            .json(
+                &json!({"name": format!("Lamp {i}"), "category": "home", "price": 5,
+                          "currency": "EUR"}),
+            )
             .send()
             .await
             .unwrap();
@@ -98,7 +100,10 @@ async fn a_query_process_behind_its_lag_bound_is_not_ready() {
     // A projector catches the read models up, and the query process is ready again.
     let proj = serve_on_postgres_with(&url, &schema, "projector", SECRET, &bound);
     let body = ready_until(&http, &qry.base, "ready after catch-up", |s, _| s == 200).await;
-    assert_eq!(body["checks"]["projection:catalog"]["lag_events"], 0, "{body}");
+    assert_eq!(
+        body["checks"]["projection:catalog"]["lag_events"], 0,
+        "{body}"
+    );
     drop(proj);
 }
 
@@ -126,7 +131,11 @@ async fn the_embedded_store_reports_the_bound_it_applies() {
     let catalog = &body["checks"]["projection:catalog"];
     assert_eq!(catalog["ok"], true, "{body}");
     assert_eq!(catalog["max_lag_events"], 250, "{body}");
-    assert_eq!(catalog["max_lag_ms"], Value::Null, "0 turns the bound off: {body}");
+    assert_eq!(
+        catalog["max_lag_ms"],
+        Value::Null,
+        "0 turns the bound off: {body}"
+    );
 }
 
 struct KillOnDrop(std::process::Child);

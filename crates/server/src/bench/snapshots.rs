@@ -34,7 +34,13 @@ pub struct SnapshotRun {
     pub with_ms: f64,
     /// Seconds spent writing the stream (not part of the measurement).
     pub write_secs: f64,
+    /// Median durable append of one more event to the stream, with its exact expected
+    /// version (what a command on this aggregate does), in microseconds.
+    pub append_us: f64,
 }
+
+/// Single-event appends timed per stream length.
+const APPENDS_TIMED: usize = 25;
 
 fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -138,6 +144,28 @@ pub async fn run_one(dir: &Path, events: u64, loads: usize) -> anyhow::Result<Sn
         );
         anyhow::ensure!(fast.state.balance() == Money::from_minor(events as i64 - 1));
     }
+    // One more event at a time, as a command would append it, while the stream is this long.
+    let (ty, payload) = encode(&AccountEvent::MoneyDeposited {
+        account_id: account_id.to_owned(),
+        amount: Money::from_minor(1),
+        at_ms: 0,
+    })?;
+    let mut append_us = Vec::with_capacity(APPENDS_TIMED);
+    for i in 0..APPENDS_TIMED as u64 {
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            event_type: ty.clone(),
+            schema_version: AccountEvent::SCHEMA_VERSION,
+            metadata: Default::default(),
+            payload: payload.clone(),
+        };
+        let t = Instant::now();
+        let r = store
+            .append(&stream, ExpectedVersion::Exact(events + i), vec![event])
+            .await?;
+        append_us.push(t.elapsed().as_secs_f64() * 1e6);
+        anyhow::ensure!(r.last_version == events + i + 1, "append version");
+    }
     drop((plain, with, store));
     sqlite.shutdown().await;
     drop((sqlite, snapshots));
@@ -156,6 +184,7 @@ pub async fn run_one(dir: &Path, events: u64, loads: usize) -> anyhow::Result<Sn
         without_ms: median_ms(without_ms),
         with_ms: median_ms(with_ms),
         write_secs,
+        append_us: median_ms(append_us),
     })
 }
 
@@ -167,19 +196,20 @@ pub async fn run(dir: &Path, lengths: &[u64], loads: usize) -> anyhow::Result<Ve
         loads.max(1)
     );
     println!(
-        "{:>10} {:>16} {:>16} {:>10} {:>10}",
-        "events", "without (ms)", "with (ms)", "speedup", "write (s)"
+        "{:>10} {:>16} {:>16} {:>10} {:>10} {:>12}",
+        "events", "without (ms)", "with (ms)", "speedup", "write (s)", "append (µs)"
     );
     let mut out = Vec::new();
     for &n in lengths {
         let r = run_one(dir, n, loads).await?;
         println!(
-            "{:>10} {:>16.3} {:>16.3} {:>9.1}x {:>10.1}",
+            "{:>10} {:>16.3} {:>16.3} {:>9.1}x {:>10.1} {:>12.0}",
             r.events,
             r.without_ms,
             r.with_ms,
             r.without_ms / r.with_ms.max(1e-9),
-            r.write_secs
+            r.write_secs,
+            r.append_us
         );
         out.push(r);
     }
