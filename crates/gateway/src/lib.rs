@@ -18,6 +18,7 @@ pub mod proxy;
 mod queues;
 mod sagas;
 mod shop;
+mod storage;
 mod streams;
 mod subjects;
 mod views;
@@ -150,6 +151,9 @@ pub struct AppState {
     pub sse_permits: Arc<Semaphore>,
     pub shutdown: Shutdown,
     pub http_metrics: Arc<metrics::HttpMetrics>,
+    /// The embedded event store itself, when the backend is SQLite: readiness reports its
+    /// storage health, and `/v1/admin/storage-fault` drives its fault injection.
+    pub sqlite: Option<Arc<ficus_store::sqlite::SqliteEventStore>>,
     /// Which backend holds the event log and the job queue ("sqlite" or "postgres").
     pub backend: &'static str,
     /// The NATS JetStream bus between processes and its outbox relay, when configured.
@@ -286,6 +290,11 @@ async fn ready(State(st): State<AppState>) -> Response {
     let check = probe_backend(st.backend, st.jobs.get(ficus_store::JobId::MAX)).await;
     ok &= check["ok"] == true;
     checks.insert("job_queue".into(), check);
+    // Reads can succeed while the disk refuses writes: the storage check says so.
+    if let Some(check) = storage::ready_check(&st).await {
+        ok &= check["ok"] == true;
+        checks.insert("storage".into(), check);
+    }
     if let Some(BusState { bus, .. }) = &st.bus {
         let mut check = probe_backend("nats", bus.stream_messages()).await;
         ok &= check["ok"] == true;
@@ -368,7 +377,8 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
         .route(
             "/v1/projections/{name}/rebuild",
             post(streams::rebuild_projection),
-        );
+        )
+        .merge(storage::routes());
     if routes != ApiRoutes::OPS_ONLY {
         app = app.route("/v1/openapi.json", get(openapi::document));
     }

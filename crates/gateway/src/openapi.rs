@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 /// The gateway's own admin API (rollouts) has a document of its own: it is served on the
 /// gateway's address, not the API's.
 pub(crate) mod gateway_admin;
+mod storage_faults;
 
 /// `GET /v1/openapi.json`.
 pub async fn document() -> axum::Json<Value> {
@@ -338,6 +339,7 @@ fn paths() -> Value {
         .chain(account_paths())
         .chain(saga_paths())
         .chain(subject_paths())
+        .chain(storage_faults::paths())
     {
         p.insert(path.to_owned(), item);
     }
@@ -2023,6 +2025,10 @@ mod tests {
         ("/v1/accounts/{id}/withdrawals", &[("post", 201)]),
         ("/v1/sagas/{id}", &[("get", 200)]),
         ("/v1/subjects/{id}/keys", &[("delete", 204)]),
+        (
+            "/v1/admin/storage-fault",
+            &[("get", 200), ("put", 200), ("delete", 200)],
+        ),
     ];
 
     /// Operations that need no token.

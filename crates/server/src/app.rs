@@ -484,6 +484,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         http_metrics: Arc::new(ficus_gateway::metrics::HttpMetrics::with_job_counters(
             job_counters,
         )),
+        sqlite: match &store {
+            OpenStore::Sqlite(s) => Some(s.clone()),
+            OpenStore::Postgres(_) => None,
+        },
         backend,
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
         fulfilment,

@@ -39,6 +39,9 @@ enum LogFormat {
     Text,
 }
 
+// Parsed once at start-up: the size of the largest variant (`serve`'s many flags) costs
+// nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (embedded SQLite by default, or a shared PostgreSQL).
@@ -136,6 +139,10 @@ enum Command {
         /// then makes it `pending` and starts its fulfilment saga.
         #[arg(long, env = "FICUS_PAYMENTS_URL")]
         payments: Option<String>,
+        /// Drills and tests only: open the embedded store through the fault-injecting VFS and
+        /// route the admin-only `/v1/admin/storage-fault` (docs/adr/0014).
+        #[arg(long, env = "FICUS_FAULT_INJECTION", hide = true)]
+        fault_injection: bool,
     },
     /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
     Migrate {
@@ -544,6 +551,7 @@ async fn main() -> anyhow::Result<()> {
             gateway_listen,
             header_read_timeout_ms,
             payments,
+            fault_injection,
         } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let mut cfg = ServerConfig::new(data_dir, listen);
@@ -554,6 +562,17 @@ async fn main() -> anyhow::Result<()> {
                 }),
                 embedded => embedded,
             };
+            if fault_injection {
+                match &mut cfg.store {
+                    StoreConfig::Embedded(sqlite) => {
+                        sqlite.faults = Some(ficus_store::sqlite::FaultPlan::new());
+                        tracing::warn!("storage-fault injection is on: for drills and tests only");
+                    }
+                    StoreConfig::Postgres(_) => {
+                        anyhow::bail!("--fault-injection is for the embedded SQLite store only")
+                    }
+                }
+            }
             cfg.role = app::Role::parse(&role)?;
             cfg.bus = bus.filter(|b| !b.is_empty());
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();

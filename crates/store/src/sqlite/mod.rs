@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
-pub use faulty_vfs::{FaultPlan, StorageFault};
+pub use faulty_vfs::{FaultPlan, StorageFault, MAX_FAULT_DELAY_MS};
 pub use jobs::SqliteJobQueue;
 pub use reader::ConnectionPool;
 pub use snapshots::{SqliteSnapshotStore, SNAPSHOT_READERS};
