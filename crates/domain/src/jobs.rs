@@ -6,21 +6,31 @@
 //! - `export_orders` (an admin): one item per UTC day writes that day's placed orders as CSV,
 //!   and the fan-in joins them into one file whose path is the job's result;
 //! - `notify_buyers` (the product's seller, or an admin): one notification event per customer
-//!   who ever ordered the product.
+//!   who ever ordered the product;
+//! - `sample_report` (an admin): no items; the fan-in writes a report of `size_bytes` bytes
+//!   (the caller's `preface`, then numbered lines) into the blob store. It is how a newcomer,
+//!   and the tests, see a large parameter and a large result travel by reference.
+//!
+//! Large payloads travel by reference (the claim check, docs/adr/0013): parameters and item
+//! payloads over the configured size are stored in the blob store at submission, and results
+//! (the export's CSV, the sample report) are written there, so that workers on different
+//! machines sharing the blob store see each other's parts.
 //!
 //! Every item is idempotent, because a re-delivered item (its worker crashed after the effect,
 //! before the ack) runs again: a repeated reprice to the same target price decides no event;
 //! an export day rewrites the same file; a notification goes to its own stream with
 //! `expected_version = no_stream`, so a second attempt finds it there and stops.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ficus_core::{EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
+use ficus_runtime::claim_check::ClaimCheck;
 use ficus_runtime::{JobError, JobHandler};
+use ficus_store::blobs::{BlobError, REF_BATCH_PARAMS, REF_BATCH_PART, REF_BATCH_RESULT};
 use ficus_store::{Batch, EventStore, Job, JobQueue, NewBatch, NewJob, StoreError};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::money::Money;
 use crate::product::ProductCommand;
@@ -36,6 +46,10 @@ pub const ITEM_MAX_ATTEMPTS: u32 = 8;
 pub const EXPORT_MAX_DAYS: i64 = 366;
 /// Longest notification text, in characters.
 pub const MESSAGE_MAX_CHARS: usize = 500;
+/// Largest `sample_report`, in bytes.
+pub const SAMPLE_REPORT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Bytes a result is streamed into the blob store in: what a fan-in holds at a time.
+pub const RESULT_CHUNK_BYTES: usize = ficus_store::blobs::BLOB_CHUNK_BYTES;
 
 /// Why a bulk job was not created.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +68,9 @@ pub enum BulkJobError {
     TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Storing a claim-checked parameter failed. (per [`BlobError`])
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// Plans bulk jobs: reads what they cover from the read models and creates the batch.
@@ -61,6 +78,8 @@ pub enum BulkJobError {
 pub struct BulkJobs {
     jobs: Arc<dyn JobQueue>,
     read: ShopReadSide,
+    /// Where parameters and payloads over the claim-check size go.
+    claims: Option<ClaimCheck>,
 }
 
 fn text_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, BulkJobError> {
@@ -86,7 +105,17 @@ fn too_many(n: usize) -> BulkJobError {
 
 impl BulkJobs {
     pub fn new(jobs: Arc<dyn JobQueue>, read: ShopReadSide) -> Self {
-        Self { jobs, read }
+        Self {
+            jobs,
+            read,
+            claims: None,
+        }
+    }
+
+    /// Parameters and item payloads over the claim-check size travel by reference.
+    pub fn with_claim_check(mut self, claims: ClaimCheck) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     pub fn queue(&self) -> &Arc<dyn JobQueue> {
@@ -119,13 +148,26 @@ impl BulkJobs {
             "reprice_category" => self.plan_reprice(actor, &params).await?,
             "export_orders" => self.plan_export(actor, &params)?,
             "notify_buyers" => self.plan_notify(actor, &params).await?,
+            "sample_report" => self.plan_sample_report(actor, &params)?,
             other => {
                 return Err(BulkJobError::Invalid(format!(
-                "unknown job kind {other:?}; one of reprice_category, export_orders, notify_buyers"
+                "unknown job kind {other:?}; one of reprice_category, export_orders, notify_buyers, \
+                 sample_report"
             )))
             }
         };
-        let mut params = params;
+        let (mut items, mut fan_in, mut params) = (items, fan_in, params);
+        if let Some(claims) = &self.claims {
+            // Referenced by the batch before the batch exists: a crash before it is created
+            // leaves references the collector releases (their batch is missing).
+            let check = |v: Value| claims.check_in(v, REF_BATCH_PARAMS, id);
+            for it in &mut items {
+                it.payload = check(std::mem::take(&mut it.payload)).await?;
+            }
+            fan_in = check(fan_in).await?;
+            params = check(params).await?;
+        }
+        // Beside the parameters or their reference: who may see the job.
         if let Value::Object(m) = &mut params {
             m.insert("submitted_by".into(), Value::String(actor.user_id.clone()));
         }
@@ -208,6 +250,41 @@ impl BulkJobs {
         Ok((items, json!({ "from_day": from, "to_day": to })))
     }
 
+    fn plan_sample_report(
+        &self,
+        actor: &Actor,
+        params: &Value,
+    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
+        if !actor.has_role("admin") {
+            return Err(BulkJobError::Forbidden(
+                "only admins write sample reports".into(),
+            ));
+        }
+        let size = params["size_bytes"]
+            .as_u64()
+            .filter(|n| (1..=SAMPLE_REPORT_MAX_BYTES).contains(n))
+            .ok_or_else(|| {
+                BulkJobError::Invalid(format!(
+                    "params.size_bytes must be an integer in 1..={SAMPLE_REPORT_MAX_BYTES}"
+                ))
+            })?;
+        let preface = match &params["preface"] {
+            Value::Null => "",
+            Value::String(s) => s.as_str(),
+            _ => {
+                return Err(BulkJobError::Invalid(
+                    "params.preface must be a string".into(),
+                ))
+            }
+        };
+        if preface.len() as u64 > size {
+            return Err(BulkJobError::Invalid(
+                "params.preface must not be longer than size_bytes".into(),
+            ));
+        }
+        Ok((Vec::new(), json!({"size_bytes": size, "preface": preface})))
+    }
+
     async fn plan_notify(
         &self,
         actor: &Actor,
@@ -253,8 +330,8 @@ pub struct ShopJobHandler {
     pub jobs: Arc<dyn JobQueue>,
     /// The read models export items read (the orders of a day).
     pub read: ShopReadSide,
-    /// Where exports are written.
-    pub export_dir: PathBuf,
+    /// Where exports (their day parts and the joined file) and other results are written.
+    pub claims: ClaimCheck,
 }
 
 fn permanent(e: impl std::fmt::Display) -> JobError {
@@ -277,15 +354,37 @@ fn job_metadata(job: &Job, user: Option<&str>) -> Metadata {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a reader sees the old file or the whole new one.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// A blob failure as a job failure: an outage is retried, anything else will not improve.
+fn blob_failure(e: BlobError) -> JobError {
+    match e {
+        BlobError::Unavailable(m) => JobError::Retry(m),
+        other => permanent(other),
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+}
+
+/// The content of a `sample_report` of `size` bytes: `preface`, then the lines
+/// `000000000000000\n`, `000000000000001\n`, ... (16 bytes each), cut at `size`.
+fn sample_report_chunk(preface: &[u8], size: u64, offset: u64, out: &mut Vec<u8>) {
+    out.clear();
+    let mut at = offset;
+    while out.len() < RESULT_CHUNK_BYTES && at < size {
+        if (at as usize) < preface.len() {
+            let end = preface
+                .len()
+                .min(at as usize + RESULT_CHUNK_BYTES - out.len());
+            out.extend_from_slice(&preface[at as usize..end]);
+            at = end as u64;
+            continue;
+        }
+        let rel = at - preface.len() as u64;
+        let line = format!("{:015}\n", rel / 16);
+        let from = (rel % 16) as usize;
+        let take = (16 - from)
+            .min(RESULT_CHUNK_BYTES - out.len())
+            .min((size - at) as usize);
+        out.extend_from_slice(&line.as_bytes()[from..from + take]);
+        at += take as u64;
+    }
 }
 
 impl ShopJobHandler {
@@ -315,10 +414,9 @@ impl ShopJobHandler {
         }
     }
 
-    fn day_file(&self, batch: &str, day: i64) -> PathBuf {
-        self.export_dir
-            .join(batch)
-            .join(format!("{}.csv", ficus_core::time::format_date(day)))
+    /// The referrer id of one day's part of an export.
+    fn day_part(batch: &str, day: i64) -> String {
+        format!("{batch}/{}", ficus_core::time::format_date(day))
     }
 
     async fn export_day(&self, job: &Job) -> Result<(), JobError> {
@@ -342,11 +440,58 @@ impl ShopJobHandler {
                 ficus_core::time::format_rfc3339_ms(o.placed_at_ms)
             ));
         }
-        let path = self.day_file(&batch, day);
-        tokio::task::spawn_blocking(move || write_atomically(&path, csv.as_bytes()))
+        // In the blob store, not this worker's disk: the fan-in may run on another machine.
+        // A re-delivered item stores the day again; the fan-in takes the newest.
+        let mut bytes = csv.as_bytes();
+        self.claims
+            .put_referenced(&mut bytes, REF_BATCH_PART, &Self::day_part(&batch, day))
             .await
-            .map_err(|e| JobError::Retry(e.to_string()))?
-            .map_err(|e| JobError::Retry(e.to_string()))
+            .map(|_| ())
+            .map_err(blob_failure)
+    }
+
+    /// Whether the batch's result is recorded already (a re-delivered fan-in whose first run
+    /// set it, then lost its ack): its parts may be released, so it must not run again.
+    async fn has_result(&self, batch: &str) -> Result<bool, JobError> {
+        let b = self
+            .jobs
+            .get_batch(batch)
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+        Ok(b.and_then(|b| b.result)
+            .is_some_and(|r| r.get("blob").is_some()))
+    }
+
+    /// Stores what `write` writes as the batch's result blob, streamed through a bounded pipe
+    /// (never the whole result in memory), and references it from the batch. Answers the
+    /// blob's reference and what `write` answered.
+    async fn store_result<T: Send + 'static>(
+        &self,
+        batch: &str,
+        write: impl std::future::Future<Output = Result<T, JobError>> + Send + 'static,
+        mut pipe: tokio::io::DuplexStream,
+    ) -> Result<(Value, T), JobError> {
+        let writer = tokio::spawn(write);
+        let put = self.claims.blobs().put(&mut pipe).await;
+        // Ends a writer still blocked on the pipe after a failed put.
+        drop(pipe);
+        let written = writer.await.map_err(|e| JobError::Retry(e.to_string()))?;
+        // A failed put first (the writer then failed only for the closed pipe); then a failed
+        // writer: the put stored a cut-short stream, unreferenced (so collected later), that
+        // must not become the result.
+        let info = put.map_err(blob_failure)?;
+        let written = written?;
+        self.claims
+            .refs()
+            .add(&ficus_store::blobs::BlobRef::new(
+                info.id.clone(),
+                REF_BATCH_RESULT,
+                batch,
+                ficus_store::now_ms(),
+            ))
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+        Ok((info.reference(), written))
     }
 
     async fn export_finish(&self, job: &Job) -> Result<(), JobError> {
@@ -357,27 +502,95 @@ impl ShopJobHandler {
         ) else {
             return Err(permanent("malformed export fan-in"));
         };
-        let files: Vec<PathBuf> = (from..=to).map(|d| self.day_file(&batch, d)).collect();
-        let out = self.export_dir.join(format!("{batch}.csv"));
-        let target = out.clone();
-        let rows = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
-            let mut all = String::from("order_id,customer_id,total,currency,placed_at\n");
-            // A day whose item died has no file: the export says so by its missing rows, and
-            // the job's counts show the dead item.
-            for f in &files {
-                if let Ok(s) = std::fs::read_to_string(f) {
-                    all.push_str(&s);
+        if self.has_result(&batch).await? {
+            return Ok(());
+        }
+        // The newest part of each day. A day whose item died has none: the export says so by
+        // its missing rows, and the job's counts show the dead item.
+        let mut parts = Vec::new();
+        for day in from..=to {
+            let refs = self
+                .claims
+                .refs()
+                .of_referrer(REF_BATCH_PART, &Self::day_part(&batch, day))
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            if let Some(newest) = refs.into_iter().next_back() {
+                parts.push(newest.blob);
+            }
+        }
+        let (pipe, mut sink) = tokio::io::duplex(RESULT_CHUNK_BYTES);
+        let blobs = self.claims.blobs().clone();
+        let write = async move {
+            let header = b"order_id,customer_id,total,currency,placed_at\n";
+            let io = |e: std::io::Error| JobError::Retry(e.to_string());
+            sink.write_all(header).await.map_err(io)?;
+            let mut rows = 0u64;
+            let mut buf = vec![0u8; RESULT_CHUNK_BYTES];
+            for id in parts {
+                let mut part = blobs.get(&id).await.map_err(blob_failure)?;
+                loop {
+                    let n = part
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| blob_failure(e.into()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    rows += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                    sink.write_all(&buf[..n]).await.map_err(io)?;
                 }
             }
-            let rows = all.lines().count() - 1;
-            write_atomically(&target, all.as_bytes())?;
+            sink.shutdown().await.map_err(io)?;
             Ok(rows)
-        })
-        .await
-        .map_err(|e| JobError::Retry(e.to_string()))?
-        .map_err(|e| JobError::Retry(e.to_string()))?;
-        let result = json!({"path": out.display().to_string(), "rows": rows,
-                            "days_missing": job.payload["dead"]});
+        };
+        let (blob, rows) = self.store_result(&batch, write, pipe).await?;
+        let result = json!({"blob": blob, "rows": rows, "days_missing": job.payload["dead"]});
+        self.jobs
+            .set_batch_result(&batch, result)
+            .await
+            .map_err(|e| JobError::Retry(e.to_string()))?;
+        // The days are in the result now. A crash before this leaves them to the collector.
+        for day in from..=to {
+            let _ = self
+                .claims
+                .refs()
+                .release(REF_BATCH_PART, &Self::day_part(&batch, day))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn sample_report(&self, job: &Job) -> Result<(), JobError> {
+        let batch = batch_of(job)?.to_owned();
+        let (Some(size), Some(preface)) = (
+            job.payload["size_bytes"].as_u64(),
+            job.payload["preface"].as_str(),
+        ) else {
+            return Err(permanent("malformed sample report fan-in"));
+        };
+        if size > SAMPLE_REPORT_MAX_BYTES || preface.len() as u64 > size {
+            return Err(permanent("sample report out of bounds"));
+        }
+        if self.has_result(&batch).await? {
+            return Ok(());
+        }
+        let preface = preface.as_bytes().to_vec();
+        let (pipe, mut sink) = tokio::io::duplex(RESULT_CHUNK_BYTES);
+        let write = async move {
+            let io = |e: std::io::Error| JobError::Retry(e.to_string());
+            let mut chunk = Vec::with_capacity(RESULT_CHUNK_BYTES);
+            let mut offset = 0u64;
+            while offset < size {
+                sample_report_chunk(&preface, size, offset, &mut chunk);
+                sink.write_all(&chunk).await.map_err(io)?;
+                offset += chunk.len() as u64;
+            }
+            sink.shutdown().await.map_err(io)?;
+            Ok(())
+        };
+        let (blob, ()) = self.store_result(&batch, write, pipe).await?;
+        let result = json!({"blob": blob, "size_bytes": size});
         self.jobs
             .set_batch_result(&batch, result)
             .await
@@ -433,6 +646,7 @@ impl JobHandler for ShopJobHandler {
             "reprice_category.item" => self.reprice(job).await,
             "export_orders.item" => self.export_day(job).await,
             "export_orders.finish" => self.export_finish(job).await,
+            "sample_report.finish" => self.sample_report(job).await,
             "notify_buyers.item" => self.notify(job).await,
             "reprice_category.finish" | "notify_buyers.finish" => self.record_counts(job).await,
             other => Err(permanent(format!("unknown job kind {other:?}"))),

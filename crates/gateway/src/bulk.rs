@@ -48,7 +48,7 @@ pub fn batch_json(b: &Batch) -> Value {
         "progress": progress,
         "created_at": ficus_core::time::format_rfc3339_ms(b.created_at_ms),
         "finished_at": b.finished_at_ms.map(ficus_core::time::format_rfc3339_ms),
-        "result": b.result,
+        "result": b.result.as_ref().map(crate::blobs::with_hrefs),
     })
 }
 
@@ -62,6 +62,7 @@ impl From<BulkJobError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_items", m)
             }
             BulkJobError::Store(s) => s.into(),
+            BulkJobError::Blob(b) => b.into(),
         }
     }
 }

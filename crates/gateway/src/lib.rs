@@ -5,6 +5,7 @@
 
 mod accounts;
 pub mod auth;
+mod blobs;
 mod bulk;
 pub mod cache;
 pub mod console;
@@ -161,6 +162,9 @@ pub struct AppState {
     /// Order fulfilment, when a payment service is configured: placing an order then makes
     /// it `pending` and starts its saga.
     pub fulfilment: Option<ficus_domain::fulfilment::Fulfilment>,
+    /// The blob store and its references (the claim check): large job parameters and
+    /// results, served by `GET /v1/blobs/{id}`.
+    pub claims: ficus_runtime::claim_check::ClaimCheck,
 }
 
 /// What the API shows of the bus: readiness probes it, `/metrics` reports the relay.
@@ -388,6 +392,7 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
         app = app
             .merge(streams::routes())
             .merge(bulk::routes())
+            .merge(blobs::routes())
             .merge(bulk::submit_routes().route_layer(keyed()))
             .merge(shop::command_routes().route_layer(keyed()))
             .merge(queues::routes())

@@ -55,6 +55,7 @@ fn build() -> Value {
             {"name": "orders", "description": "Order commands and queries."},
             {"name": "queues", "description": "Job queues, their dead-letter queues and job items (admin)."},
             {"name": "jobs", "description": "Bulk jobs: submit one, follow its progress and result, cancel it."},
+            {"name": "blobs", "description": "The claim check: large job parameters and results stored once, fetched by reference."},
             {"name": "accounts", "description": "The bank-account ledger: money in exact minor units, no overdraft, and an account's state as of any past version or instant (time travel)."},
             {"name": "sagas", "description": "Sagas: the order-fulfilment saga's state, event-sourced in its own stream."},
             {"name": "subjects", "description": "Data subjects (admin): crypto-shredding of personal fields (docs/adr/0011-crypto-shredding.md)."},
@@ -336,6 +337,7 @@ fn paths() -> Value {
         .chain(order_paths())
         .chain(queue_paths())
         .chain(job_paths())
+        .chain(blob_paths())
         .chain(account_paths())
         .chain(saga_paths())
         .chain(subject_paths())
@@ -1040,7 +1042,7 @@ fn job_paths() -> Vec<(&'static str, Value)> {
             path_item(vec![(
                 "post",
                 Op::new("submitBulkJob", "jobs", "Submit a bulk job")
-                    .describe("Plans the job from the read models and enqueues its items on the `shop` queue at once, one per product, customer or day; a worker pool runs them and, once every item is done or dead, a final step records the job's `result`. `reprice_category` (seller role): every product of the caller in `category` gets its price changed by `percent`, each through the product's rules (an item the rules refuse goes to the dead-letter queue). `export_orders` (admin role): the placed orders of each UTC day from `from` to `to` (at most 366 days) are joined into one CSV file, whose `path` and `rows` are the result. `notify_buyers` (the product's seller, or an admin): one `CustomerNotified` event per customer who ever ordered `product_id`, in the stream `notification-{job id}-{customer id}`. The planner reads the read models, which may lag the latest writes by a moment.")
+                    .describe("Plans the job from the read models and enqueues its items on the `shop` queue at once, one per product, customer or day; a worker pool runs them and, once every item is done or dead, a final step records the job's `result`. `reprice_category` (seller role): every product of the caller in `category` gets its price changed by `percent`, each through the product's rules (an item the rules refuse goes to the dead-letter queue). `export_orders` (admin role): the placed orders of each UTC day from `from` to `to` (at most 366 days) are joined into one CSV file stored in the blob store: the result is `blob` (its reference, with `href`, `GET /v1/blobs/{id}`) and `rows`. `sample_report` (admin role): no items; the final step writes a report of `size_bytes` bytes (at most 256 MiB): `preface`, then the lines `000000000000000\\n`, `000000000000001\\n`, ... (16 bytes each), cut at `size_bytes`; the result is `blob` and `size_bytes`. Parameters (and item payloads) whose JSON text is over the claim-check size (`--claim-check-bytes`) are stored in the blob store and travel by reference, `{\"$blob\": \"sha256:..\", \"size\": N}`, also in the job's `params`. `notify_buyers` (the product's seller, or an admin): one `CustomerNotified` event per customer who ever ordered `product_id`, in the stream `notification-{job id}-{customer id}`. The planner reads the read models, which may lag the latest writes by a moment.")
                     .secured()
                     .idempotent()
                     .body(json_body("SubmitBulkJob", true))
@@ -1098,6 +1100,101 @@ fn job_paths() -> Vec<(&'static str, Value)> {
 
 // ---------------------------------------------------------------------------------------------
 // Components
+
+fn blob_paths() -> Vec<(&'static str, Value)> {
+    let id = || {
+        json!({"name": "id", "in": "path", "required": true,
+               "description": "The blob's id: `sha256:` and the 64 lowercase hex digits of its content's SHA-256.",
+               "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}})
+    };
+    vec![
+        (
+            "/v1/blobs/{id}",
+            path_item(vec![
+                (
+                    "get",
+                    Op::new("getBlob", "blobs", "Fetch a blob by reference")
+                        .describe("Streams the blob a claim-check reference names (`{\"$blob\": id, \"size\": N}`, e.g. a bulk job's `result.blob`), verified against its hash as it is read: a corrupt blob cuts the connection rather than end the body normally. `Content-Length` is its size and `ETag` its id. An admin may fetch any blob; anyone else only one that a bulk job they submitted references (anything else is a 404).")
+                        .secured()
+                        .param(id())
+                        .success(200, json!({
+                            "description": "The blob's bytes.",
+                            "headers": {
+                                "ETag": header_ref("ETag"),
+                                "X-Correlation-Id": header_ref("XCorrelationId"),
+                            },
+                            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                        }))
+                        .errors(&[
+                            (400, "`invalid_blob`: a malformed id."),
+                            (404, "`blob_not_found`."),
+                            (500, ""),
+                            (503, "`blob_store_unavailable`, `store_unavailable`."),
+                        ]),
+                ),
+                (
+                    "delete",
+                    Op::new("deleteBlob", "blobs", "Delete a blob (admin)")
+                        .describe("Releases every reference to the blob and deletes it at once, whatever its age; a bulk job whose result it was then answers 404 for it.")
+                        .secured()
+                        .param(id())
+                        .success(200, success("Deleted.", schema_ref("BlobDeleted"), &[]))
+                        .errors(&[
+                            (400, "`invalid_blob`: a malformed id."),
+                            (403, "`forbidden`: admins only."),
+                            (404, "`blob_not_found`."),
+                            (500, ""),
+                            (503, "`blob_store_unavailable`, `store_unavailable`."),
+                        ]),
+                ),
+            ]),
+        ),
+        (
+            "/v1/blobs/gc",
+            path_item(vec![(
+                "post",
+                Op::new("collectBlobs", "blobs", "Run a blob garbage-collection pass (admin)")
+                    .describe("Releases the references of bulk jobs that no longer need them (parameters once the job has its result or was cancelled; anything of a job that is gone), then deletes every blob that nothing references and that was stored longer ago than the grace period: `grace_ms` when given, else the server's (`--blob-gc-grace-secs`, 24 h by default). `ficus serve` also runs a pass every `--blob-gc-interval-secs`. No body is `{}`.")
+                    .secured()
+                    .body(json_body("CollectBlobs", false))
+                    .success(200, success("What the pass did.", schema_ref("GcReport"), &[]))
+                    .errors(&[
+                        (400, "`invalid_json`, `invalid_grace`: a body that is not `{\"grace_ms\"?: n ≥ 0}`."),
+                        (403, "`forbidden`: admins only."),
+                        (413, ""),
+                        (415, ""),
+                        (500, ""),
+                        (503, "`blob_store_unavailable`, `store_unavailable`."),
+                    ]),
+            )]),
+        ),
+    ]
+}
+
+fn blob_schemas() -> Value {
+    let count = || json!({"type": "integer", "minimum": 0});
+    json!({
+        "CollectBlobs": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"grace_ms": {"type": "integer", "minimum": 0, "maximum": 9007199254740991i64,
+                                        "description": "Instead of the server's grace period, for this pass."}},
+        },
+        "GcReport": {
+            "type": "object",
+            "required": ["released_refs", "scanned_blobs", "deleted_blobs", "deleted_bytes", "kept_referenced", "kept_young"],
+            "properties": {
+                "released_refs": count(), "scanned_blobs": count(), "deleted_blobs": count(),
+                "deleted_bytes": count(), "kept_referenced": count(), "kept_young": count(),
+            },
+        },
+        "BlobDeleted": {
+            "type": "object",
+            "required": ["id", "released_refs"],
+            "properties": {"id": {"type": "string"}, "released_refs": count()},
+        },
+    })
+}
 
 fn saga_paths() -> Vec<(&'static str, Value)> {
     vec![(
@@ -1481,6 +1578,7 @@ fn schemas() -> Value {
         queue_schemas(),
         account_schemas(),
         saga_schemas(),
+        blob_schemas(),
     ] {
         if let Value::Object(m) = part {
             s.extend(m);
@@ -1943,11 +2041,11 @@ fn queue_schemas() -> Value {
             "required": ["kind"],
             "additionalProperties": false,
             "properties": {
-                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers"], "description": "Anything else → 400 `invalid_job`."},
+                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers", "sample_report"], "description": "Anything else → 400 `invalid_job`."},
                 "params": {
                     "type": "object",
                     "default": {},
-                    "description": "By kind; missing or bad → 400 `invalid_job`. `reprice_category`: `category` (a non-empty string) and `percent` (a non-zero integer in -100..=1000). `export_orders`: `from` and `to` (YYYY-MM-DD, `to` not before `from`, at most 366 days). `notify_buyers`: `product_id` and `message` (a non-empty string of at most 500 characters).",
+                    "description": "By kind; missing or bad → 400 `invalid_job`. `reprice_category`: `category` (a non-empty string) and `percent` (a non-zero integer in -100..=1000). `export_orders`: `from` and `to` (YYYY-MM-DD, `to` not before `from`, at most 366 days). `notify_buyers`: `product_id` and `message` (a non-empty string of at most 500 characters). `sample_report`: `size_bytes` (an integer in 1..=268435456) and optionally `preface` (a string no longer than `size_bytes`).",
                     "examples": [{"category": "books", "percent": 10}, {"from": "2024-01-01", "to": "2024-01-31"}, {"product_id": "0190a5c2-6f1e-7b3a-9d2e-4c5b6a7d8e9f", "message": "Back in stock"}],
                 },
             },
@@ -1957,7 +2055,7 @@ fn queue_schemas() -> Value {
             "required": ["id", "kind", "params", "state", "total", "done", "dead", "cancelled", "progress", "created_at", "finished_at", "result"],
             "properties": {
                 "id": {"type": "string"},
-                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers"]},
+                "kind": {"type": "string", "enum": ["reprice_category", "export_orders", "notify_buyers", "sample_report"]},
                 "params": {"type": "object", "description": "The params submitted, plus `submitted_by` (the caller's user id)."},
                 "state": {
                     "type": "string",
@@ -2019,6 +2117,8 @@ mod tests {
         ("/v1/jobs", &[("post", 202)]),
         ("/v1/jobs/{id}", &[("get", 200)]),
         ("/v1/jobs/{id}/cancel", &[("post", 200)]),
+        ("/v1/blobs/{id}", &[("get", 200), ("delete", 200)]),
+        ("/v1/blobs/gc", &[("post", 200)]),
         ("/v1/accounts", &[("post", 201)]),
         ("/v1/accounts/{id}", &[("get", 200)]),
         ("/v1/accounts/{id}/deposits", &[("post", 201)]),

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// The worker pool driving sagas (its visibility is how soon a saga whose process died
     /// resumes elsewhere or after a restart).
     pub saga_pool: PoolConfig,
+    /// The blob store of the claim check (large job parameters and results).
+    pub blobs: crate::blobs::BlobsConfig,
 }
 
 impl ServerConfig {
@@ -87,6 +89,7 @@ impl ServerConfig {
                 visibility: std::time::Duration::from_secs(10),
                 ..PoolConfig::new(ficus_runtime::saga::SAGA_QUEUE)
             },
+            blobs: Default::default(),
         }
     }
 }
@@ -426,13 +429,29 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     let shutdown = Shutdown::new();
     let (read, projections) = start_read_side(&cfg, &store, &dyn_store, &shutdown).await?;
     let shop = Shop::new(Repository::new(dyn_store.clone()).with_snapshots(snapshots));
-    let handler = Arc::new(ShopJobHandler {
-        shop: shop.clone(),
-        store: dyn_store.clone(),
-        jobs: jobs.clone(),
-        read: read.clone(),
-        export_dir: cfg.data_dir.join("exports"),
+    // The claim check: references in the event log's backend, blobs in the blob directory.
+    let blob_refs: Arc<dyn ficus_store::blobs::BlobRefs> = match &store {
+        OpenStore::Sqlite(s) => {
+            Arc::new(ficus_store::blobs::SqliteBlobRefs::open(s.clone()).await?)
+        }
+        OpenStore::Postgres(s) => Arc::new(ficus_store::blobs::PgBlobRefs::for_store(s)),
+    };
+    let claims = cfg.blobs.open(&cfg.data_dir, blob_refs)?;
+    // Items see their claim-checked payloads resolved.
+    let handler = Arc::new(ficus_runtime::claim_check::ClaimCheckHandler {
+        inner: Arc::new(ShopJobHandler {
+            shop: shop.clone(),
+            store: dyn_store.clone(),
+            jobs: jobs.clone(),
+            read: read.clone(),
+            claims: claims.clone(),
+        }),
+        claims: claims.clone(),
     });
+    if cfg.role.runs_workers() {
+        // Ends with the shutdown signal; a pass cut short is redone by the next.
+        ficus_runtime::claim_check::spawn_blob_gc(claims.clone(), jobs.clone(), shutdown.clone());
+    }
     let pool = cfg.role.runs_workers().then(|| {
         WorkerPool::spawn(
             jobs.clone(),
@@ -454,7 +473,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     );
     let state = AppState {
         store: dyn_store.clone(),
-        bulk: BulkJobs::new(jobs.clone(), read.clone()),
+        bulk: BulkJobs::new(jobs.clone(), read.clone()).with_claim_check(claims.clone()),
         jobs,
         shop,
         idempotency: idempotency.clone(),
@@ -491,6 +510,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         backend,
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
         fulfilment,
+        claims,
     };
     // Append throughput and batch sizes for /metrics; ends with the shutdown signal.
     ficus_gateway::metrics::watch_appends(&state);

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod blobs;
 pub mod client;
 pub mod demo;
 pub mod gateway;

@@ -139,6 +139,9 @@ enum Command {
         /// then makes it `pending` and starts its fulfilment saga.
         #[arg(long, env = "FICUS_PAYMENTS_URL")]
         payments: Option<String>,
+        // Boxed: the largest part of `serve`'s flags, kept off the enum's inline size.
+        #[command(flatten)]
+        blobs: Box<ficus_server::blobs::BlobArgs>,
         /// Drills and tests only: open the embedded store through the fault-injecting VFS and
         /// route the admin-only `/v1/admin/storage-fault` (docs/adr/0014).
         #[arg(long, env = "FICUS_FAULT_INJECTION", hide = true)]
@@ -551,6 +554,7 @@ async fn main() -> anyhow::Result<()> {
             gateway_listen,
             header_read_timeout_ms,
             payments,
+            blobs,
             fault_injection,
         } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
@@ -593,6 +597,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.header_read_timeout = Duration::from_millis(header_read_timeout_ms.max(100));
             cfg.payments_url = payments.filter(|p| !p.is_empty());
             cfg.saga_pool.visibility = cfg.shop_pool.visibility;
+            cfg.blobs = blobs.config();
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");

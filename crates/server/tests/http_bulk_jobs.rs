@@ -505,8 +505,14 @@ async fn export_orders_writes_one_csv_row_per_placed_order(b: Backend) {
 
     let result = &done["result"];
     assert_eq!(result["rows"], 3, "{result}");
-    let path = result["path"].as_str().expect("result.path");
-    let csv = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    // The CSV is in the blob store; the result names it by reference.
+    let href = result["blob"]["href"].as_str().expect("result.blob.href");
+    assert_eq!(
+        href,
+        format!("/v1/blobs/{}", result["blob"]["$blob"].as_str().unwrap())
+    );
+    let csv = s.get(href, &s.admin).await.ok(200).text;
+    assert_eq!(result["blob"]["size"], csv.len() as u64, "{result}");
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
@@ -622,7 +628,7 @@ async fn a_redelivered_notification_item_notifies_once(b: Backend) {
         store: st.store.clone(),
         jobs: st.jobs.clone(),
         read: st.read.clone(),
-        export_dir: s.data.dir.path().join("direct-exports"),
+        claims: st.claims.clone(),
     };
     // A queue of its own, so the server's pool leaves the item to this test.
     let queue = "redelivery-test";

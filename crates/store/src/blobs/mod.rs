@@ -292,9 +292,12 @@ pub(crate) async fn hash_copy(
     Ok((BlobId::from_digest(&hasher.finalize()), size))
 }
 
+/// The in-memory twin's content: bytes and `created_at_ms` by id.
+type MemBlobs = BTreeMap<BlobId, (Arc<[u8]>, i64)>;
+
 /// The in-memory twin of [`LocalBlobStore`], for tests.
 pub struct MemBlobStore {
-    blobs: Mutex<BTreeMap<BlobId, (Arc<[u8]>, i64)>>,
+    blobs: Mutex<MemBlobs>,
     max_blob_bytes: u64,
 }
 
@@ -306,7 +309,7 @@ impl MemBlobStore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<BlobId, (Arc<[u8]>, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemBlobs> {
         self.blobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
