@@ -295,6 +295,7 @@ pub async fn append_bench(
 /// `ficus bench jobs`: durable no-op jobs through enqueue → lease → complete on the SQLite
 /// or PostgreSQL backend, 1 ms jobs, and enqueue-to-start latency of single jobs on an idle
 /// pool.
+pub mod lag;
 pub mod log_size;
 pub mod snapshots;
 

@@ -378,6 +378,26 @@ enum BenchCommand {
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
+    /// Projection lag (append acknowledged → applied in the read model) at a steady rate.
+    Lag {
+        /// Events appended per second, in total.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
+        /// Concurrent writers sharing the rate.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Follow one event in this many into the read model.
+        #[arg(long, default_value_t = 4)]
+        sample_every: u64,
+        /// Directory for the benchmark's databases (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
     /// Whether appends and reads stay flat as the global log grows (10^4 … 10^7 events).
     LogSize {
         /// Log sizes measured, ascending; one store grows through them.
@@ -741,6 +761,48 @@ async fn main() -> anyhow::Result<()> {
             let out = out?;
             if let Some(p) = json_out {
                 std::fs::write(&p, serde_json::to_string_pretty(&out)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Lag {
+                    rate,
+                    duration_secs,
+                    writers,
+                    sample_every,
+                    dir,
+                    json_out,
+                },
+        } => {
+            let _logs = init_logs(LogFormat::Text, None, "warn")?;
+            let (dir, remove) = match dir {
+                Some(d) => (d.join(format!("lag-{}", uuid::Uuid::now_v7())), true),
+                None => (temp_dir("ficus-bench"), true),
+            };
+            let out = bench::lag::run(&dir, rate, duration_secs, writers, sample_every).await;
+            if remove {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let r = out?;
+            println!(
+                "projection lag on sqlite (catalog read model): target {:.0} events/s, achieved {:.0} \
+                 ({} events in {:.1} s, {} writers); lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+                 over {} samples; append p50 {} µs, p99 {} µs",
+                r.target_events_per_sec,
+                r.events_per_sec,
+                r.events,
+                r.seconds,
+                r.writers,
+                r.lag_p50_ms,
+                r.lag_p99_ms,
+                r.lag_max_ms,
+                r.samples,
+                r.append_p50_us,
+                r.append_p99_us
+            );
+            if let Some(p) = json_out {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)
                     .with_context(|| format!("writing {}", p.display()))?;
             }
         }
