@@ -8,7 +8,6 @@
 /// relay retries with it too).
 pub use ficus_store::backoff;
 pub mod claim_check;
-pub mod claim_check;
 pub mod idempotency;
 pub mod pg_projection;
 pub mod projection;
