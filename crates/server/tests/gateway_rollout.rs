@@ -284,6 +284,46 @@ fn plan(steps: &str, dwell_ms: u64, bounds: &str) -> String {
     )
 }
 
+/// Checks a rollout answer against the gateway's own OpenAPI document: every required field
+/// is there, no field is undocumented, and so for each decision record.
+async fn conforms(s: &Setup, rollout: &Value) {
+    let doc: Value = s
+        .http
+        .get(format!("{}/v1/admin/openapi.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/admin/routes/{name}/rollout"]["get"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    let check = |name: &str, v: &Value| {
+        let schema = &schemas[name];
+        for k in schema["required"].as_array().unwrap() {
+            assert!(
+                v.get(k.as_str().unwrap()).is_some(),
+                "{name} lacks {k}: {v}"
+            );
+        }
+        let props = schema["properties"].as_object().unwrap();
+        for k in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(k), "{name}.{k} is not in the document");
+        }
+    };
+    check("Rollout", rollout);
+    check("RolloutPlan", &rollout["plan"]);
+    check("WindowMetrics", &rollout["window"]);
+    for d in rollout["history"].as_array().unwrap() {
+        check("RolloutDecision", d);
+    }
+    let status = rollout["status"].as_str().unwrap();
+    let statuses = schemas["Rollout"]["properties"]["status"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(statuses.iter().any(|s| s == status), "{status}");
+}
+
 fn outcomes(v: &Value) -> Vec<String> {
     v["history"]
         .as_array()
@@ -346,6 +386,7 @@ async fn a_healthy_canary_walks_every_step_and_succeeds() {
         assert_eq!(new["errors"], 0, "{d}");
     }
     assert_eq!(s.sides(20).await, (0, 20), "all traffic on the new side");
+    conforms(&s, &done).await;
     let metrics = s.prometheus().await;
     for line in [
         "ficus_gateway_rollout_step{route=\"products\"} 5",
@@ -466,6 +507,7 @@ async fn a_slow_canary_breaks_the_p99_bound() {
     let reason = v["reason"].as_str().unwrap();
     assert!(reason.contains("max_p99_ms"), "{reason}");
     assert!(reason.contains("max_p99_ratio"), "{reason}");
+    conforms(&s, &v).await;
     assert_eq!(v["history"].as_array().unwrap().last().unwrap()["step"], 0);
     assert_eq!(s.sides(10).await, (10, 0));
     s.stop().await;
