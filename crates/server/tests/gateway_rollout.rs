@@ -514,6 +514,42 @@ async fn a_slow_canary_breaks_the_p99_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_by_the_new_sides_bulkhead_count_against_it() {
+    // The new side is slow but never fails; one call at a time may reach it, so most of its
+    // share is refused with 503 `bulkhead_full` before any upstream is called.
+    let s = Setup::start(&format!(
+        "[routes.bulkhead]\nmax_concurrent = 1\nmax_wait_ms = 0\n{}",
+        plan("[50, 100]", 1000, "max_error_rate = 0.2")
+    ))
+    .await;
+    s.new_mode.store(SLOW, Ordering::Relaxed);
+    let load = s.load();
+    assert_eq!(s.act("start").await.0, 200);
+    let v = s.wait_for("rollback", |v| v["status"] != "running").await;
+    load.stop().await;
+    assert_eq!(v["status"], "rolled_back", "{v:#}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("max_error_rate"),
+        "{v:#}"
+    );
+    let (_, route) = s
+        .admin(reqwest::Method::GET, "/v1/admin/routes/products", None)
+        .await;
+    assert!(
+        route["stats"]["refusals"]["bulkhead_full"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{route:#}"
+    );
+    assert_eq!(
+        route["stats"]["new"]["errors"], 0,
+        "the upstream itself never failed"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatching_shadow_breaks_the_mismatch_bound() {
     let s = Setup::start(&format!(
         "shadow = true\n{}",

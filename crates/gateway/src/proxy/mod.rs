@@ -751,6 +751,7 @@ impl Gateway {
                 table.stats[i]
                     .breaker_refused
                     .fetch_add(1, Ordering::Relaxed);
+                table.stats[i].side(side).window.record(None, true);
                 return self.unavailable(
                     route,
                     "circuit_open",
@@ -767,6 +768,7 @@ impl Gateway {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
                         table.stats[i].bulkhead_full.fetch_add(1, Ordering::Relaxed);
+                        table.stats[i].side(side).window.record(None, true);
                         return self.unavailable(
                             route,
                             "bulkhead_full",

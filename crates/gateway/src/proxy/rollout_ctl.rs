@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::config::RouteConfig;
 use super::rollout::{self, RolloutPlan, StepView, Verdict, WindowMetrics};
-use super::{Gateway, RouteStats};
+use super::{Gateway, RouteStats, Side, SideStats};
 use crate::error::ApiError;
 use crate::extract::PathParams;
 
@@ -180,6 +180,18 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RouteStats {
+    /// The counters of one side. A refusal by that side's breaker or bulkhead is recorded in
+    /// its window as a failure: the client got a 503 from that side, so it counts against a
+    /// canary, though it never reached the upstream.
+    pub(super) fn side(&self, side: Side) -> &SideStats {
+        match side {
+            Side::Legacy => &self.legacy,
+            Side::New => &self.new,
+        }
+    }
 }
 
 /// The window metrics of a route's counters.
