@@ -4,6 +4,7 @@
 //! calls on the runtime and the domain, and their answers into JSON.
 
 mod accounts;
+pub mod admin_listener;
 pub mod auth;
 mod blobs;
 mod bulk;
@@ -372,6 +373,12 @@ pub fn router(state: AppState) -> Router {
 
 /// The operations routes plus the parts of the API `routes` selects.
 pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
+    router_on(state, routes, admin_listener::Listener::All)
+}
+
+/// [`router_for`] as one side of a split between a public and an admin address
+/// (`admin_listener.rs`).
+pub fn router_on(state: AppState, routes: ApiRoutes, listener: admin_listener::Listener) -> Router {
     let max_body = state.config.max_body_bytes;
     let mut app = Router::new()
         .route("/health/live", get(live))
@@ -406,6 +413,10 @@ pub fn router_for(state: AppState, routes: ApiRoutes) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            listener,
+            admin_listener::filter,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -11,6 +11,7 @@ use ficus_domain::pg_read_models::{PgCatalogProjection, PgOrdersProjection};
 use ficus_domain::read_models::{CatalogProjection, OrdersProjection};
 use ficus_domain::read_side::ShopReadSide;
 use ficus_domain::service::Shop;
+use ficus_gateway::admin_listener::Listener;
 use ficus_gateway::{ApiConfig, AppState, Auth};
 use ficus_runtime::{
     PgProjection, PgProjectionHandle, PgProjectionRunner, PoolConfig, ProjectionRunner, Repository,
@@ -61,6 +62,9 @@ pub struct ServerConfig {
     /// The worker pool driving sagas (its visibility is how soon a saga whose process died
     /// resumes elsewhere or after a restart).
     pub saga_pool: PoolConfig,
+    /// Serve the admin-only routes on this address only (the public address answers them
+    /// 404); health, readiness and metrics stay on both (`admin_listener.rs` in the gateway).
+    pub admin_listen: Option<SocketAddr>,
     /// The blob store of the claim check (large job parameters and results).
     pub blobs: crate::blobs::BlobsConfig,
 }
@@ -89,6 +93,7 @@ impl ServerConfig {
                 visibility: std::time::Duration::from_secs(10),
                 ..PoolConfig::new(ficus_runtime::saga::SAGA_QUEUE)
             },
+            admin_listen: None,
             blobs: Default::default(),
         }
     }
@@ -322,6 +327,9 @@ pub struct Running {
     bus: Option<BusSubscriber>,
     /// The embedded gateway, when configured.
     pub gateway: Option<crate::gateway::RunningGateway>,
+    /// The admin listener's address and server, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    admin_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// Opens the data directory and starts serving.
@@ -518,7 +526,27 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let app = ficus_gateway::router_for(state.clone(), cfg.role.api_routes());
+    // With an admin address the admin routes move there, off the public one.
+    let (side, admin_addr, admin_server) = match cfg.admin_listen {
+        Some(at) => {
+            let admin = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding the admin address {at}"))?;
+            let admin_addr = admin.local_addr()?;
+            let app =
+                ficus_gateway::router_on(state.clone(), cfg.role.api_routes(), Listener::Admin);
+            let server = tokio::spawn(serve_http(
+                admin,
+                app,
+                cfg.header_read_timeout,
+                shutdown.clone(),
+            ));
+            tracing::info!(addr = %admin_addr, "admin routes are served on their own address");
+            (Listener::Public, Some(admin_addr), Some(server))
+        }
+        None => (Listener::All, None, None),
+    };
+    let app = ficus_gateway::router_on(state.clone(), cfg.role.api_routes(), side);
     let server = tokio::spawn(serve_http(
         listener,
         app,
@@ -538,6 +566,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         shutdown,
         store,
         server,
+        admin_addr,
+        admin_server,
         projections,
         pool,
         saga_pool,
@@ -565,6 +595,9 @@ impl Running {
             g.stop().await?;
         }
         self.server.await??;
+        if let Some(admin) = self.admin_server {
+            admin.await??;
+        }
         // Running jobs finish, unstarted ones are released, completions flushed.
         if let Some(pool) = self.pool {
             pool.join().await;

@@ -146,6 +146,11 @@ enum Command {
         /// route the admin-only `/v1/admin/storage-fault` (docs/adr/0014).
         #[arg(long, env = "FICUS_FAULT_INJECTION", hide = true)]
         fault_injection: bool,
+        /// Serve the admin-only routes (raw streams, projections, queues and their dead
+        /// letters, subject keys, /v1/admin/*, the console) only on this address; the main
+        /// address then answers them 404. Health, readiness and metrics stay on both.
+        #[arg(long, env = "FICUS_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
     },
     /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it on start).
     Migrate {
@@ -576,6 +581,7 @@ async fn main() -> anyhow::Result<()> {
             payments,
             blobs,
             fault_injection,
+            admin_listen,
         } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let mut cfg = ServerConfig::new(data_dir, listen);
@@ -598,6 +604,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             cfg.role = app::Role::parse(&role)?;
+            cfg.admin_listen = admin_listen;
             cfg.bus = bus.filter(|b| !b.is_empty());
             cfg.auth_secret = std::env::var(SECRET_ENV).ok();
             cfg.api.max_body_bytes = max_body_bytes;
