@@ -609,9 +609,12 @@ async fn a_running_plan_resumes_at_its_step_after_a_restart() {
             .contains("too few requests"),
         "{idle:#}"
     );
-    // Pause keeps the step; resume goes on.
-    let (status, paused) = s.act("pause").await;
-    assert_eq!((status, paused["status"].as_str()), (200, Some("paused")));
+    // Pause (here through the CLI) keeps the step; resume goes on.
+    let (ok, out, err) = s.ficus(&["routes", "rollout", "pause", "products"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("rollout paused, step 2 of 3"), "{out}");
+    let (ok, _, err) = s.ficus(&["routes", "rollout", "pause", "products"]).await;
+    assert!(!ok && err.contains("409 rollout_not_active"), "{err}");
     s.restart().await;
     assert_eq!(s.rollout().await["status"], "paused");
     let load = s.load();
