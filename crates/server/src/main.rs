@@ -624,6 +624,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.header_read_timeout = Duration::from_millis(header_read_timeout_ms.max(100));
             cfg.payments_url = payments.filter(|p| !p.is_empty());
             cfg.saga_pool.visibility = cfg.shop_pool.visibility;
+            cfg.blobs = blobs.config()?;
             cfg.blobs = blobs.config();
             let running = app::start(cfg).await?;
             shutdown_signal().await;

@@ -30,8 +30,13 @@ struct Srv {
 
 impl Srv {
     async fn start(b: Backend) -> Srv {
+        Self::start_with(b, |_| {}).await
+    }
+
+    async fn start_with(b: Backend, configure: impl FnOnce(&mut app::ServerConfig)) -> Srv {
         let data = TestData::new(b);
-        let cfg = data.config("127.0.0.1:0".parse().unwrap());
+        let mut cfg = data.config("127.0.0.1:0".parse().unwrap());
+        configure(&mut cfg);
         let running = app::start(cfg).await.expect("server starts");
         let admin = running.token("admin-1", &["admin"], 3600);
         Srv {
@@ -130,6 +135,55 @@ fn stored_blobs_of_size(s: &Srv, size: u64) -> usize {
 
 async fn a_50_mib_result_is_stored_once_and_fetched_by_reference(b: Backend) {
     let s = Srv::start(b).await;
+    fifty_mib_round_trip(&s, b == Backend::Sqlite).await;
+    s.stop().await;
+}
+
+/// Environment variable naming an S3-compatible endpoint for tests (e.g. `moto_server`).
+const TEST_S3_URL_ENV: &str = "FICUS_TEST_S3_URL";
+
+/// The same round trip with the blobs in an S3-compatible store (skipped without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_result_through_an_s3_blob_store() {
+    let Some(endpoint) = std::env::var(TEST_S3_URL_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        eprintln!("skipped: {TEST_S3_URL_ENV} is not set");
+        return;
+    };
+    let target = ficus_server::blobs::S3Target {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        bucket: format!("ficus-http-{}", uuid::Uuid::now_v7().simple()),
+        region: "us-east-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        prefix: "t/".into(),
+    };
+    let spool = tempfile::tempdir().unwrap();
+    ficus_store::blobs::S3BlobStore::new(ficus_store::blobs::S3Config {
+        endpoint: target.endpoint.clone(),
+        bucket: target.bucket.clone(),
+        region: target.region.clone(),
+        access_key_id: target.access_key_id.clone(),
+        secret_access_key: target.secret_access_key.clone(),
+        prefix: target.prefix.clone(),
+        spool_dir: spool.path().to_path_buf(),
+        max_blob_bytes: 1 << 30,
+    })
+    .unwrap()
+    .create_bucket()
+    .await
+    .unwrap();
+    let s = Srv::start_with(Backend::Sqlite, |cfg| cfg.blobs.s3 = Some(target)).await;
+    fifty_mib_round_trip(&s, false).await;
+    s.stop().await;
+}
+
+/// Submits a 50 MiB `sample_report` with a parameter over the claim-check size, fetches the
+/// result by reference and checks it; then submits it again and finds the same blob
+/// (`count_local_copies`: and one copy of it in the local blob directory).
+async fn fifty_mib_round_trip(s: &Srv, count_local_copies: bool) {
     let preface = big_preface();
     assert!(preface.len() > 256 * 1024 && preface.len() < 1024 * 1024);
     let size = 50 * MIB;
@@ -219,10 +273,9 @@ async fn a_50_mib_result_is_stored_once_and_fetched_by_reference(b: Backend) {
     assert_eq!(status, 202, "{again}");
     let again = s.wait_result(again["id"].as_str().unwrap()).await;
     assert_eq!(again["result"]["blob"]["$blob"], blob_id.to_string());
-    if b == Backend::Sqlite {
-        assert_eq!(stored_blobs_of_size(&s, size), 1);
+    if count_local_copies {
+        assert_eq!(stored_blobs_of_size(s, size), 1);
     }
-    s.stop().await;
 }
 
 async fn only_the_submitter_or_an_admin_fetches_a_jobs_blobs(b: Backend) {

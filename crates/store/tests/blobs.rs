@@ -1,5 +1,6 @@
 //! The blob store port and the reference table on every adapter (mem, a local directory,
-//! SQLite, PostgreSQL when FICUS_TEST_PG_URL is set), and the garbage collector: it keeps
+//! an S3-compatible store when FICUS_TEST_S3_URL names one, SQLite, PostgreSQL when
+//! FICUS_TEST_PG_URL is set), and the garbage collector: it keeps
 //! referenced and young blobs, deletes old unreferenced ones, and releases the references
 //! of bulk jobs that no longer need them.
 
@@ -7,8 +8,8 @@ use std::sync::Arc;
 
 use ficus_store::blobs::{
     collect_garbage, conformance, put_bytes, BlobId, BlobRef, BlobRefs, BlobStore, GcConfig,
-    LocalBlobStore, MemBlobRefs, MemBlobStore, PgBlobRefs, SqliteBlobRefs, REF_BATCH_PARAMS,
-    REF_BATCH_PART, REF_BATCH_RESULT,
+    LocalBlobStore, MemBlobRefs, MemBlobStore, PgBlobRefs, S3BlobStore, S3Config, SqliteBlobRefs,
+    REF_BATCH_PARAMS, REF_BATCH_PART, REF_BATCH_RESULT,
 };
 use ficus_store::postgres::testing::{fresh_schema, test_url};
 use ficus_store::postgres::PgEventStore;
@@ -61,6 +62,55 @@ async fn local_store_conformance() {
     assert_eq!(
         std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
         0
+    );
+}
+
+/// Environment variable naming an S3-compatible endpoint for tests (e.g. `moto_server`).
+const TEST_S3_URL_ENV: &str = "FICUS_TEST_S3_URL";
+
+#[tokio::test]
+async fn s3_store_conformance() {
+    let Some(endpoint) = std::env::var(TEST_S3_URL_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        eprintln!("skipped: {TEST_S3_URL_ENV} is not set");
+        return;
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let bucket = format!("ficus-test-{}", uuid::Uuid::now_v7().simple());
+    let store = S3BlobStore::new(S3Config {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        bucket,
+        region: "us-east-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        prefix: "blobs/".into(),
+        spool_dir: spool.path().to_path_buf(),
+        max_blob_bytes: SMALL_LIMIT_BYTES,
+    })
+    .unwrap();
+    store.create_bucket().await.unwrap();
+    conformance::put_get_dedupe_list_delete(&store).await;
+    let bytes = conformance::sample_bytes(300_000, 5);
+    let info = put_bytes(&store, &bytes).await.unwrap();
+    let mut altered = bytes.clone();
+    altered[1000] ^= 0x40;
+    store.overwrite_unchecked(&info.id, altered).await.unwrap();
+    let got = store
+        .get(&info.id)
+        .await
+        .unwrap()
+        .read_to_vec(1 << 20)
+        .await;
+    assert!(
+        matches!(got, Err(ficus_store::blobs::BlobError::Corrupt(_))),
+        "{got:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        0,
+        "spool files removed"
     );
 }
 

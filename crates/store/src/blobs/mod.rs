@@ -5,7 +5,8 @@
 //!
 //! - [`BlobStore`] is the port: streaming put and get, stat, delete, list. [`MemBlobStore`] is
 //!   its in-memory twin, [`LocalBlobStore`] the default adapter (a directory; shared between
-//!   processes when the directory is). Both run [`conformance`].
+//!   processes when the directory is), [`S3BlobStore`] any S3-compatible object store. All
+//!   run [`conformance`].
 //! - [`BlobRefs`] records who references a blob (the blob, the referrer's kind and id, when):
 //!   [`MemBlobRefs`], [`SqliteBlobRefs`] (the event log's file, through its writer) and
 //!   [`PgBlobRefs`] (migration 7).
@@ -29,12 +30,14 @@ pub mod conformance;
 mod gc;
 mod local;
 mod refs;
+mod s3;
 
 pub use gc::{collect_garbage, GcConfig, GcReport, DEFAULT_GC_GRACE_MS};
 pub use local::LocalBlobStore;
 pub use refs::{
     BlobRef, BlobRefs, MemBlobRefs, PgBlobRefs, SqliteBlobRefs, BLOB_REFS_MAX_PAGE, PG_SCHEMA,
 };
+pub use s3::{S3BlobStore, S3Config, S3_REQUEST_TIMEOUT};
 
 /// Bytes read from a source or a file per step of a put or a get: what one blob transfer holds
 /// in memory at a time.
