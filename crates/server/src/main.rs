@@ -625,7 +625,6 @@ async fn main() -> anyhow::Result<()> {
             cfg.payments_url = payments.filter(|p| !p.is_empty());
             cfg.saga_pool.visibility = cfg.shop_pool.visibility;
             cfg.blobs = blobs.config()?;
-            cfg.blobs = blobs.config();
             let running = app::start(cfg).await?;
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
