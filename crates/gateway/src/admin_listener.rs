@@ -116,6 +116,44 @@ pub(crate) async fn filter(State(listener): State<Listener>, req: Request, next:
     }
 }
 
+/// The façade's own admin surface (`ficus gateway`): its admin API under `/v1/admin` (routes,
+/// weights, rollouts, its metrics and OpenAPI document) and the console.
+pub fn is_gateway_admin(path: &str) -> bool {
+    ["/v1/admin/{*rest}", "/console", "/console/{*rest}"]
+        .iter()
+        .any(|p| path_matches(p, path))
+}
+
+/// What both sides of a split façade serve: its liveness probe.
+pub const GATEWAY_SHARED_ROUTES: &[&str] = &["/health/live"];
+
+async fn gateway_filter(State(listener): State<Listener>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let served = match listener {
+        Listener::All => true,
+        // Not proxied either: `/v1/admin` is the façade's own namespace.
+        Listener::Public => !is_gateway_admin(path),
+        Listener::Admin => GATEWAY_SHARED_ROUTES.contains(&path) || is_gateway_admin(path),
+    };
+    if served {
+        next.run(req).await
+    } else {
+        ApiError::not_found("route_not_found", "no such route").into_response()
+    }
+}
+
+/// The façade's router (its admin API, the console, the proxy as fallback) as one side of a
+/// split; on the admin side nothing is proxied.
+pub fn gateway_side(router: axum::Router, listener: Listener) -> axum::Router {
+    if listener == Listener::All {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        listener,
+        gateway_filter,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ficus_gateway::admin_listener::{gateway_side, Listener};
 use ficus_gateway::proxy::{self, Gateway};
 use ficus_gateway::Auth;
 use ficus_runtime::Shutdown;
@@ -25,6 +26,9 @@ pub struct RunningGateway {
     pub gateway: Arc<Gateway>,
     pub shutdown: Shutdown,
     workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The admin listener's address and server, when the admin API has its own address.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     watcher: tokio::task::JoinHandle<()>,
     rollouts: tokio::task::JoinHandle<()>,
 }
@@ -47,6 +51,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub async fn start(
     routes: PathBuf,
     listen: SocketAddr,
+    auth: Arc<Auth>,
+) -> anyhow::Result<RunningGateway> {
+    start_with(routes, listen, None, auth).await
+}
+
+/// [`start`], with the façade's admin API and console on `admin_listen` only when it is set
+/// (`ficus gateway --admin-listen`): the public address then answers them 404.
+pub async fn start_with(
+    routes: PathBuf,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
     auth: Arc<Auth>,
 ) -> anyhow::Result<RunningGateway> {
     let gateway = Arc::new(
@@ -80,6 +95,32 @@ pub async fn start(
     for _ in 1..cores {
         listeners.push(bind(addr).with_context(|| format!("binding {addr}"))?);
     }
+    let side = if admin_listen.is_some() {
+        Listener::Public
+    } else {
+        Listener::All
+    };
+    let (admin_addr, admin) = match admin_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding the admin address {at}"))?;
+            let admin_addr = listener.local_addr()?;
+            let app = gateway_side(
+                proxy::router(gateway.clone()).merge(ficus_gateway::console::routes()),
+                Listener::Admin,
+            );
+            let server = tokio::spawn(crate::app::serve_http(
+                listener,
+                app,
+                crate::app::HEADER_READ_TIMEOUT,
+                shutdown.clone(),
+            ));
+            tracing::info!(addr = %admin_addr, "the gateway's admin API has its own address");
+            (Some(admin_addr), Some(server))
+        }
+        None => (None, None),
+    };
     let mut workers = Vec::with_capacity(cores);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (gateway, stop) = (gateway.clone(), shutdown.clone());
@@ -94,7 +135,10 @@ pub async fn start(
                         let listener = tokio::net::TcpListener::from_std(listener)?;
                         // The console is served here too: on this address the façade's
                         // admin API (routes, weights) is same-origin for it.
-                        let app = proxy::router(gateway).merge(ficus_gateway::console::routes());
+                        let app = gateway_side(
+                            proxy::router(gateway).merge(ficus_gateway::console::routes()),
+                            side,
+                        );
                         // The same accept loop as the API: a client that dribbles its
                         // headers is cut off after the header-read timeout.
                         crate::app::serve_http(listener, app, crate::app::HEADER_READ_TIMEOUT, stop)
@@ -109,6 +153,8 @@ pub async fn start(
         gateway,
         shutdown,
         workers,
+        admin_addr,
+        admin,
         watcher,
         rollouts,
     })
@@ -131,6 +177,9 @@ impl RunningGateway {
             anyhow::Ok(())
         })
         .await??;
+        if let Some(admin) = self.admin {
+            admin.await??;
+        }
         let _ = self.watcher.await;
         let _ = self.rollouts.await;
         Ok(())

@@ -201,6 +201,10 @@ enum Command {
         routes: PathBuf,
         #[arg(long, env = "FICUS_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve the façade's admin API (/v1/admin/*) and the console only on this address;
+        /// the proxying address then answers them 404. /health/live stays on both.
+        #[arg(long, env = "FICUS_GATEWAY_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         /// Where the token secret lives when FICUS_AUTH_HS256_SECRET is not set.
         #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
         data_dir: PathBuf,
@@ -864,12 +868,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway {
             routes,
             listen,
+            admin_listen,
             data_dir,
         } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let secret = app::resolve_secret(&data_dir, std::env::var(SECRET_ENV).ok().as_deref())?;
             let auth = std::sync::Arc::new(ficus_gateway::Auth::new(secret));
-            let running = ficus_server::gateway::start(routes, listen, auth).await?;
+            let running =
+                ficus_server::gateway::start_with(routes, listen, admin_listen, auth).await?;
             shutdown_signal().await;
             running.stop().await?;
         }

@@ -3,7 +3,8 @@
 //! keys, /v1/admin/*, the console) answer 404 `route_not_found` on the public address, exactly
 //! like a route that does not exist, and work on the admin address, where token and role
 //! checks still apply (401 without a token, 403 without the admin role); the public API is
-//! not served on the admin address; health, readiness and metrics answer on both.
+//! not served on the admin address; health, readiness and metrics answer on both. The same
+//! split for `ficus gateway --admin-listen` (the façade's admin API and console).
 
 use std::time::Duration;
 
@@ -238,3 +239,85 @@ async fn admin_routes_only_on_the_admin_address(b: Backend) {
 }
 
 on_both_backends!(admin_routes_only_on_the_admin_address);
+
+/// `ficus gateway --admin-listen`: the façade's admin API and console move to the admin
+/// address (token checks kept), the proxying address answers them 404 and still proxies,
+/// the admin address proxies nothing, and /health/live answers on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_admin_api_only_on_the_admin_address() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    // Upstreams on a closed port: a proxied request is answered by the façade with 502/503.
+    std::fs::write(
+        &file,
+        "[upstreams]\nlegacy = \"http://127.0.0.1:9\"\nnew = \"http://127.0.0.1:9\"\n\n[[routes]]\nname = \"products\"\npath_prefix = \"/api/products\"\nlegacy = \"legacy\"\nnew_reads = \"new\"\nweight_new = 0\n",
+    )
+    .unwrap();
+    let auth = Arc::new(ficus_gateway::Auth::new(SECRET));
+    let gw = ficus_server::gateway::start_with(
+        file,
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+        auth.clone(),
+    )
+    .await
+    .unwrap();
+    let public = gw.url();
+    let admin = format!("http://{}", gw.admin_addr.expect("an admin address"));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let ada = app::mint(&auth, "ada", &["admin"], 600);
+    let sam = app::mint(&auth, "sam", &["seller"], 600);
+    let get = |url: String, token: Option<String>| {
+        let mut req = http.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            let b: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
+            (s, b)
+        }
+    };
+    for path in [
+        "/v1/admin/routes",
+        "/v1/admin/routes/products",
+        "/v1/admin/metrics",
+    ] {
+        let (s, b) = get(format!("{public}{path}"), Some(ada.clone())).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (404, Some("route_not_found")),
+            "public {path}: {b}"
+        );
+        let (s, b) = get(format!("{admin}{path}"), Some(ada.clone())).await;
+        assert_eq!(s, 200, "admin {path}: {b}");
+        let (s, _) = get(format!("{admin}{path}"), None).await;
+        assert_eq!(s, 401, "admin {path} without a token");
+        let (s, _) = get(format!("{admin}{path}"), Some(sam.clone())).await;
+        assert_eq!(s, 403, "admin {path} as a seller");
+    }
+    let (s, _) = get(format!("{public}/console"), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = get(format!("{admin}/console"), None).await;
+    assert_eq!(s, 200);
+    // The public side still proxies (to a dead upstream: a gateway error, not a 404); the
+    // admin side proxies nothing.
+    let (s, b) = get(format!("{public}/api/products/1"), None).await;
+    assert!(s >= 500, "proxied: {s} {b}");
+    let (s, b) = get(format!("{admin}/api/products/1"), None).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (404, Some("route_not_found")),
+        "{b}"
+    );
+    for base in [&public, &admin] {
+        let (s, _) = get(format!("{base}/health/live"), None).await;
+        assert_eq!(s, 200, "{base}/health/live");
+    }
+    gw.stop().await.unwrap();
+}
