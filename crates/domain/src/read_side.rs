@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use ficus_core::Position;
-use ficus_runtime::pg_projection::read_checkpoint;
+use ficus_runtime::pg_projection::begin_read;
 use ficus_runtime::{PgProjectionHandle, ProjectionHandle, ReadModelHandle};
 use ficus_store::postgres::unavailable;
 use ficus_store::StoreError;
@@ -65,7 +65,9 @@ async fn pg_read<T: Default>(
         .start()
         .await
         .map_err(pg_err)?;
-    let position = match read_checkpoint(&tx, handle.name()).await {
+    // The checkpoint, and the serving copy's tables first on the search path: a blue/green
+    // rebuild's switch is one row update, so this snapshot reads the old copy or the new one.
+    let position = match begin_read(&tx, handle.name()).await {
         Ok(p) => p,
         // No runner has created the checkpoint table yet: nothing is applied.
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => 0,

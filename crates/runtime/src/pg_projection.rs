@@ -46,9 +46,16 @@
 //! # Rebuilds
 //!
 //! [`PgProjectionHandle::rebuild`] may be called in any process: it records a request in the
-//! row (`rebuild_requests`), and whichever runner is active performs it (drops and recreates
-//! the tables and resets the checkpoint in one fenced transaction, then sets `rebuilds_done`)
-//! and replays the log from position 1.
+//! row (`rebuild_requests`), and whichever runner is active performs it, blue/green: it
+//! creates the new copy's tables, empty, in a schema of their own (`next_schema`) and marks
+//! the request done, then replays the log into them (`next_position`) in fenced steps between
+//! live batches, never past the serving copy's checkpoint, which keeps serving and applying.
+//! Once level with it (and past the target), the switch is one transaction holding the
+//! checkpoint table `ACCESS EXCLUSIVE`: the old tables are dropped and the new ones moved into
+//! the deployment's schema under the same names. Queries take `ACCESS SHARE` on that table
+//! before their snapshot ([`begin_read`]), so each reads the old copy or the whole new one,
+//! in any process. The state is in the row: a runner that takes over (after a crash) resumes
+//! the replay where the new copy stands; a request while a rebuild runs joins it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,7 +73,8 @@ use tokio_postgres::error::SqlState;
 
 use crate::backoff::Backoff;
 use crate::projection::{
-    ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, WaitError,
+    ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, RebuildProgress,
+    WaitError,
 };
 use crate::Shutdown;
 
@@ -104,7 +112,45 @@ const CHECKPOINT_SCHEMA: &str = "
         generation bigint NOT NULL DEFAULT 0,
         rebuild_requests bigint NOT NULL DEFAULT 0,
         rebuilds_done bigint NOT NULL DEFAULT 0
-    );";
+    );
+    -- Blue/green rebuilds (see the module documentation): the schema a rebuild fills, its
+    -- position and its target.
+    ALTER TABLE ficus_projection_checkpoints
+        ADD COLUMN IF NOT EXISTS next_schema text,
+        ADD COLUMN IF NOT EXISTS next_position bigint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS rebuild_target bigint NOT NULL DEFAULT 0;";
+
+/// Starts a query on the read models: takes `ACCESS SHARE` on the checkpoint table, then reads
+/// projection `name`'s checkpoint. Call it first in a query's `REPEATABLE READ` transaction.
+/// `LOCK TABLE` takes no snapshot, so the snapshot comes after the lock: a rebuild's switch
+/// (which holds the table `ACCESS EXCLUSIVE` while it swaps the copies) is either wholly
+/// before this query's snapshot or waits for the query to end, and a query reads the old copy
+/// or the whole new one, never a mix, and never fails for the switch.
+pub async fn begin_read(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+) -> Result<Position, tokio_postgres::Error> {
+    tx.batch_execute("LOCK TABLE ficus_projection_checkpoints IN ACCESS SHARE MODE")
+        .await?;
+    read_checkpoint(tx, name).await
+}
+
+/// Puts `schema` first on the transaction's `search_path`.
+async fn use_schema(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('search_path'), true)",
+        &[&schema],
+    )
+    .await
+    .map(|_| ())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 const ENSURE_ROW: &str = "INSERT INTO ficus_projection_checkpoints (name, updated_at_ms)
      VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
@@ -185,6 +231,8 @@ pub struct PgProjectionStatus {
     pub last_lag_ms: u64,
     /// Events this runner applied since it started (rebuilds count again).
     pub events_applied: u64,
+    /// A blue/green rebuild this runner is performing: the new copy's progress.
+    pub rebuild: Option<RebuildProgress>,
 }
 
 impl PgProjectionStatus {
@@ -242,6 +290,7 @@ impl PgProjectionHandle {
             generation: None,
             last_lag_ms: 0,
             events_applied: 0,
+            rebuild: None,
         });
         let handle = PgProjectionHandle {
             name: name.into(),
@@ -479,7 +528,7 @@ impl ReadModelHandle {
                     state: s.state,
                     last_lag_ms: s.last_lag_ms,
                     events_applied: s.events_applied,
-                    rebuild: None,
+                    rebuild: s.rebuild,
                 }
             }
         }
@@ -597,6 +646,8 @@ struct Leader {
     session: Session,
     generation: i64,
     checkpoint: Position,
+    /// A blue/green rebuild is under way (the row names a schema being filled).
+    rebuilding: bool,
 }
 
 /// Why a runner stopped leading.
@@ -645,6 +696,7 @@ impl PgProjectionRunner {
             generation: None,
             last_lag_ms: 0,
             events_applied: 0,
+            rebuild: None,
         });
         let poke = Arc::new(Notify::new());
         let handle = PgProjectionHandle {
@@ -739,19 +791,21 @@ impl PgProjectionRunner {
                 return Ok(None);
             }
             let tx = session.client().transaction().await?;
-            tx.batch_execute(self.projection.schema()).await?;
             tx.execute(ENSURE_ROW, &[&name, &ficus_store::now_ms()])
                 .await?;
             let row = tx
                 .query_one(
                     "UPDATE ficus_projection_checkpoints
                      SET generation = generation + 1, updated_at_ms = $2
-                     WHERE name = $1 RETURNING position, generation",
+                     WHERE name = $1
+                     RETURNING position, generation, next_schema IS NOT NULL",
                     &[&name, &ficus_store::now_ms()],
                 )
                 .await?;
+            tx.batch_execute(self.projection.schema()).await?;
             tx.commit().await?;
             let (checkpoint, generation) = (to_position(row.get(0)), row.get::<_, i64>(1));
+            let rebuilding: bool = row.get(2);
             tracing::info!(
                 projection = %name,
                 generation,
@@ -762,6 +816,7 @@ impl PgProjectionRunner {
                 session,
                 generation,
                 checkpoint,
+                rebuilding,
             }))
         })
         .await
@@ -784,49 +839,74 @@ impl PgProjectionRunner {
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 self.mark_live_if_at_head();
+                // The rebuild's replay takes the turns the live feed leaves free; while the
+                // subscription catches up (a read in flight) it goes after each batch instead,
+                // so that it never cancels the catch-up read.
+                let replay_turn = leader.rebuilding && sub.is_live();
                 let next = tokio::select! {
+                    biased;
                     _ = shutdown.wait() => return LeadEnd::Shutdown,
                     _ = check.tick() => None,
                     _ = self.poke.notified() => None,
-                    next = sub.next() => Some(next),
+                    next = sub.next() => Some(Some(next)),
+                    _ = std::future::ready(()), if replay_turn => Some(None),
                 };
                 let step = match next {
                     None => {
                         let r = tokio::time::timeout(SESSION_OP_TIMEOUT, self.check(&mut leader));
                         r.await
                     }
-                    Some(Ok(first)) => {
-                        let mut batch = vec![first];
-                        while batch.len() < PG_PROJECTION_BATCH_EVENTS {
-                            match sub.next_buffered() {
-                                Some(e) => batch.push(e),
-                                None => break,
+                    Some(None) => {
+                        let r =
+                            tokio::time::timeout(SESSION_OP_TIMEOUT, self.replay_step(&mut leader));
+                        r.await
+                    }
+                    Some(Some(next)) => match next {
+                        Ok(first) => {
+                            let mut batch = vec![first];
+                            while batch.len() < PG_PROJECTION_BATCH_EVENTS {
+                                match sub.next_buffered() {
+                                    Some(e) => batch.push(e),
+                                    None => break,
+                                }
                             }
-                        }
-                        let r = tokio::time::timeout(
-                            SESSION_OP_TIMEOUT,
-                            self.apply_batch(&mut leader, &batch),
-                        )
-                        .await;
-                        if let Ok(Ok(Fenced::Ok)) = r {
-                            self.applied(&batch, sub.is_live());
-                        }
-                        r.map(|r| {
-                            r.map_err(|e| {
-                                ProjectionError::Other(format!(
-                                    "applying positions {}..={}: {e}",
-                                    batch[0].position,
-                                    batch.last().map_or(0, |e| e.position)
-                                ))
+                            let r = tokio::time::timeout(
+                                SESSION_OP_TIMEOUT,
+                                self.apply_batch(&mut leader, &batch),
+                            )
+                            .await;
+                            if let Ok(Ok(Fenced::Ok)) = r {
+                                self.applied(&batch, sub.is_live());
+                            }
+                            let r = match r {
+                                // One replay step after each live batch: the rebuild advances
+                                // even while events never stop arriving.
+                                Ok(Ok(Fenced::Ok)) if leader.rebuilding => {
+                                    tokio::time::timeout(
+                                        SESSION_OP_TIMEOUT,
+                                        self.replay_step(&mut leader),
+                                    )
+                                    .await
+                                }
+                                other => other,
+                            };
+                            r.map(|r| {
+                                r.map_err(|e| {
+                                    ProjectionError::Other(format!(
+                                        "applying positions {}..={}: {e}",
+                                        batch[0].position,
+                                        batch.last().map_or(0, |e| e.position)
+                                    ))
+                                })
                             })
-                        })
-                    }
-                    Some(Err(SubscriptionError::FellBehind { .. })) => {
-                        sub.resume();
-                        continue;
-                    }
-                    Some(Err(SubscriptionError::Closed)) => return LeadEnd::StoreClosed,
-                    Some(Err(SubscriptionError::Store(e))) => Ok(Err(other(e))),
+                        }
+                        Err(SubscriptionError::FellBehind { .. }) => {
+                            sub.resume();
+                            continue;
+                        }
+                        Err(SubscriptionError::Closed) => return LeadEnd::StoreClosed,
+                        Err(SubscriptionError::Store(e)) => Ok(Err(other(e))),
+                    },
                 };
                 match step {
                     Err(_) => {
@@ -862,7 +942,7 @@ impl PgProjectionRunner {
             .session
             .client()
             .query_opt(
-                "SELECT generation, rebuild_requests, rebuilds_done
+                "SELECT generation, rebuild_requests, rebuilds_done, next_schema IS NOT NULL
                  FROM ficus_projection_checkpoints WHERE name = $1",
                 &[&name],
             )
@@ -877,22 +957,150 @@ impl PgProjectionRunner {
                 leader.generation
             )));
         }
+        // Another runner may have started the rebuild before this one took over.
+        leader.rebuilding = row.get(3);
         if row.get::<_, i64>(1) > row.get::<_, i64>(2) {
             return self.reset(leader).await;
         }
         Ok(Fenced::Ok)
     }
 
-    /// Drops and recreates the read model's tables and sets the checkpoint to 0, in one
-    /// fenced transaction on the session.
+    /// One step of a blue/green rebuild, in one fenced transaction on the session: applies
+    /// the next batch of the log to the new copy, never past the serving copy's checkpoint.
+    /// Once the new copy is level with it (and past the target) it switches, in one
+    /// transaction holding the checkpoint table `ACCESS EXCLUSIVE` (see [`begin_read`]): drops
+    /// the old copy's tables and moves the new copy's into the deployment's schema, under the
+    /// same names, so every process's queries (and the next batch) find the new copy.
+    async fn replay_step(&self, leader: &mut Leader) -> Result<Fenced, ProjectionError> {
+        let name = self.name();
+        let tx = leader.session.client().transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT generation, position, next_schema, next_position, rebuild_target,
+                        current_schema()
+                 FROM ficus_projection_checkpoints WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Fenced::Lost("checkpoint row is gone".into()));
+        };
+        if row.get::<_, i64>(0) != leader.generation {
+            return Ok(Fenced::Lost("fenced during a rebuild step".into()));
+        }
+        let Some(next) = row.get::<_, Option<String>>(2) else {
+            leader.rebuilding = false;
+            self.status.send_modify(|s| s.rebuild = None);
+            return Ok(Fenced::Ok);
+        };
+        let serving = to_position(row.get(1));
+        let mut position = to_position(row.get(3));
+        let target = to_position(row.get(4));
+        if position < serving {
+            let limit = ((serving - position) as usize).min(PG_PROJECTION_BATCH_EVENTS);
+            let events = self
+                .store
+                .read_all(position + 1, limit)
+                .await
+                .map_err(other)?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Err(other(format!("the log has nothing after {position}")));
+            };
+            use_schema(&tx, &next).await?;
+            for e in &events {
+                self.projection.apply(&tx, e).await?;
+            }
+            tx.execute(
+                "UPDATE ficus_projection_checkpoints SET next_position = $2 WHERE name = $1",
+                &[&name, &sql_int(last)],
+            )
+            .await?;
+            tx.commit().await?;
+            position = last;
+            self.status.send_modify(|s| {
+                s.events_applied += events.len() as u64;
+                s.rebuild = Some(RebuildProgress {
+                    position,
+                    target,
+                    error: None,
+                });
+            });
+            return Ok(Fenced::Ok);
+        }
+        if position < target {
+            // Level with a serving copy that is itself still catching up to the target.
+            return Ok(Fenced::Ok);
+        }
+        let base: String = row.get(5);
+        drop(tx);
+        // The switch. The table lock comes first, before the row lock, as in every other
+        // transaction that takes both, and waits for the queries reading the old copy.
+        let tx = leader.session.client().transaction().await?;
+        tx.batch_execute("LOCK TABLE ficus_projection_checkpoints IN ACCESS EXCLUSIVE MODE")
+            .await?;
+        let row = tx
+            .query_opt(
+                "SELECT generation, position, next_position, next_schema
+                 FROM ficus_projection_checkpoints WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Fenced::Lost("checkpoint row is gone".into()));
+        };
+        if row.get::<_, i64>(0) != leader.generation {
+            return Ok(Fenced::Lost("fenced during a rebuild switch".into()));
+        }
+        if row.get::<_, i64>(1) != row.get::<_, i64>(2)
+            || row.get::<_, Option<String>>(3).as_deref() != Some(next.as_str())
+        {
+            // Only this runner moves either position; look again at the next step.
+            return Ok(Fenced::Ok);
+        }
+        tx.batch_execute(self.projection.drop_schema()).await?;
+        let tables = tx
+            .query(
+                "SELECT tablename FROM pg_tables WHERE schemaname = $1",
+                &[&next],
+            )
+            .await?;
+        for t in &tables {
+            let table: String = t.get(0);
+            tx.batch_execute(&format!(
+                "ALTER TABLE {}.{} SET SCHEMA {}",
+                quote_ident(&next),
+                quote_ident(&table),
+                quote_ident(&base)
+            ))
+            .await?;
+        }
+        tx.batch_execute(&format!("DROP SCHEMA {}", quote_ident(&next)))
+            .await?;
+        tx.execute(
+            "UPDATE ficus_projection_checkpoints
+             SET next_schema = NULL, updated_at_ms = $2 WHERE name = $1",
+            &[&name, &ficus_store::now_ms()],
+        )
+        .await?;
+        tx.commit().await?;
+        leader.rebuilding = false;
+        self.status.send_modify(|s| s.rebuild = None);
+        tracing::info!(projection = name, schema = %next, position, "rebuild switched to the new copy");
+        Ok(Fenced::Ok)
+    }
+
+    /// Starts a blue/green rebuild, in one fenced transaction on the session: creates the new
+    /// copy's tables in a schema of their own (`{schema}__{name}_r{request}`), empty, and
+    /// records it in the row with the target (the head now); marks the requests done. A
+    /// request while a rebuild is under way joins it.
     async fn reset(&self, leader: &mut Leader) -> Result<Fenced, ProjectionError> {
         let name = self.name();
         let target = self.store.head_position();
         let tx = leader.session.client().transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT generation, rebuild_requests FROM ficus_projection_checkpoints
-                 WHERE name = $1 FOR UPDATE",
+                "SELECT generation, rebuild_requests, next_schema, current_schema(), next_position
+                 FROM ficus_projection_checkpoints WHERE name = $1 FOR UPDATE",
                 &[&name],
             )
             .await?;
@@ -903,25 +1111,45 @@ impl PgProjectionRunner {
             return Ok(Fenced::Lost("fenced during rebuild".into()));
         }
         let requests: i64 = row.get(1);
-        tx.batch_execute(self.projection.drop_schema()).await?;
-        tx.batch_execute(self.projection.schema()).await?;
+        let joined = row.get::<_, Option<String>>(2).is_some();
+        let position = if joined { to_position(row.get(4)) } else { 0 };
+        if !joined {
+            let base: String = row.get(3);
+            let next = format!("{base}__{name}_r{requests}");
+            tx.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {q} CASCADE; CREATE SCHEMA {q};",
+                q = quote_ident(&next)
+            ))
+            .await?;
+            use_schema(&tx, &next).await?;
+            tx.batch_execute(self.projection.schema()).await?;
+            tx.execute(
+                "UPDATE ficus_projection_checkpoints
+                 SET next_schema = $2, next_position = 0, rebuild_target = $3
+                 WHERE name = $1",
+                &[&name, &next, &sql_int(target)],
+            )
+            .await?;
+            tracing::info!(projection = name, schema = %next, target, "blue/green rebuild started");
+        }
         tx.execute(
-            "UPDATE ficus_projection_checkpoints
-             SET position = 0, rebuilds_done = $2, updated_at_ms = $3 WHERE name = $1",
+            "UPDATE ficus_projection_checkpoints SET rebuilds_done = $2, updated_at_ms = $3
+             WHERE name = $1",
             &[&name, &requests, &ficus_store::now_ms()],
         )
         .await?;
-        // Published before the commit, so that once a requester sees the rebuild done, this
-        // process's waits already see checkpoint 0. Should the commit fail, the restart puts
-        // the committed checkpoint back: the status was only ever behind, never ahead.
-        self.status.send_modify(|s| {
-            s.checkpoint = 0;
-            s.state = ProjectionState::Rebuilding { target };
-        });
         tx.commit().await?;
-        leader.checkpoint = 0;
-        tracing::info!(projection = name, target, "rebuild started");
-        Ok(Fenced::Restart)
+        leader.rebuilding = true;
+        self.status.send_modify(|s| {
+            if s.rebuild.is_none() {
+                s.rebuild = Some(RebuildProgress {
+                    position,
+                    target,
+                    error: None,
+                });
+            }
+        });
+        Ok(Fenced::Ok)
     }
 
     /// Applies a batch and moves the checkpoint past it, in one fenced transaction on the
@@ -956,7 +1184,11 @@ impl PgProjectionRunner {
         }
         if row.get::<_, i64>(2) > row.get::<_, i64>(3) {
             drop(tx);
-            return self.reset(leader).await;
+            // The batch was not applied: start the rebuild, then read the batch again.
+            return match self.reset(leader).await? {
+                Fenced::Ok => Ok(Fenced::Restart),
+                other => Ok(other),
+            };
         }
         if position + 1 != first.position {
             // Only the fenced leader moves the checkpoint, so this is a broken invariant.
