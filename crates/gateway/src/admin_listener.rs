@@ -6,7 +6,8 @@
 //! address is set, the public listener answers those routes `404 route_not_found` (exactly
 //! as for a route that does not exist, so the public side does not even reveal them), and the
 //! admin listener serves only them plus [`SHARED_ROUTES`] (health, readiness, metrics, the
-//! OpenAPI document), which both sides keep so probes and scrapers can use either. Token and
+//! OpenAPI document), which both sides keep so probes and scrapers can use either, and the
+//! console's reads of jobs and sagas ([`CONSOLE_READS`]). Token and
 //! role checks are unchanged on the admin side: a separate address is a second fence, not a
 //! replacement for the first.
 
@@ -65,6 +66,15 @@ pub const SHARED_ROUTES: &[&str] = &[
     "/v1/openapi.json",
 ];
 
+/// Public reads the console also makes (an admin may read any job or saga), so it works
+/// on the admin address; they stay on the public one for their owners.
+pub const CONSOLE_READS: &[&str] = &["/v1/jobs/{id}", "/v1/sagas/{id}"];
+
+fn is_console_read(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && CONSOLE_READS.iter().any(|p| path_matches(p, path))
+}
+
 /// Whether `path` matches the route pattern `pattern`.
 fn path_matches(pattern: &str, path: &str) -> bool {
     let mut want = pattern.split('/');
@@ -107,7 +117,11 @@ pub(crate) async fn filter(State(listener): State<Listener>, req: Request, next:
     let served = match listener {
         Listener::All => true,
         Listener::Public => !is_admin(req.method(), path),
-        Listener::Admin => SHARED_ROUTES.contains(&path) || is_admin(req.method(), path),
+        Listener::Admin => {
+            SHARED_ROUTES.contains(&path)
+                || is_admin(req.method(), path)
+                || is_console_read(req.method(), path)
+        }
     };
     if served {
         next.run(req).await
@@ -178,6 +192,9 @@ mod tests {
         assert!(!is_admin(&Method::GET, "/v1/blobs/sha256:00"));
         assert!(!is_admin(&Method::GET, "/v1/products"));
         assert!(is_admin(&Method::HEAD, "/console/app.js"));
+        assert!(is_console_read(&Method::GET, "/v1/jobs/j-1"));
+        assert!(!is_console_read(&Method::POST, "/v1/jobs/j-1/cancel"));
+        assert!(!is_console_read(&Method::POST, "/v1/jobs"));
     }
 
     /// Every operation the OpenAPI document marks as admin-only is an admin route, and every

@@ -206,6 +206,16 @@ async fn admin_routes_only_on_the_admin_address(b: Backend) {
         }
     }
 
+    // The console's reads of jobs and sagas work on the admin address too (served: the
+    // answer is about the job, not a missing route).
+    for path in ["/v1/jobs/no-such-job", "/v1/sagas/no-such-saga"] {
+        let (s, b) = srv
+            .call(&admin, Method::GET, path, Some(&srv.admin), None)
+            .await;
+        assert_eq!(s, 404, "{path}: {b}");
+        assert_ne!(b["code"], "route_not_found", "{path} is served: {b}");
+    }
+
     // The admin side sees what the public side wrote.
     let id = p["id"].as_str().unwrap();
     let (s, b) = srv
