@@ -568,19 +568,54 @@ impl Saga for FulfilmentSaga {
     }
 }
 
-/// Places orders for fulfilment: the order turns `pending` and its saga is enqueued.
+/// How a placed order's fulfilment saga gets started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaStart {
+    /// `place` enqueues the saga's job after the order's append (PostgreSQL: the jobs live
+    /// in other tables and the append is a `ficus_append` call of its own). A crash between
+    /// the two is healed by placing the order again.
+    AfterAppend,
+    /// The append itself records the start in the embedded outbox ([`outbox_rule`]), in the
+    /// same transaction; the outbox relay enqueues the job. Nothing to do after the append.
+    Outbox,
+}
+
+/// Places orders for fulfilment: the order turns `pending` and its saga is started.
 #[derive(Clone)]
 pub struct Fulfilment {
     pub shop: Shop,
     pub jobs: Arc<dyn JobQueue>,
     pub orchestrator: SagaOrchestrator,
+    pub saga_start: SagaStart,
+}
+
+/// The outbox rule of the shop on the embedded store: an order placed for fulfilment
+/// (`OrderFulfilmentPending`) starts its fulfilment saga. It reads only the order id.
+pub fn outbox_rule() -> ficus_store::sqlite::OutboxRule {
+    Arc::new(|_stream, events| {
+        events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "OrderFulfilmentPending")
+            .filter_map(|e| e.payload["order_id"].as_str())
+            .map(|order_id| ficus_store::sqlite::OutboxMessage {
+                kind: ficus_runtime::outbox::SAGA_START.to_owned(),
+                payload: ficus_runtime::outbox::saga_start_payload(
+                    &saga_id_of(order_id),
+                    FULFILMENT_SAGA,
+                    json!({ "order_id": order_id }),
+                ),
+            })
+            .collect()
+    })
 }
 
 impl Fulfilment {
-    /// Places the order (`pending`) and enqueues its fulfilment saga. The order's events are
-    /// durable before the saga's job; a crash between the two leaves a pending order whose
-    /// saga starts when the order is placed again (`order_already_placed` is answered, and the
-    /// saga job is enqueued once more: its unique key makes that a no-op when it exists).
+    /// Places the order (`pending`) and starts its fulfilment saga. With
+    /// [`SagaStart::Outbox`] the start is recorded with the order's events and nothing can be
+    /// lost between them. With [`SagaStart::AfterAppend`] the order's events are durable
+    /// before the saga's job; a crash between the two leaves a pending order whose saga starts
+    /// when the order is placed again (`order_already_placed` is answered, and the saga job is
+    /// enqueued once more: its unique key makes that a no-op when it exists).
     pub async fn place(
         &self,
         actor: &Actor,
@@ -593,11 +628,15 @@ impl Fulfilment {
             at_ms: ficus_store::now_ms(),
         };
         match self.shop.order_command(order_id, cmd, meta, if_match).await {
+            // The append recorded the start in the outbox, in its own transaction.
+            Ok(outcome) if self.saga_start == SagaStart::Outbox => Ok(outcome),
             Ok(outcome) => {
                 self.start(order_id).await?;
                 Ok(outcome)
             }
-            Err(e @ ShopError::Order(crate::order::OrderError::OrderAlreadyPlaced { .. })) => {
+            Err(e @ ShopError::Order(crate::order::OrderError::OrderAlreadyPlaced { .. }))
+                if self.saga_start == SagaStart::AfterAppend =>
+            {
                 // A repeat of a place whose saga job may have been lost in a crash.
                 let order = self.shop.repository().load::<Order>(order_id).await;
                 if order.is_ok_and(|o| o.state.status() == Some(OrderStatus::Pending)) {

@@ -722,6 +722,7 @@ async fn placing_for_fulfilment_runs_the_saga_from_the_job_queue() {
         shop: shop.clone(),
         jobs: jobs.clone(),
         orchestrator: orchestrator.clone(),
+        saga_start: ficus_domain::fulfilment::SagaStart::AfterAppend,
     };
 
     fulfilment

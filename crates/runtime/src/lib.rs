@@ -9,6 +9,7 @@
 pub use ficus_store::backoff;
 pub mod claim_check;
 pub mod idempotency;
+pub mod outbox;
 pub mod pg_projection;
 pub mod projection;
 pub mod read_cache;

@@ -469,7 +469,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             shutdown.clone(),
         )
     });
-    let (fulfilment, saga_pool) = start_fulfilment(&cfg, &shop, &dyn_store, &jobs, &shutdown);
+    let embedded = match &store {
+        OpenStore::Sqlite(s) => Some(s),
+        OpenStore::Postgres(_) => None,
+    };
+    let (fulfilment, saga_pool) =
+        start_fulfilment(&cfg, &shop, &dyn_store, embedded, &jobs, &shutdown)?;
     // Keys live in the event store's backend: a key's answer commits with the events (which
     // are sealed on the way, like every append).
     let idempotency: Arc<dyn ficus_store::IdempotencyStore> = shredding;
@@ -717,16 +722,17 @@ fn start_fulfilment(
     cfg: &ServerConfig,
     shop: &Shop,
     store: &Arc<dyn EventStore>,
+    embedded: Option<&Arc<SqliteEventStore>>,
     jobs: &Arc<dyn JobQueue>,
     shutdown: &Shutdown,
-) -> (
+) -> anyhow::Result<(
     Option<ficus_domain::fulfilment::Fulfilment>,
     Option<WorkerPool>,
-) {
+)> {
     use ficus_domain::fulfilment::{Fulfilment, FulfilmentConfig, FulfilmentSaga};
     use ficus_runtime::saga::{SagaJobHandler, SagaOrchestrator};
     let Some(url) = &cfg.payments_url else {
-        return (None, None);
+        return Ok((None, None));
     };
     let payments = Arc::new(ficus_gateway::payments::HttpPayments::new(
         ficus_gateway::payments::PaymentClientConfig::new(url.clone()),
@@ -764,10 +770,53 @@ fn start_fulfilment(
             shutdown.clone(),
         )
     });
+    // Embedded: the saga start is recorded in the order's append (the outbox, in the event
+    // log's file) and relayed into the job queue; PostgreSQL: enqueued after the append.
+    let saga_start = match embedded {
+        Some(sqlite) => {
+            use ficus_runtime::outbox::{spawn_relay, OutboxRelayConfig, SagaStarts};
+            sqlite
+                .install_outbox(ficus_domain::fulfilment::outbox_rule())
+                .context("installing the outbox rule")?;
+            let relay = OutboxRelayConfig {
+                hook: outbox_crash_hook(),
+                ..OutboxRelayConfig::default()
+            };
+            let handler = Arc::new(SagaStarts {
+                orchestrator: orchestrator.clone(),
+                jobs: jobs.clone(),
+            });
+            // Ends with the shutdown signal; an undelivered row waits in the file.
+            spawn_relay(sqlite.clone(), handler, relay, shutdown.clone());
+            ficus_domain::fulfilment::SagaStart::Outbox
+        }
+        None => ficus_domain::fulfilment::SagaStart::AfterAppend,
+    };
     let fulfilment = Fulfilment {
         shop: shop.clone(),
         jobs: jobs.clone(),
         orchestrator,
+        saga_start,
     };
-    (Some(fulfilment), pool)
+    Ok((Some(fulfilment), pool))
+}
+
+/// Environment variable for crash tests of the embedded outbox: `before_effect` makes the
+/// process abort (like kill -9) when the relay has read a row and not yet performed its
+/// effect, `after_effect` once the effect is done and the row not yet deleted.
+pub const ABORT_IN_OUTBOX_ENV: &str = "FICUS_TEST_ABORT_IN_OUTBOX";
+
+fn outbox_crash_hook() -> Option<ficus_runtime::outbox::OutboxHook> {
+    use ficus_runtime::outbox::OutboxMoment;
+    let at = match std::env::var(ABORT_IN_OUTBOX_ENV).ok()?.as_str() {
+        "before_effect" => OutboxMoment::BeforeEffect,
+        "after_effect" => OutboxMoment::AfterEffect,
+        _ => return None,
+    };
+    tracing::warn!(?at, "crash test: the process aborts at this moment of an outbox delivery");
+    Some(Arc::new(move |moment, _| {
+        if moment == at {
+            std::process::abort();
+        }
+    }))
 }

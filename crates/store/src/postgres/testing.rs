@@ -55,6 +55,19 @@ impl Drop for SchemaGuard {
             let _ = client
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", config.schema))
                 .await;
+            // A blue/green rebuild left unfinished keeps its new copy in a schema of its own,
+            // `{schema}__{projection}_r{n}` (see ficus_runtime::pg_projection).
+            let _ = client
+                .batch_execute(&format!(
+                    "DO $$ DECLARE s text; BEGIN
+                       FOR s IN SELECT nspname FROM pg_namespace
+                                WHERE starts_with(nspname, '{}__') LOOP
+                         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', s);
+                       END LOOP;
+                     END $$",
+                    config.schema
+                ))
+                .await;
         });
     }
 }

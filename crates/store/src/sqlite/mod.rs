@@ -11,6 +11,7 @@ mod checkpointer;
 pub mod faulty_vfs;
 mod idempotency;
 mod jobs;
+pub mod outbox;
 mod reader;
 mod snapshots;
 mod writer;
@@ -30,6 +31,7 @@ use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
 pub use faulty_vfs::{FaultPlan, StorageFault, MAX_FAULT_DELAY_MS};
 pub use jobs::SqliteJobQueue;
+pub use outbox::{OutboxMessage, OutboxRow, OutboxRule};
 pub use reader::ConnectionPool;
 pub use snapshots::{SqliteSnapshotStore, SNAPSHOT_READERS};
 use writer::{EncodedEvent, WriterMsg};
@@ -99,6 +101,9 @@ pub struct SqliteEventStore {
     path: PathBuf,
     /// Held for the store's life: a second process opening the same file is refused.
     _lock: File,
+    /// The side effects appends cause, recorded in their transaction (see [`outbox`]).
+    outbox_rule: std::sync::OnceLock<OutboxRule>,
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 const SCHEMA: &str = "
@@ -228,6 +233,7 @@ impl SqliteEventStore {
         .map_err(unavailable)?;
         let conn = open_connection_in(&path, vfs.as_deref())?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(unavailable)?;
         conn.execute_batch(idempotency::SCHEMA)
             .map_err(unavailable)?;
         // Checkpoints run on their own thread (see checkpointer.rs), not inside commits.
@@ -292,6 +298,8 @@ impl SqliteEventStore {
             config,
             path,
             _lock: lock,
+            outbox_rule: std::sync::OnceLock::new(),
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -360,9 +368,15 @@ impl SqliteEventStore {
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<(AppendResult, T), StoreError> {
         validate_batch(&events, self.config.max_append_events)?;
+        let messages = self.outbox_messages(stream, &events)?;
+        let recorded = !messages.is_empty();
         let (reply, answer) = oneshot::channel();
-        let op: writer::WriteOp =
-            Box::new(move |c| op(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>));
+        let op: writer::WriteOp = Box::new(move |c| {
+            if !messages.is_empty() {
+                outbox::insert(c, &messages, crate::now_ms())?;
+            }
+            op(c).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)
+        });
         let msg = WriterMsg::Append {
             stream: stream.clone(),
             expected,
@@ -377,6 +391,9 @@ impl SqliteEventStore {
         let (result, extra) = answer.await.map_err(|_| {
             StoreError::Unavailable("event store writer stopped before answering".into())
         })??;
+        if recorded {
+            self.outbox_wake.notify_one();
+        }
         let extra = extra.expect("an append with an op answers with the op's result");
         Ok((
             result,
@@ -422,6 +439,13 @@ impl EventStore for SqliteEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_batch(&events, self.config.max_append_events)?;
+        if !self.outbox_messages(stream, &events)?.is_empty() {
+            // The messages the append causes go into its transaction.
+            return self
+                .append_with(stream, expected, events, |_| Ok(()))
+                .await
+                .map(|(r, ())| r);
+        }
         let (reply, answer) = oneshot::channel();
         let msg = WriterMsg::Append {
             stream: stream.clone(),
