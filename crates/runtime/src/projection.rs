@@ -188,7 +188,7 @@ fn remove_generation(path: &Path) -> Result<(), StoreError> {
 ///
 /// On open, generation N − 1 is what a switch left behind if the process died before removing
 /// it: removed. Generation N + 1 is a rebuild the process died in the middle of: the runner
-/// resumes it from its own checkpoint (see docs/adr/0013).
+/// resumes it from its own checkpoint (see docs/adr/0017).
 pub struct ReadModelDb {
     dir: PathBuf,
     name: String,

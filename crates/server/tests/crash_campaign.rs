@@ -547,7 +547,7 @@ async fn check(ctx: &Ctx, round: usize) {
         let list = p["projections"].as_array().unwrap();
         if list
             .iter()
-            .all(|p| p["checkpoint"].as_u64() >= Some(target))
+            .all(|p| p["checkpoint"].as_u64() >= Some(target) && p["rebuild"].is_null())
         {
             break;
         }

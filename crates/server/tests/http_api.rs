@@ -2191,7 +2191,11 @@ async fn openapi_health_and_projection_rebuild(b: Backend) {
             .find(|p| p["name"] == "catalog")
             .unwrap()
             .clone();
-        if catalog["checkpoint"].as_u64() == Some(head) && catalog["state"] == "Live" {
+        // Blue/green: done once the new copy has replaced the serving one.
+        if catalog["checkpoint"].as_u64() == Some(head)
+            && catalog["state"] == "Live"
+            && catalog["rebuild"].is_null()
+        {
             break;
         }
         assert!(
