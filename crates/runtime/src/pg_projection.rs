@@ -303,11 +303,16 @@ impl PgProjectionHandle {
         let reader = handle.clone();
         let task = tokio::spawn(async move {
             while !shutdown.is_triggered() {
-                let read = tokio::time::timeout(SESSION_OP_TIMEOUT, reader.checkpoint()).await;
+                let read = tokio::time::timeout(SESSION_OP_TIMEOUT, async {
+                    let checkpoint = reader.checkpoint().await?;
+                    Ok::<_, StoreError>((checkpoint, reader.rebuild_progress().await))
+                })
+                .await;
                 status_tx.send_modify(|s| match read {
-                    Ok(Ok(checkpoint)) => {
+                    Ok(Ok((checkpoint, rebuild))) => {
                         s.checkpoint = checkpoint;
                         s.state = ProjectionState::Standby;
+                        s.rebuild = rebuild;
                     }
                     Ok(Err(e)) => {
                         s.state = ProjectionState::Failed {
@@ -381,6 +386,26 @@ impl PgProjectionHandle {
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
             Err(e) => Err(unavailable(pg_message(&e))),
         }
+    }
+
+    /// The progress of a blue/green rebuild under way in whichever process is active, from
+    /// the checkpoint row; `None` when none runs (or the row cannot be read: the status then
+    /// reports the failure through the checkpoint read).
+    pub async fn rebuild_progress(&self) -> Option<RebuildProgress> {
+        let conn = self.pool.get().await.ok()?;
+        let row = conn
+            .query_opt(
+                "SELECT next_position, rebuild_target FROM ficus_projection_checkpoints
+                 WHERE name = $1 AND next_schema IS NOT NULL",
+                &[&&*self.name],
+            )
+            .await
+            .ok()??;
+        Some(RebuildProgress {
+            position: to_position(row.get(0)),
+            target: to_position(row.get(1)),
+            error: None,
+        })
     }
 
     /// Waits until the read model has applied `position`, at most `timeout`. While this
@@ -782,11 +807,26 @@ impl PgProjectionRunner {
             let locked: bool = session.client().query_one(TRY_LOCK, &[&name]).await?.get(0);
             if !locked {
                 let checkpoint = read_checkpoint(session.client(), &name).await?;
+                // The active process's rebuild, if any, as the row records it.
+                let rebuild = session
+                    .client()
+                    .query_opt(
+                        "SELECT next_position, rebuild_target FROM ficus_projection_checkpoints
+                         WHERE name = $1 AND next_schema IS NOT NULL",
+                        &[&name],
+                    )
+                    .await?
+                    .map(|r| RebuildProgress {
+                        position: to_position(r.get(0)),
+                        target: to_position(r.get(1)),
+                        error: None,
+                    });
                 session.release_unlocked();
                 self.status.send_modify(|s| {
                     s.state = ProjectionState::Standby;
                     s.generation = None;
                     s.checkpoint = checkpoint;
+                    s.rebuild = rebuild;
                 });
                 return Ok(None);
             }

@@ -580,6 +580,44 @@ async fn a_follower_sees_what_another_process_applies() {
     // A rebuild requested by the follower waits in the table while no runner is active.
     sd_run.trigger();
     tokio::time::timeout(WAIT, run_task).await.unwrap().unwrap();
+    // A rebuild under way (as a crashed active runner leaves it in the row) is what the
+    // follower reports as its progress, while the serving copy's checkpoint stays.
+    admin
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE ficus_projection_checkpoints
+             SET next_schema = 'not_created', next_position = 7, rebuild_target = $1",
+            &[&(head as i64)],
+        )
+        .await
+        .unwrap();
+    eventually("the follower reports the rebuild's progress", || {
+        let s = follower.status();
+        s.checkpoint == head
+            && s.rebuild
+                == Some(ficus_runtime::RebuildProgress {
+                    position: 7,
+                    target: head,
+                    error: None,
+                })
+    })
+    .await;
+    admin
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE ficus_projection_checkpoints SET next_schema = NULL, next_position = 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually("the follower reports no rebuild", || {
+        follower.status().rebuild.is_none()
+    })
+    .await;
     assert!(matches!(
         follower.rebuild(Duration::from_millis(200)).await,
         Err(PgRebuildError::Pending { .. })
