@@ -813,7 +813,10 @@ fn outbox_crash_hook() -> Option<ficus_runtime::outbox::OutboxHook> {
         "after_effect" => OutboxMoment::AfterEffect,
         _ => return None,
     };
-    tracing::warn!(?at, "crash test: the process aborts at this moment of an outbox delivery");
+    tracing::warn!(
+        ?at,
+        "crash test: the process aborts at this moment of an outbox delivery"
+    );
     Some(Arc::new(move |moment, _| {
         if moment == at {
             std::process::abort();
