@@ -208,8 +208,15 @@ impl ProductError {
     }
 }
 
-/// The state of one product, folded from its events.
-#[derive(Debug, Clone, Default)]
+/// A product is snapshotted whenever its stream's version crosses a multiple of this: a
+/// product busy with price changes, restocks and reservations would otherwise cost every
+/// command a fold of its whole history (the soak test's latency crept with it).
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 100;
+/// The version of the product's snapshot shape (the serde form of [`Product`]).
+pub const SNAPSHOT_SCHEMA_VERSION: u32 = 1;
+
+/// The state of one product, folded from its events. Its serde form is the snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Product {
     /// `None` until `ProductCreated`.
     details: Option<Details>,
@@ -219,7 +226,7 @@ pub struct Product {
     reservations: BTreeMap<String, Option<Vec<Allocation>>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Details {
     product_id: String,
     seller_id: String,
@@ -635,5 +642,12 @@ impl Aggregate for Product {
                 self.reservations.insert(reservation_id.clone(), None);
             }
         }
+    }
+
+    fn snapshot_policy() -> Option<ficus_core::SnapshotPolicy<Self>> {
+        Some(ficus_core::SnapshotPolicy::json(
+            SNAPSHOT_EVERY_EVENTS,
+            SNAPSHOT_SCHEMA_VERSION,
+        ))
     }
 }

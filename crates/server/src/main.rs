@@ -100,6 +100,14 @@ enum Command {
             default_value_t = ficus_gateway::READY_DEFAULT_MAX_LAG_MS
         )]
         ready_max_lag_ms: u64,
+        /// Embedded store: page cache of the event log's writer connection, in KiB (its
+        /// share of memory grows with the log up to this).
+        #[arg(
+            long,
+            env = "FICUS_SQLITE_WRITER_CACHE_KIB",
+            default_value_t = SqliteConfig::default().writer_cache_kib
+        )]
+        sqlite_writer_cache_kib: i64,
         /// Cache query answers in this process, invalidated as the read models apply events.
         #[arg(long, env = "FICUS_READ_CACHE")]
         read_cache: bool,
@@ -572,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
             read_your_writes_timeout_ms,
             ready_max_lag_events,
             ready_max_lag_ms,
+            sqlite_writer_cache_kib,
             read_cache,
             read_cache_max_entries,
             idempotency_retention_secs,
@@ -594,7 +603,10 @@ async fn main() -> anyhow::Result<()> {
                     pool_size: pg_pool_size.max(2),
                     ..pg.with_schema(pg_schema)
                 }),
-                embedded => embedded,
+                StoreConfig::Embedded(sqlite) => StoreConfig::Embedded(SqliteConfig {
+                    writer_cache_kib: sqlite_writer_cache_kib.max(256),
+                    ..sqlite
+                }),
             };
             if fault_injection {
                 match &mut cfg.store {
