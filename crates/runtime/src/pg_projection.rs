@@ -838,7 +838,8 @@ impl PgProjectionRunner {
                     "UPDATE ficus_projection_checkpoints
                      SET generation = generation + 1, updated_at_ms = $2
                      WHERE name = $1
-                     RETURNING position, generation, next_schema IS NOT NULL",
+                     RETURNING position, generation, next_schema IS NOT NULL, next_position,
+                               rebuild_target",
                     &[&name, &ficus_store::now_ms()],
                 )
                 .await?;
@@ -846,6 +847,14 @@ impl PgProjectionRunner {
             tx.commit().await?;
             let (checkpoint, generation) = (to_position(row.get(0)), row.get::<_, i64>(1));
             let rebuilding: bool = row.get(2);
+            // A rebuild the previous active runner left unfinished: this one resumes it, and
+            // reports it from now on (not only once its first step is done).
+            let progress = rebuilding.then(|| RebuildProgress {
+                position: to_position(row.get(3)),
+                target: to_position(row.get(4)),
+                error: None,
+            });
+            self.status.send_modify(|s| s.rebuild = progress);
             tracing::info!(
                 projection = %name,
                 generation,
