@@ -6,6 +6,7 @@
 pub mod account;
 pub mod fulfilment;
 pub mod jobs;
+pub mod legacy_acl;
 pub mod ledger;
 pub mod money;
 pub mod order;
