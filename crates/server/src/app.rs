@@ -484,7 +484,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         cfg.api.idempotency.clone(),
         shutdown.clone(),
     );
-    let state = AppState {
+    let state = AppState::new(ficus_gateway::AppParts {
         store: dyn_store.clone(),
         bulk: BulkJobs::new(jobs.clone(), read.clone()).with_claim_check(claims.clone()),
         jobs,
@@ -524,7 +524,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         bus: bus_parts.as_ref().map(|(bus, _)| bus.clone()),
         fulfilment,
         claims,
-    };
+    });
     // Append throughput and batch sizes for /metrics; ends with the shutdown signal.
     ficus_gateway::metrics::watch_appends(&state);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
