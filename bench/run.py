@@ -389,8 +389,8 @@ SECRET = "ficus-bench-secret"
 class FicusServer:
     """`ficus serve` on the embedded store in a fresh data dir, seeded with products."""
 
-    def __init__(self, work, products):
-        self.work, self.products = work, products
+    def __init__(self, work, products, extra=()):
+        self.work, self.products, self.extra = work, products, list(extra)
 
     def __enter__(self):
         self.dir = self.work / f"serve-{uuid.uuid4().hex[:8]}"
@@ -398,7 +398,7 @@ class FicusServer:
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {"FICUS_AUTH_HS256_SECRET": SECRET}
         self.proc = Proc([str(FICUS), "serve", "--data-dir", str(self.dir), "--listen", f"127.0.0.1:{self.port}",
-                          "--log-format", "text"], env={**self.env, "FICUS_LOG": "warn"},
+                          "--log-format", "text", *self.extra], env={**self.env, "FICUS_LOG": "warn"},
                          log_path=str(self.work / "serve.log")).__enter__()
         try:
             wait_http(f"{self.base}/health/ready")
@@ -443,9 +443,11 @@ def scenario_query(cfg, work):
     for r in rounds[1:]:
         r.pop("body_bytes")
     keys = ("requests_per_sec", "p50_ms", "p90_ms", "p99_ms")
-    med = {s: {k: median([r[s][k] for r in rounds]) for k in keys} for s in ("ficus-serve", "bare-axum")}
-    ratios = {"ficus-serve / bare-axum (throughput)": median(
-        [ratio(r["ficus-serve"]["requests_per_sec"], r["bare-axum"]["requests_per_sec"]) for r in rounds])}
+    servers = ("ficus-serve", "ficus-serve --read-cache", "bare-axum")
+    med = {s: {k: median([r[s][k] for r in rounds]) for k in keys} for s in servers}
+    ratios = {f"{s} / bare-axum (throughput)": median(
+        [ratio(r[s]["requests_per_sec"], r["bare-axum"]["requests_per_sec"]) for r in rounds])
+        for s in servers[:2]}
     return {"body_bytes": body_len, "conns": HTTP_CONNS, "duration_secs": cfg.http_secs, "rounds": rounds,
             "median": med, "ratios": ratios}
 
@@ -466,6 +468,11 @@ def query_round(cfg, work, i):
                 assert r.read() == body, "bare axum must answer the same bytes"
             log(f"query round {i + 1}/{cfg.runs}")
             r = {"ficus-serve": wrk(url, cfg.http_secs), "bare-axum": wrk(bare_url, cfg.http_secs)}
+            # The same query with the read cache on (answers invalidated by the read model's
+            # checkpoint, not by a TTL): a fresh server seeded the same way.
+            with FicusServer(work, products=1, extra=["--read-cache"]) as cached:
+                curl = f"{cached.base}/v1/products/{cached.ids[0]}"
+                r["ficus-serve --read-cache"] = wrk(curl, cfg.http_secs)
             for k, v in r.items():
                 if v["non_2xx"]:
                     raise RuntimeError(f"{k} answered {v['non_2xx']} non-2xx responses")
