@@ -148,16 +148,21 @@ $fn$;
 /// Creates the schema if needed and applies every migration it lacks. Returns how many ran.
 pub async fn migrate(pool: &Pool, schema: &str) -> Result<usize, StoreError> {
     let mut client = conn(pool).await?;
-    client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .await
-        .map_err(unavailable)?;
+    // The lock comes first: two sessions running `CREATE SCHEMA IF NOT EXISTS` at once can
+    // both find it missing, and the second fails on the catalog's unique index (seen with
+    // three processes started together on a fresh schema).
     let lock_key = format!("ficus-migrate:{schema}");
     client
         .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key])
         .await
         .map_err(unavailable)?;
-    let result = apply(&mut client, schema).await;
+    let result = match client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+    {
+        Ok(()) => apply(&mut client, schema).await,
+        Err(e) => Err(unavailable(e)),
+    };
     // Unlock even after a failed migration; if this fails too, closing the session unlocks.
     let _ = client
         .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key])
