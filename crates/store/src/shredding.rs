@@ -29,7 +29,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use deadpool_postgres::Pool;
 use ficus_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Version};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -309,14 +308,14 @@ CREATE TABLE ficus_subject_keys (
 /// The key table on PostgreSQL: `ficus_subject_keys` in the event log's schema, shared by
 /// every process (a key made by one is found by all).
 pub struct PgSubjectKeys {
-    pool: Pool,
+    pool: crate::postgres::TimedPool,
 }
 
 impl PgSubjectKeys {
     /// The key table of `store`'s schema (migrated when the store opened), on its pool.
     pub fn for_store(store: &crate::postgres::PgEventStore) -> Self {
         Self {
-            pool: store.pool().clone(),
+            pool: store.timed_pool().clone(),
         }
     }
 }

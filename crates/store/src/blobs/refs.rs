@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use rusqlite::params;
 
 use super::BlobId;
@@ -360,14 +359,14 @@ const PG_SELECT: &str =
 
 /// References in the event log's schema, shared by every process.
 pub struct PgBlobRefs {
-    pool: Pool,
+    pool: crate::postgres::TimedPool,
 }
 
 impl PgBlobRefs {
     /// References in the schema of `store` (migrated when it opened), on its pool.
     pub fn for_store(store: &PgEventStore) -> Self {
         Self {
-            pool: store.pool().clone(),
+            pool: store.timed_pool().clone(),
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 
-use super::{listen_forever, migrate, pool, query, sql_int, PgConfig};
+use super::{listen_forever, migrate, pool, query, sql_int, PgConfig, TimedPool};
 use crate::port::validate_batch;
 use crate::{now_ms, AppendResult, EventStore, LiveBatch, StoreError, MAX_READ_LIMIT};
 
@@ -69,7 +69,7 @@ impl Shared {
 }
 
 pub struct PgEventStore {
-    pool: Pool,
+    pool: TimedPool,
     config: PgConfig,
     tx: mpsc::Sender<AppendRequest>,
     shared: Arc<Shared>,
@@ -90,6 +90,7 @@ impl PgEventStore {
     pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
         let pool = pool(&config)?;
         migrate(&pool, &config.schema).await?;
+        let pool = TimedPool::new(pool, &config);
         let head = read_head(&pool).await?;
         let shared = Arc::new(Shared {
             head: AtomicU64::new(head),
@@ -144,6 +145,11 @@ impl PgEventStore {
 
     /// The connection pool, for adapters that share this database (the job queue).
     pub fn pool(&self) -> &Pool {
+        &self.pool.pool
+    }
+
+    /// The pool with this store's statement timeout, for the adapters in this module.
+    pub(crate) fn timed_pool(&self) -> &TimedPool {
         &self.pool
     }
 
@@ -253,7 +259,7 @@ impl EventStore for PgEventStore {
 }
 
 async fn read_all(
-    pool: &Pool,
+    pool: &TimedPool,
     from_position: Position,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -269,7 +275,7 @@ async fn read_all(
 }
 
 /// The position of the last committed event, whichever process committed it.
-async fn read_head(pool: &Pool) -> Result<Position, StoreError> {
+async fn read_head(pool: &TimedPool) -> Result<Position, StoreError> {
     let rows = query(pool, "SELECT position FROM ficus_head WHERE id = 1", &[]).await?;
     let row = rows
         .first()
@@ -310,7 +316,7 @@ fn expected_code(e: ExpectedVersion) -> i64 {
 /// Takes queued appends and commits them in batches until the store is dropped.
 async fn writer(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendRequest>>>,
-    pool: Pool,
+    pool: TimedPool,
     shared: Arc<Shared>,
     max_batch_events: usize,
     gather_yields: usize,
@@ -370,7 +376,7 @@ async fn writer(
 }
 
 /// One group commit: every request in `batch` in one `ficus_append` call.
-async fn commit(pool: &Pool, shared: &Shared, batch: Vec<AppendRequest>) {
+async fn commit(pool: &TimedPool, shared: &Shared, batch: Vec<AppendRequest>) {
     let at = now_ms();
     let outcome = match encode(&batch) {
         Ok(args) => call_append(pool, &args, at, shared.with_outbox).await,
@@ -467,7 +473,7 @@ impl PgEventStore {
             reply,
         };
         let at = now_ms();
-        let mut client = super::conn(&self.pool).await?;
+        let mut client = super::conn(&self.pool.pool).await?;
         let tx = client.transaction().await.map_err(super::unavailable)?;
         let row = {
             let a = encode(std::slice::from_ref(&req))?;
@@ -580,7 +586,7 @@ fn to_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 }
 
 async fn call_append(
-    pool: &Pool,
+    pool: &TimedPool,
     a: &AppendArgs<'_>,
     at: i64,
     with_outbox: bool,
@@ -608,7 +614,7 @@ async fn call_append(
 
 /// Broadcasts the log in position order: this process's batches as they commit, other
 /// processes' positions as they are announced or polled.
-async fn tailer(pool: Pool, shared: Arc<Shared>, poll: std::time::Duration, start: Position) {
+async fn tailer(pool: TimedPool, shared: Arc<Shared>, poll: std::time::Duration, start: Position) {
     let mut emitted = start;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -176,7 +176,7 @@ impl IdempotencyStore for PgEventStore {
 
     async fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
         execute(
-            self.pool(),
+            self.timed_pool(),
             "DELETE FROM ficus_idempotency \
              WHERE scope = $1 AND key = $2 AND token = $3 AND status IS NULL",
             &[&ticket.scope, &ticket.key, &ticket.token],
@@ -189,7 +189,7 @@ impl IdempotencyStore for PgEventStore {
         let limit = limit.min(MAX_PURGE_BATCH) as i64;
         // SKIP LOCKED: a sweep never waits on a claim being judged in another process.
         let n = execute(
-            self.pool(),
+            self.timed_pool(),
             "DELETE FROM ficus_idempotency WHERE (scope, key) IN \
              (SELECT scope, key FROM ficus_idempotency WHERE created_at_ms < $1 \
               ORDER BY created_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
@@ -201,7 +201,7 @@ impl IdempotencyStore for PgEventStore {
 
     async fn get(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let rows = query(
-            self.pool(),
+            self.timed_pool(),
             &format!("SELECT {COLUMNS} FROM ficus_idempotency WHERE scope = $1 AND key = $2"),
             &[&scope, &key],
         )

@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 
-use super::{execute, query, PgConfig, PgEventStore};
+use super::{execute, query, PgConfig, PgEventStore, TimedPool};
 use crate::jobs::{clip_error, fan_in_job, validate_batch, validate_jobs, MAX_LEASE_BATCH};
 use crate::{
     Batch, BatchState, DeadFilter, Enqueued, Failure, Job, JobId, JobQueue, JobState, Lease,
@@ -536,7 +536,7 @@ const FAN_IN_COUNTS: [&str; 4] = ["batch_id", "total", "done", "dead"];
 
 /// The PostgreSQL job queue. Any number of processes may share one schema's queue.
 pub struct PgJobQueue {
-    pool: Pool,
+    pool: TimedPool,
     /// Woken whenever jobs may have become ready, here or in another process.
     ready: Arc<Notify>,
     listener: JoinHandle<()>,
@@ -562,7 +562,7 @@ impl PgJobQueue {
             move |_| wake.notify_waiters(),
         ));
         Self {
-            pool,
+            pool: TimedPool::new(pool, config),
             ready,
             listener,
         }

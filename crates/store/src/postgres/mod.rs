@@ -64,6 +64,10 @@ pub struct PgConfig {
     pub listen_notify: bool,
     /// How long to wait for a connection or a TCP connect before reporting unavailable.
     pub connect_timeout: Duration,
+    /// How long to wait for one statement's answer before giving up on it and its connection
+    /// (reported unavailable; a write's outcome is then unknown). A partition shows no error,
+    /// only silence: without this bound a request would wait until TCP gives up, for minutes.
+    pub statement_timeout: Duration,
 }
 
 impl PgConfig {
@@ -82,6 +86,7 @@ impl PgConfig {
             outbox: false,
             listen_notify: true,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
         }
     }
 
@@ -140,6 +145,23 @@ pub fn pool(config: &PgConfig) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("PostgreSQL pool: {e}")))
 }
 
+/// A pool and the longest one statement on it may take to answer
+/// ([`PgConfig::statement_timeout`]): what the statement helpers below run on.
+#[derive(Clone)]
+pub(crate) struct TimedPool {
+    pub(crate) pool: Pool,
+    pub(crate) statement_timeout: Duration,
+}
+
+impl TimedPool {
+    pub(crate) fn new(pool: Pool, config: &PgConfig) -> Self {
+        Self {
+            pool,
+            statement_timeout: config.statement_timeout,
+        }
+    }
+}
+
 /// Maps a driver or pool error to [`StoreError::Unavailable`]: nothing was committed.
 pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
@@ -152,24 +174,42 @@ pub(crate) async fn conn(pool: &Pool) -> Result<deadpool_postgres::Object, Store
 
 /// Runs one statement (prepared once per connection) on a pooled connection: its rows.
 pub(crate) async fn query(
-    pool: &Pool,
+    db: &TimedPool,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-    let client = conn(pool).await?;
-    let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-    client.query(&stmt, params).await.map_err(unavailable)
+    let client = conn(&db.pool).await?;
+    let answer = tokio::time::timeout(db.statement_timeout, async {
+        let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+        client.query(&stmt, params).await.map_err(unavailable)
+    })
+    .await;
+    answer.unwrap_or_else(|_| Err(no_answer(client, db.statement_timeout)))
 }
 
 /// Runs one statement (prepared once per connection) on a pooled connection: rows changed.
 pub(crate) async fn execute(
-    pool: &Pool,
+    db: &TimedPool,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, StoreError> {
-    let client = conn(pool).await?;
-    let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-    client.execute(&stmt, params).await.map_err(unavailable)
+    let client = conn(&db.pool).await?;
+    let answer = tokio::time::timeout(db.statement_timeout, async {
+        let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+        client.execute(&stmt, params).await.map_err(unavailable)
+    })
+    .await;
+    answer.unwrap_or_else(|_| Err(no_answer(client, db.statement_timeout)))
+}
+
+/// A connection that did not answer in time is taken out of the pool and closed rather than
+/// handed to the next caller, who would only queue behind the unanswered statement.
+fn no_answer(client: deadpool_postgres::Object, timeout: Duration) -> StoreError {
+    drop(deadpool_postgres::Object::take(client));
+    StoreError::Unavailable(format!(
+        "PostgreSQL: no answer within {} ms (statement timeout); a write's outcome is unknown",
+        timeout.as_millis()
+    ))
 }
 
 /// `u64` positions and versions as PostgreSQL `bigint`.

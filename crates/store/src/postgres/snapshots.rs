@@ -3,10 +3,9 @@
 //! a cache checked against the log on every load (docs/adr/0009).
 
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use ficus_core::StreamId;
 
-use super::{execute, query, sql_int, PgEventStore};
+use super::{execute, query, sql_int, PgEventStore, TimedPool};
 use crate::snapshots::{encode_state, Snapshot, SnapshotStore};
 use crate::StoreError;
 
@@ -26,14 +25,14 @@ const LOAD: &str = "SELECT version, position, recorded_at_ms, schema_version, st
                       FROM ficus_snapshots WHERE stream_id = $1";
 
 pub struct PgSnapshotStore {
-    pool: Pool,
+    pool: TimedPool,
 }
 
 impl PgSnapshotStore {
     /// Snapshots in the schema of `store` (migrated when the store opened), on its pool.
     pub fn for_store(store: &PgEventStore) -> Self {
         Self {
-            pool: store.pool().clone(),
+            pool: store.timed_pool().clone(),
         }
     }
 }
