@@ -7,5 +7,6 @@ pub mod blobs;
 pub mod client;
 pub mod demo;
 pub mod gateway;
+pub mod import;
 pub mod legacy;
 pub mod logs;

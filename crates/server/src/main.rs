@@ -245,6 +245,11 @@ enum Command {
         #[command(subcommand)]
         which: ProjectionsCommand,
     },
+    /// Import another system's data as domain events (resumable, idempotent).
+    Import {
+        #[command(subcommand)]
+        source: ficus_server::import::ImportCommand,
+    },
     /// Run the example legacy shop: the "monolith" of the strangler-fig walkthrough
     /// (docs/strangler-walkthrough.md), plain CRUD over its own SQLite file.
     LegacyShop {
@@ -945,6 +950,17 @@ async fn main() -> anyhow::Result<()> {
                     .await?
             }
         },
+        Command::Import { source } => {
+            let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "warn")?;
+            let summary = ficus_server::import::run(source.config()?).await?;
+            for r in &summary.refusals {
+                println!("refused {r}");
+            }
+            for d in &summary.drift {
+                println!("not applied (no Ficus command changes it) {d}");
+            }
+            println!("{}", summary.line());
+        }
         Command::LegacyShop { listen, db } => {
             let _logs = init_logs(cli.log_format, cli.otlp_endpoint.as_deref(), "info")?;
             let shop = ficus_server::legacy::start(&db, listen).await?;
