@@ -68,6 +68,13 @@ enum Command {
         /// PostgreSQL connections this process keeps open.
         #[arg(long, env = "FICUS_PG_POOL_SIZE", default_value_t = 16)]
         pg_pool_size: usize,
+        /// PostgreSQL: how long one statement may go unanswered before the request fails with
+        /// 503 and the connection is replaced (a network partition answers nothing).
+        #[arg(long, env = "FICUS_PG_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+        pg_statement_timeout_ms: u64,
+        /// PostgreSQL: how long to wait for a new connection or a free pooled one.
+        #[arg(long, env = "FICUS_PG_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+        pg_connect_timeout_ms: u64,
         /// Where the event log and read models live.
         #[arg(long, env = "FICUS_DATA_DIR", default_value = "ficus-data")]
         data_dir: PathBuf,
@@ -574,6 +581,8 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Serve {
+            pg_statement_timeout_ms,
+            pg_connect_timeout_ms,
             store,
             pg_schema,
             role,
@@ -643,6 +652,10 @@ async fn main() -> anyhow::Result<()> {
             cfg.shop_pool.max_concurrency = job_max_concurrency.max(cfg.shop_pool.concurrency);
             cfg.gateway = gateway_routes.map(|r| (r, gateway_listen));
             cfg.header_read_timeout = Duration::from_millis(header_read_timeout_ms.max(100));
+            if let StoreConfig::Postgres(pg) = &mut cfg.store {
+                pg.statement_timeout = Duration::from_millis(pg_statement_timeout_ms.max(1));
+                pg.connect_timeout = Duration::from_millis(pg_connect_timeout_ms.max(1));
+            }
             cfg.payments_url = payments.filter(|p| !p.is_empty());
             cfg.saga_pool.visibility = cfg.shop_pool.visibility;
             cfg.blobs = blobs.config()?;
