@@ -33,13 +33,25 @@ fn id_of(i: usize) -> String {
 }
 
 fn import(legacy_db: &Path, data_dir: &Path, abort_after_rows: Option<u64>) -> Output {
+    import_to(legacy_db, data_dir, &[], abort_after_rows)
+}
+
+/// `ficus import legacy` with `store_args` (none: the embedded store in `data_dir`).
+fn import_to(
+    legacy_db: &Path,
+    data_dir: &Path,
+    store_args: &[&str],
+    abort_after_rows: Option<u64>,
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
     cmd.args(["import", "legacy", "--legacy-db"])
         .arg(legacy_db)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--batch", &BATCH.to_string()])
-        .env_remove("FICUS_STORE");
+        .args(store_args)
+        .env_remove("FICUS_STORE")
+        .env_remove("FICUS_PG_SCHEMA");
     if let Some(n) = abort_after_rows {
         cmd.env("FICUS_TEST_ABORT_IMPORT_AFTER_ROWS", n.to_string());
     }
@@ -369,4 +381,72 @@ async fn an_interrupted_import_resumes_without_duplicates_and_a_rerun_applies_ch
     assert_eq!(count(&s, "StockAdjusted"), 2);
     let s = stream(&http, &server.base, &admin, "product-p-004").await;
     assert_eq!(s["events"].as_array().unwrap().len(), 2, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_an_interrupted_import_resumes_without_duplicates() {
+    use ficus_store::EventStore;
+    let Some(url) = ficus_store::postgres::testing::test_url() else {
+        eprintln!("FICUS_TEST_PG_URL is not set: skipped");
+        return;
+    };
+    let (pg, _guard) = ficus_store::postgres::testing::fresh_schema(&url, "import");
+    let dir = tempfile::tempdir().unwrap();
+    let legacy_db = dir.path().join("legacy-shop.db");
+    let http = reqwest::Client::new();
+    let legacy = ficus_server::legacy::start(&legacy_db, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    const N: usize = 120;
+    for i in 1..=N {
+        let e = Expected {
+            name: format!("Item {i}"),
+            category: "books".into(),
+            price_cents: 500 + i as i64,
+            stock: 3,
+        };
+        put_legacy(&http, &legacy.url(), &id_of(i), &e).await;
+    }
+    legacy.stop().await.unwrap();
+    let store_args = ["--store", url.as_str(), "--pg-schema", pg.schema.as_str()];
+    let data_dir = dir.path().join("unused");
+
+    // Killed 20 rows into its second batch, then run to the end.
+    let out = import_to(&legacy_db, &data_dir, &store_args, Some(70));
+    assert!(!out.status.success(), "the drill aborts the import");
+    let out = import_to(&legacy_db, &data_dir, &store_args, None);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "import legacy: read {N}, created {}, updated 0, unchanged 20, refused 0",
+            N - 20
+        )),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A run after a completed pass finds everything in place.
+    let out = import_to(&legacy_db, &data_dir, &store_args, None);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "import legacy: read {N}, created 0, updated 0, unchanged {N}, refused 0"
+        )),
+        "{text}"
+    );
+
+    let store = ficus_store::postgres::PgEventStore::open(pg.clone())
+        .await
+        .unwrap();
+    for i in 1..=N {
+        let id = id_of(i);
+        let stream = ficus_core::StreamId::new(format!("product-{id}")).unwrap();
+        let events = store.read_stream(&stream, 1, 100).await.unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["ProductCreated", "StockAdjusted"], "{id}");
+        assert_eq!(events[0].payload["price"], json!(500 + i as i64), "{id}");
+        assert_eq!(
+            events[0].metadata.causation_id.as_deref(),
+            Some(format!("legacy:{id}").as_str())
+        );
+    }
 }
