@@ -309,6 +309,9 @@ async fn an_interrupted_import_resumes_without_duplicates_and_a_rerun_applies_ch
     {
         let server = serve(&http, &data_dir).await;
         check_products(&http, &server.base, &admin, &expected, &updated_at).await;
+        // The embedded store has one process: an import beside a server is refused.
+        let out = import(&legacy_db, &data_dir, None);
+        assert!(!out.status.success(), "{}", stdout(&out));
         for id in [
             "bad-currency",
             "bad-price",
