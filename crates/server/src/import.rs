@@ -63,6 +63,7 @@ pub enum ImportCommand {
         /// `sqlite` (the embedded store in --data-dir) or a postgres:// URL.
         #[arg(long, env = "FICUS_STORE", default_value = "sqlite")]
         store: String,
+        /// The PostgreSQL schema (with a postgres:// --store).
         #[arg(long, env = "FICUS_PG_SCHEMA", default_value = "ficus")]
         pg_schema: String,
         /// The data directory of the embedded store.
