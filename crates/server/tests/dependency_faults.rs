@@ -541,8 +541,26 @@ async fn postgres_fault(fault: fn(&FaultProxy), what: &str) {
         assert!(Instant::now() < deadline, "writes never recovered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    wait_ready(&rig.http, &rig.base).await;
-    let ready_ms = healed_at.elapsed().as_millis();
+    // Readiness comes back too; the last check still failing says what healed last.
+    let mut last_not_ready = Value::Null;
+    let ready_ms = loop {
+        let (status, body) = rig.get("/health/ready").await;
+        if status == 200 {
+            break healed_at.elapsed().as_millis();
+        }
+        assert!(Instant::now() < deadline, "never ready again: {body}");
+        last_not_ready = body;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let healed_last: Vec<&String> = last_not_ready["checks"]
+        .as_object()
+        .map(|c| {
+            c.iter()
+                .filter(|(_, v)| v["ok"] == false)
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in load {
@@ -556,7 +574,7 @@ async fn postgres_fault(fault: fn(&FaultProxy), what: &str) {
     let checked = check_no_loss_no_duplicate(&rig, &ledger, &job_id).await;
     eprintln!(
         "{what}: {} refused (slowest {} ms), writes back {recovered_ms} ms and ready {ready_ms} ms \
-         after heal, {checked} acknowledged writes checked",
+         after heal (last to heal: {healed_last:?}), {checked} acknowledged writes checked",
         ledger.refusals, ledger.slowest_refusal_ms
     );
 }
