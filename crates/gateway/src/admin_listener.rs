@@ -47,6 +47,7 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("*", "/v1/queues/{name}/dead/redrive"),
     ("*", "/v1/jobs/items/{id}"),
     // Blob deletion and garbage collection (fetching a blob is not admin-only).
+    ("POST", "/v1/blobs"),
     ("DELETE", "/v1/blobs/{id}"),
     ("*", "/v1/blobs/gc"),
     // Crypto-shredding.

@@ -1,5 +1,12 @@
 //! Blobs of the claim check over HTTP: fetch one by reference (streamed, with its hash as the
-//! ETag), and, for admins, delete one or run a garbage-collection pass.
+//! ETag), and, for admins, upload one (an event attachment, streamed into the store, never
+//! through the JSON body limit), delete one or run a garbage-collection pass.
+//!
+//! Event attachments: an event appended through the raw streams API may carry references
+//! (`{"$blob": "sha256:..", "size": N}`) to uploaded blobs anywhere in its data. The append
+//! records a reference from the event to each (after checking that it exists) before the
+//! events are written, so the collector never removes an attachment of a stored event; an
+//! upload that no event refers to is removed after the grace period.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -8,7 +15,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ficus_store::blobs::{
-    BlobError, BlobId, BlobReader, REF_BATCH_PARAMS, REF_BATCH_PART, REF_BATCH_RESULT,
+    BlobError, BlobId, BlobReader, BlobRef, REF_BATCH_PARAMS, REF_BATCH_PART, REF_BATCH_RESULT,
+    REF_EVENT,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -19,6 +27,8 @@ use crate::error::ApiError;
 use crate::extract::{OptionalJsonBody, PathParams};
 use crate::AppState;
 
+/// Most blob references one append's events may carry.
+pub const MAX_ATTACHMENTS_PER_APPEND: usize = 100;
 /// References looked at to decide whether a caller owns a blob.
 const OWNER_CHECK_MAX_REFS: usize = 100;
 /// Bytes sent per body frame of a blob: what one download holds in memory at a time.
@@ -26,6 +36,7 @@ pub const BLOB_FRAME_BYTES: usize = ficus_store::blobs::BLOB_CHUNK_BYTES;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/blobs", post(upload))
         .route("/v1/blobs/{id}", get(fetch).delete(remove))
         .route("/v1/blobs/gc", post(collect))
 }
@@ -124,6 +135,123 @@ async fn fetch(
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(resp)
+}
+
+/// The request body as an `AsyncRead`, frame by frame (never whole in memory).
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    buf: Bytes,
+}
+
+impl tokio::io::AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures::Stream;
+        use std::task::Poll;
+        while self.buf.is_empty() {
+            match std::pin::Pin::new(&mut self.stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::other(e.to_string())))
+                }
+                Poll::Ready(Some(Ok(b))) => self.buf = b,
+            }
+        }
+        let n = self.buf.len().min(out.remaining());
+        let chunk = self.buf.split_to(n);
+        out.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `POST /v1/blobs` (admin): stores the body as a blob and answers its reference. Nothing
+/// refers to it yet: an event must, within the collector's grace period.
+async fn upload(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_role("admin")?;
+    let mut reader = BodyReader {
+        stream: body.into_data_stream(),
+        buf: Bytes::new(),
+    };
+    let info = st.claims.blobs().put(&mut reader).await?;
+    let mut reference = info.reference();
+    reference["href"] = json!(format!("/v1/blobs/{}", info.id));
+    Ok((StatusCode::CREATED, Json(reference)))
+}
+
+/// Every blob reference in `v`, at most `limit` (more is an error).
+fn references_in(v: &Value, out: &mut Vec<BlobId>, limit: usize) -> Result<(), ApiError> {
+    if let Some((id, _)) = ficus_store::blobs::reference_of(v) {
+        if out.len() >= limit {
+            return Err(ApiError::bad_request(
+                "too_many_attachments",
+                format!("one append may refer to at most {limit} blobs"),
+            ));
+        }
+        out.push(id);
+        return Ok(());
+    }
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|x| references_in(x, out, limit)),
+        Value::Object(m) => m.values().try_for_each(|x| references_in(x, out, limit)),
+        _ => Ok(()),
+    }
+}
+
+/// Records a reference from each event to each blob its data names, checking first that every
+/// one exists. Answers what was recorded, for [`release_attachments`] if the append fails.
+pub(crate) async fn record_attachments(
+    st: &AppState,
+    stream: &str,
+    events: &[ficus_core::NewEvent],
+) -> Result<Vec<String>, ApiError> {
+    let mut per_event = Vec::new();
+    let mut total = Vec::new();
+    for e in events {
+        let mut ids = Vec::new();
+        references_in(&e.payload, &mut ids, MAX_ATTACHMENTS_PER_APPEND - total.len().min(MAX_ATTACHMENTS_PER_APPEND))?;
+        total.extend(ids.iter().cloned());
+        per_event.push((format!("{stream}/{}", e.id), ids));
+    }
+    for id in &total {
+        if st.claims.blobs().stat(id).await?.is_none() {
+            return Err(ApiError::bad_request(
+                "unknown_blob",
+                format!("no blob {id}: upload it first (POST /v1/blobs)"),
+            ));
+        }
+    }
+    let mut recorded = Vec::new();
+    let now = ficus_store::now_ms();
+    for (referrer, ids) in per_event {
+        for id in ids {
+            st.claims
+                .refs()
+                .add(&BlobRef::new(id, REF_EVENT, referrer.clone(), now))
+                .await?;
+        }
+        recorded.push(referrer);
+    }
+    Ok(recorded)
+}
+
+/// Gives back the references of an append that was refused.
+pub(crate) async fn release_attachments(st: &AppState, referrers: &[String]) {
+    for r in referrers {
+        if let Err(e) = st.claims.refs().release(REF_EVENT, r).await {
+            // A reference left behind only keeps its blob longer; it is never wrong.
+            tracing::warn!(referrer = %r, error = %e, "releasing an attachment reference failed");
+        }
+    }
 }
 
 async fn remove(

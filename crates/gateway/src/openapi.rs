@@ -454,7 +454,7 @@ fn event_paths() -> Vec<(&'static str, Value)> {
                         .body(json_body("AppendRequest", true))
                         .success(201, success("Appended.", schema_ref("AppendResult"), &[]))
                         .errors(&[
-                            (400, "`invalid_json`, `invalid_body`, `invalid_stream_id`, `invalid_expected_version`, `invalid_event_type`, `invalid_request` (e.g. no events), `invalid_path`."),
+                            (400, "`invalid_json`, `invalid_body`, `invalid_stream_id`, `invalid_expected_version`, `invalid_event_type`, `invalid_request` (e.g. no events), `invalid_path`, `unknown_blob` (data names a blob that was not uploaded), `too_many_attachments`."),
                             (403, "`forbidden`: not an admin."),
                             (409, "`wrong_expected_version`, with `actual_version`."),
                             (413, ""),
@@ -1109,6 +1109,23 @@ fn blob_paths() -> Vec<(&'static str, Value)> {
     };
     vec![
         (
+            "/v1/blobs",
+            path_item(vec![(
+                "post",
+                Op::new("uploadBlob", "blobs", "Upload a blob: an event attachment (admin)")
+                    .describe("Streams the body into the blob store (up to `--max-blob-bytes`, not the JSON body limit) and answers its claim-check reference. Identical content is stored once. Put the reference (`{\"$blob\": id, \"size\": N}`) anywhere in an event's `data` appended through `POST /v1/streams/{stream}`: the append records that the event refers to it, so it is kept for good; an upload that no event refers to within the garbage collector's grace period is deleted.")
+                    .secured()
+                    .body(json!({"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))
+                    .success(201, success("Stored.", schema_ref("BlobReference"), &[]))
+                    .errors(&[
+                        (403, "`forbidden`: admins only."),
+                        (413, "`blob_too_large`: more than `--max-blob-bytes`."),
+                        (500, ""),
+                        (503, "`blob_store_unavailable`."),
+                    ]),
+            )]),
+        ),
+        (
             "/v1/blobs/{id}",
             path_item(vec![
                 (
@@ -1186,6 +1203,15 @@ fn blob_schemas() -> Value {
             "properties": {
                 "released_refs": count(), "scanned_blobs": count(), "deleted_blobs": count(),
                 "deleted_bytes": count(), "kept_referenced": count(), "kept_young": count(),
+            },
+        },
+        "BlobReference": {
+            "type": "object",
+            "required": ["$blob", "size", "href"],
+            "properties": {
+                "$blob": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                "size": count(),
+                "href": {"type": "string", "description": "Where to fetch it: `/v1/blobs/{id}`."},
             },
         },
         "BlobDeleted": {
@@ -2117,6 +2143,7 @@ mod tests {
         ("/v1/jobs", &[("post", 202)]),
         ("/v1/jobs/{id}", &[("get", 200)]),
         ("/v1/jobs/{id}/cancel", &[("post", 200)]),
+        ("/v1/blobs", &[("post", 201)]),
         ("/v1/blobs/{id}", &[("get", 200), ("delete", 200)]),
         ("/v1/blobs/gc", &[("post", 200)]),
         ("/v1/accounts", &[("post", 201)]),

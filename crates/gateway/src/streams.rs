@@ -137,7 +137,16 @@ async fn append(
             payload: e.data,
         });
     }
-    let r = st.store.append(&stream, expected, events).await?;
+    // Attachments (blob references in the data) are referenced before the events exist, so
+    // the collector cannot remove one in between; a refused append gives them back.
+    let referrers = crate::blobs::record_attachments(&st, stream.as_str(), &events).await?;
+    let r = match st.store.append(&stream, expected, events).await {
+        Ok(r) => r,
+        Err(e) => {
+            crate::blobs::release_attachments(&st, &referrers).await;
+            return Err(e.into());
+        }
+    };
     let body = json!({
         "stream": stream,
         "first_version": r.first_version,

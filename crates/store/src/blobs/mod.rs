@@ -59,6 +59,9 @@ pub const REF_BATCH_RESULT: &str = "batch-result";
 /// A part of a bulk job's result written by one item (referrer id `{batch}/{part}`), read by
 /// the fan-in: released by the fan-in once the result is recorded, like parameters otherwise.
 pub const REF_BATCH_PART: &str = "batch-part";
+/// Referrer kind of an event's attachment: the id is `{stream}/{event id}`. Events are never
+/// rewritten, so the garbage collector never releases these.
+pub const REF_EVENT: &str = "event";
 
 /// A blob's id: the SHA-256 of its content, written `sha256:<64 lowercase hex digits>`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
