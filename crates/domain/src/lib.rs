@@ -6,8 +6,8 @@
 pub mod account;
 pub mod fulfilment;
 pub mod jobs;
-pub mod legacy_acl;
 pub mod ledger;
+pub mod legacy_acl;
 pub mod money;
 pub mod order;
 pub mod pg_read_models;

@@ -199,9 +199,7 @@ fn references_in(v: &Value, out: &mut Vec<BlobId>, limit: usize) -> Result<(), A
         return Ok(());
     }
     match v {
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|x| references_in(x, out, limit)),
+        Value::Array(items) => items.iter().try_for_each(|x| references_in(x, out, limit)),
         Value::Object(m) => m.values().try_for_each(|x| references_in(x, out, limit)),
         _ => Ok(()),
     }
@@ -218,7 +216,11 @@ pub(crate) async fn record_attachments(
     let mut total = Vec::new();
     for e in events {
         let mut ids = Vec::new();
-        references_in(&e.payload, &mut ids, MAX_ATTACHMENTS_PER_APPEND - total.len().min(MAX_ATTACHMENTS_PER_APPEND))?;
+        references_in(
+            &e.payload,
+            &mut ids,
+            MAX_ATTACHMENTS_PER_APPEND - total.len().min(MAX_ATTACHMENTS_PER_APPEND),
+        )?;
         total.extend(ids.iter().cloned());
         per_event.push((format!("{stream}/{}", e.id), ids));
     }

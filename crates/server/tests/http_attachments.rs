@@ -77,7 +77,10 @@ async fn an_attachment_travels_by_reference_and_outlives_gc(b: Backend) {
         .await
         .unwrap();
     let read: Value = r.json().await.unwrap();
-    assert_eq!(read["code"], "stream_not_found", "nothing was written: {read}");
+    assert_eq!(
+        read["code"], "stream_not_found",
+        "nothing was written: {read}"
+    );
 
     // The event carries only the reference, nested anywhere in its data.
     let reference = json!({"$blob": attachment["$blob"], "size": attachment["size"]});
