@@ -69,10 +69,10 @@ impl From<BulkJobError> for ApiError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubmitDto {
-    kind: String,
+pub(crate) struct SubmitDto {
+    pub(crate) kind: String,
     #[serde(default)]
-    params: serde_json::Map<String, Value>,
+    pub(crate) params: serde_json::Map<String, Value>,
 }
 
 async fn submit(

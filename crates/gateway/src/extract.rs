@@ -79,7 +79,7 @@ fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
 /// Deepest nesting of arrays and objects accepted in a body (serde_json's own limit is 128).
 pub const MAX_JSON_DEPTH: usize = 64;
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
         return Err(ApiError::bad_request(
             "invalid_json",

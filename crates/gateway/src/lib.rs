@@ -12,6 +12,8 @@ pub mod cache;
 pub mod console;
 mod error;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod idempotency;
 pub mod metrics;
 mod openapi;

@@ -153,15 +153,33 @@ fn now_ms() -> i64 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateProductDto {
-    name: String,
+pub(crate) struct CreateProductDto {
+    pub(crate) name: String,
     #[serde(default)]
-    description: String,
-    category: String,
-    price: Box<RawValue>,
-    currency: String,
+    pub(crate) description: String,
+    pub(crate) category: String,
+    pub(crate) price: Box<RawValue>,
+    pub(crate) currency: String,
     #[serde(default)]
-    stock: Option<i64>,
+    pub(crate) stock: Option<i64>,
+}
+
+impl CreateProductDto {
+    /// The body's money and currency checked (400 on a bad one); the product's own rules are
+    /// the aggregate's.
+    pub(crate) fn into_new_product(self) -> Result<NewProduct, ApiError> {
+        let price = parse_amount(&self.price, "price")?;
+        let currency = Currency::new(self.currency)
+            .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        Ok(NewProduct {
+            name: self.name,
+            description: self.description,
+            category: self.category,
+            price,
+            currency,
+            stock: self.stock.map(|q| (DEFAULT_WAREHOUSE.to_owned(), q)),
+        })
+    }
 }
 
 async fn create_product(
@@ -172,18 +190,8 @@ async fn create_product(
     JsonBody(body): JsonBody<CreateProductDto>,
 ) -> Result<Response, ApiError> {
     caller.require_role("seller")?;
-    let price = parse_amount(&body.price, "price")?;
-    let currency =
-        Currency::new(body.currency).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let input = body.into_new_product()?;
     let id = uuid::Uuid::now_v7().to_string();
-    let input = NewProduct {
-        name: body.name,
-        description: body.description,
-        category: body.category,
-        price,
-        currency,
-        stock: body.stock.map(|q| (DEFAULT_WAREHOUSE.to_owned(), q)),
-    };
     let out = shop_for(&st, &hold, StatusCode::CREATED, &id)
         .create_product(&caller.0, &id, input, now_ms(), &metadata(&caller, &corr))
         .await?;
@@ -226,8 +234,8 @@ async fn order_command(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PriceDto {
-    price: Box<RawValue>,
+pub(crate) struct PriceDto {
+    pub(crate) price: Box<RawValue>,
 }
 
 async fn change_price(
@@ -250,9 +258,9 @@ async fn change_price(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StockDto {
-    warehouse: String,
-    delta: i64,
+pub(crate) struct StockDto {
+    pub(crate) warehouse: String,
+    pub(crate) delta: i64,
 }
 
 async fn adjust_stock(
@@ -275,8 +283,8 @@ async fn adjust_stock(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeleteDto {
-    reason: String,
+pub(crate) struct DeleteDto {
+    pub(crate) reason: String,
 }
 
 async fn delete_product(
@@ -298,15 +306,15 @@ async fn delete_product(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ItemDto {
-    product_id: String,
-    quantity: i64,
+pub(crate) struct ItemDto {
+    pub(crate) product_id: String,
+    pub(crate) quantity: i64,
 }
 
 impl ItemDto {
     /// Out-of-range quantities are passed on clamped so the aggregate refuses them with its
     /// own rule (`invalid_quantity`), the same answer whatever the sign or size.
-    fn into_item(self) -> RequestedItem {
+    pub(crate) fn into_item(self) -> RequestedItem {
         RequestedItem {
             product_id: self.product_id,
             quantity: self.quantity.clamp(0, u32::MAX as i64) as u32,
@@ -316,8 +324,8 @@ impl ItemDto {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateOrderDto {
-    items: Vec<ItemDto>,
+pub(crate) struct CreateOrderDto {
+    pub(crate) items: Vec<ItemDto>,
 }
 
 async fn create_order(
@@ -391,9 +399,9 @@ async fn place_order(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CancelDto {
+pub(crate) struct CancelDto {
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 async fn cancel_order(

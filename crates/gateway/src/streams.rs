@@ -34,41 +34,41 @@ pub fn routes() -> Router<AppState> {
 /// The JSON shape of a recorded event (shared with the bus's messages).
 pub use ficus_store::event_json;
 
-fn stream_id(s: String) -> Result<StreamId, ApiError> {
+pub(crate) fn stream_id(s: String) -> Result<StreamId, ApiError> {
     StreamId::new(s).map_err(|e| ApiError::bad_request("invalid_stream_id", e.to_string()))
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum ExpectedDto {
+pub(crate) enum ExpectedDto {
     Exact(u64),
     Named(String),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppendEventDto {
+pub(crate) struct AppendEventDto {
     #[serde(default)]
-    id: Option<uuid::Uuid>,
+    pub(crate) id: Option<uuid::Uuid>,
     #[serde(rename = "type")]
-    event_type: String,
+    pub(crate) event_type: String,
     #[serde(default)]
-    data: Value,
+    pub(crate) data: Value,
     #[serde(default)]
-    metadata: Option<Metadata>,
+    pub(crate) metadata: Option<Metadata>,
     #[serde(default)]
-    schema_version: Option<u32>,
+    pub(crate) schema_version: Option<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppendDto {
+pub(crate) struct AppendDto {
     #[serde(default)]
-    expected_version: Option<ExpectedDto>,
-    events: Vec<AppendEventDto>,
+    pub(crate) expected_version: Option<ExpectedDto>,
+    pub(crate) events: Vec<AppendEventDto>,
 }
 
-fn expected(dto: Option<ExpectedDto>) -> Result<ExpectedVersion, ApiError> {
+pub(crate) fn expected(dto: Option<ExpectedDto>) -> Result<ExpectedVersion, ApiError> {
     Ok(match dto {
         None => ExpectedVersion::Any,
         Some(ExpectedDto::Exact(v)) => ExpectedVersion::Exact(v),
@@ -164,7 +164,7 @@ struct ReadStreamQuery {
     limit: Option<u64>,
 }
 
-fn limit(l: Option<u64>) -> Result<usize, ApiError> {
+pub(crate) fn limit(l: Option<u64>) -> Result<usize, ApiError> {
     match l.unwrap_or(READ_DEFAULT_LIMIT) {
         l @ 1..=READ_MAX_LIMIT => Ok(l as usize),
         _ => Err(ApiError::bad_request(
@@ -200,9 +200,9 @@ async fn read_stream(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReadAllQuery {
-    from_position: Option<u64>,
-    limit: Option<u64>,
+pub(crate) struct ReadAllQuery {
+    pub(crate) from_position: Option<u64>,
+    pub(crate) limit: Option<u64>,
 }
 
 async fn read_all(
@@ -224,8 +224,35 @@ async fn read_all(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubscribeQuery {
+pub(crate) struct SubscribeQuery {
+    pub(crate) from_position: Option<u64>,
+}
+
+/// The position a subscription starts at: right after the `Last-Event-ID` a reconnecting
+/// client sends (a position this server sent: decimal, below `i64::MAX`), else the query's
+/// `from_position`, else the start of the log.
+pub(crate) fn resume_position(
+    last_event_id: Option<&axum::http::HeaderValue>,
     from_position: Option<u64>,
+) -> Result<u64, ApiError> {
+    match last_event_id {
+        Some(v) => Ok(parse_last_event_id(v)? + 1),
+        None => Ok(from_position.unwrap_or(1)),
+    }
+}
+
+/// A `Last-Event-ID` header as the position it names.
+pub(crate) fn parse_last_event_id(v: &axum::http::HeaderValue) -> Result<u64, ApiError> {
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|p| *p < i64::MAX as u64)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "Last-Event-ID must be a position the server sent",
+            )
+        })
 }
 
 /// Live subscription over SSE: one event per message, `id:` = position. A reconnecting
@@ -239,23 +266,7 @@ async fn subscribe(
     QueryParams(q): QueryParams<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
     caller.require_role("admin")?;
-    let from = match headers.get("last-event-id") {
-        Some(v) => {
-            let last: u64 = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .filter(|p| *p < i64::MAX as u64)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_last_event_id",
-                        "Last-Event-ID must be a position the server sent",
-                    )
-                })?;
-            last + 1
-        }
-        None => q.from_position.unwrap_or(1),
-    };
+    let from = resume_position(headers.get("last-event-id"), q.from_position)?;
     let permit = st.sse_permits.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable(
             "too_many_subscribers",
