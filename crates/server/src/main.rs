@@ -540,6 +540,24 @@ fn init_logs(
     })
 }
 
+/// A benchmark's directory: the one given (kept afterwards), or a fresh temporary one (whose
+/// removal is the caller's, as the `true` says).
+fn bench_dir(dir: Option<PathBuf>) -> (PathBuf, bool) {
+    match dir {
+        Some(d) => (d, false),
+        None => (temp_dir("ficus-bench"), true),
+    }
+}
+
+/// Writes a benchmark's results as JSON to the `--json-out` file, when one is named.
+fn write_json_out(json_out: Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(p) = json_out {
+        std::fs::write(&p, serde_json::to_string_pretty(value)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn temp_dir(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7()))
 }
@@ -703,19 +721,13 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let _logs = init_logs(LogFormat::Text, None, "warn")?;
-            let (dir, remove) = match dir {
-                Some(d) => (d, false),
-                None => (temp_dir("ficus-bench"), true),
-            };
+            let (dir, remove) = bench_dir(dir);
             let out = bench::snapshots::run(&dir, &lengths, loads).await;
             if remove {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             let out = out?;
-            if let Some(p) = json_out {
-                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
+            write_json_out(json_out, &out)?;
         }
         Command::Bench {
             which:
@@ -731,10 +743,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let _logs = init_logs(LogFormat::Text, None, "warn")?;
-            let (dir, remove) = match dir {
-                Some(d) => (d, false),
-                None => (temp_dir("ficus-bench"), true),
-            };
+            let (dir, remove) = bench_dir(dir);
             let at = match store {
                 Some(url) => bench::BenchStore::Postgres {
                     url,
@@ -757,9 +766,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             let out = out?;
-            if let Some(p) = json_out {
-                std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
-            }
+            write_json_out(json_out, &out)?;
         }
         Command::Bench {
             which:
@@ -776,10 +783,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let _logs = init_logs(LogFormat::Text, None, "warn")?;
-            let (dir, remove) = match dir {
-                Some(d) => (d, false),
-                None => (temp_dir("ficus-bench"), true),
-            };
+            let (dir, remove) = bench_dir(dir);
             let at = match store {
                 Some(url) => bench::BenchStore::Postgres {
                     url,
@@ -800,10 +804,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             let out = out?;
-            if let Some(p) = json_out {
-                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
+            write_json_out(json_out, &out)?;
         }
         Command::Bench {
             which:
@@ -842,10 +843,7 @@ async fn main() -> anyhow::Result<()> {
                 r.append_p50_us,
                 r.append_p99_us
             );
-            if let Some(p) = json_out {
-                std::fs::write(&p, serde_json::to_string_pretty(&r)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
+            write_json_out(json_out, &r)?;
         }
         Command::Bench {
             which:
@@ -858,10 +856,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let _logs = init_logs(LogFormat::Text, None, "warn")?;
-            let (dir, remove) = match dir {
-                Some(d) => (d, false),
-                None => (temp_dir("ficus-bench"), true),
-            };
+            let (dir, remove) = bench_dir(dir);
             let at = match store {
                 Some(url) => bench::BenchStore::Postgres {
                     url,
@@ -879,10 +874,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             let out = out?;
-            if let Some(p) = json_out {
-                std::fs::write(&p, serde_json::to_string_pretty(&out)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
+            write_json_out(json_out, &out)?;
         }
         Command::Token {
             sub,
