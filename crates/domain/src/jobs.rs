@@ -144,17 +144,24 @@ impl BulkJobs {
         params: Value,
         now_ms: i64,
     ) -> Result<Batch, BulkJobError> {
-        let (items, fan_in) = match kind {
-            "reprice_category" => self.plan_reprice(actor, &params).await?,
-            "export_orders" => self.plan_export(actor, &params)?,
-            "notify_buyers" => self.plan_notify(actor, &params).await?,
-            "sample_report" => self.plan_sample_report(actor, &params)?,
-            other => {
-                return Err(BulkJobError::Invalid(format!(
-                "unknown job kind {other:?}; one of reprice_category, export_orders, notify_buyers, \
-                 sample_report"
-            )))
+        // Who may start the job is checked before what it asks for (a 403 over a 400).
+        require_role(kind, actor)?;
+        let (items, fan_in) = match check_params(kind, &params)? {
+            JobParams::Reprice { category, percent } => {
+                self.plan_reprice(actor, category, percent).await?
             }
+            JobParams::Export { from_day, to_day } => plan_export(from_day, to_day),
+            JobParams::Notify {
+                product_id,
+                message,
+            } => self.plan_notify(actor, product_id, message).await?,
+            JobParams::SampleReport {
+                size_bytes,
+                preface,
+            } => (
+                Vec::new(),
+                json!({"size_bytes": size_bytes, "preface": preface}),
+            ),
         };
         let (mut items, mut fan_in, mut params) = (items, fan_in, params);
         if let Some(claims) = &self.claims {
@@ -184,22 +191,9 @@ impl BulkJobs {
     async fn plan_reprice(
         &self,
         actor: &Actor,
-        params: &Value,
+        category: String,
+        percent: i64,
     ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
-        if !actor.has_role("seller") {
-            return Err(BulkJobError::Forbidden(
-                "only sellers reprice their products".into(),
-            ));
-        }
-        let category = text_param(params, "category")?.to_owned();
-        let percent = params["percent"]
-            .as_i64()
-            .filter(|p| (-100..=1000).contains(p) && *p != 0)
-            .ok_or_else(|| {
-                BulkJobError::Invalid(
-                    "params.percent must be a non-zero integer in -100..=1000".into(),
-                )
-            })?;
         let seller = actor.user_id.clone();
         let (products, _) = self
             .read
@@ -211,92 +205,25 @@ impl BulkJobs {
         let items = products
             .into_iter()
             .map(|(id, price)| {
-                // Rounded to the nearest cent, half away from zero, in integers.
-                let scaled = price as i128 * (100 + percent) as i128;
-                let new_price = ((scaled + 50 * scaled.signum()) / 100) as i64;
                 item(
                     "reprice_category.item",
-                    json!({"product_id": id, "actor_id": actor.user_id, "new_price_minor": new_price}),
+                    json!({
+                        "product_id": id,
+                        "actor_id": actor.user_id,
+                        "new_price_minor": repriced(price, percent),
+                    }),
                 )
             })
             .collect();
         Ok((items, json!({})))
     }
 
-    fn plan_export(
-        &self,
-        actor: &Actor,
-        params: &Value,
-    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
-        if !actor.has_role("admin") {
-            return Err(BulkJobError::Forbidden("only admins export orders".into()));
-        }
-        let day = |k: &str| {
-            text_param(params, k).and_then(|s| {
-                ficus_core::time::parse_date(s).ok_or_else(|| {
-                    BulkJobError::Invalid(format!("params.{k} must be a date YYYY-MM-DD"))
-                })
-            })
-        };
-        let (from, to) = (day("from")?, day("to")?);
-        if to < from || to - from >= EXPORT_MAX_DAYS {
-            return Err(BulkJobError::Invalid(format!(
-                "from must not be after to, and the range at most {EXPORT_MAX_DAYS} days"
-            )));
-        }
-        let items = (from..=to)
-            .map(|d| item("export_orders.item", json!({ "day": d })))
-            .collect();
-        Ok((items, json!({ "from_day": from, "to_day": to })))
-    }
-
-    fn plan_sample_report(
-        &self,
-        actor: &Actor,
-        params: &Value,
-    ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
-        if !actor.has_role("admin") {
-            return Err(BulkJobError::Forbidden(
-                "only admins write sample reports".into(),
-            ));
-        }
-        let size = params["size_bytes"]
-            .as_u64()
-            .filter(|n| (1..=SAMPLE_REPORT_MAX_BYTES).contains(n))
-            .ok_or_else(|| {
-                BulkJobError::Invalid(format!(
-                    "params.size_bytes must be an integer in 1..={SAMPLE_REPORT_MAX_BYTES}"
-                ))
-            })?;
-        let preface = match &params["preface"] {
-            Value::Null => "",
-            Value::String(s) => s.as_str(),
-            _ => {
-                return Err(BulkJobError::Invalid(
-                    "params.preface must be a string".into(),
-                ))
-            }
-        };
-        if preface.len() as u64 > size {
-            return Err(BulkJobError::Invalid(
-                "params.preface must not be longer than size_bytes".into(),
-            ));
-        }
-        Ok((Vec::new(), json!({"size_bytes": size, "preface": preface})))
-    }
-
     async fn plan_notify(
         &self,
         actor: &Actor,
-        params: &Value,
+        product_id: String,
+        message: String,
     ) -> Result<(Vec<NewJob>, Value), BulkJobError> {
-        let product_id = text_param(params, "product_id")?.to_owned();
-        let message = text_param(params, "message")?.to_owned();
-        if message.chars().nth(MESSAGE_MAX_CHARS).is_some() {
-            return Err(BulkJobError::Invalid(format!(
-                "params.message must be at most {MESSAGE_MAX_CHARS} characters"
-            )));
-        }
         let (product, _) = self.read.get_product(product_id.clone()).await?;
         let Some(product) = product.filter(|p| !p.deleted) else {
             return Err(BulkJobError::NotFound(format!("no product {product_id}")));
@@ -321,6 +248,133 @@ impl BulkJobs {
             .collect();
         Ok((items, json!({})))
     }
+}
+
+/// A bulk job's parameters once checked: every bound below holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobParams {
+    /// `reprice_category`: a non-empty category, `percent` non-zero in -100..=1000.
+    Reprice { category: String, percent: i64 },
+    /// `export_orders`: day numbers, `from_day <= to_day < from_day + EXPORT_MAX_DAYS`.
+    Export { from_day: i64, to_day: i64 },
+    /// `notify_buyers`: a non-empty product id and message of at most MESSAGE_MAX_CHARS.
+    Notify { product_id: String, message: String },
+    /// `sample_report`: `size_bytes` in 1..=SAMPLE_REPORT_MAX_BYTES, the preface no longer.
+    SampleReport { size_bytes: u64, preface: String },
+}
+
+/// The role `kind` asks of its submitter, checked before its parameters.
+fn require_role(kind: &str, actor: &Actor) -> Result<(), BulkJobError> {
+    let (role, why) = match kind {
+        "reprice_category" => ("seller", "only sellers reprice their products"),
+        "export_orders" => ("admin", "only admins export orders"),
+        "sample_report" => ("admin", "only admins write sample reports"),
+        // notify_buyers: the product's seller or an admin, known once the product is read.
+        _ => return Ok(()),
+    };
+    if actor.has_role(role) {
+        Ok(())
+    } else {
+        Err(BulkJobError::Forbidden(why.into()))
+    }
+}
+
+/// Checks a bulk job's kind and parameters without reading anything: the part of a
+/// submission that depends on the request alone (and what the `bulk_params` fuzz target
+/// drives). Refusals are [`BulkJobError::Invalid`].
+pub fn check_params(kind: &str, params: &Value) -> Result<JobParams, BulkJobError> {
+    match kind {
+        "reprice_category" => {
+            let category = text_param(params, "category")?.to_owned();
+            let percent = params["percent"]
+                .as_i64()
+                .filter(|p| (-100..=1000).contains(p) && *p != 0)
+                .ok_or_else(|| {
+                    BulkJobError::Invalid(
+                        "params.percent must be a non-zero integer in -100..=1000".into(),
+                    )
+                })?;
+            Ok(JobParams::Reprice { category, percent })
+        }
+        "export_orders" => {
+            let day = |k: &str| {
+                text_param(params, k).and_then(|s| {
+                    ficus_core::time::parse_date(s).ok_or_else(|| {
+                        BulkJobError::Invalid(format!("params.{k} must be a date YYYY-MM-DD"))
+                    })
+                })
+            };
+            let (from_day, to_day) = (day("from")?, day("to")?);
+            if to_day < from_day || to_day - from_day >= EXPORT_MAX_DAYS {
+                return Err(BulkJobError::Invalid(format!(
+                    "from must not be after to, and the range at most {EXPORT_MAX_DAYS} days"
+                )));
+            }
+            Ok(JobParams::Export { from_day, to_day })
+        }
+        "notify_buyers" => {
+            let product_id = text_param(params, "product_id")?.to_owned();
+            let message = text_param(params, "message")?.to_owned();
+            if message.chars().nth(MESSAGE_MAX_CHARS).is_some() {
+                return Err(BulkJobError::Invalid(format!(
+                    "params.message must be at most {MESSAGE_MAX_CHARS} characters"
+                )));
+            }
+            Ok(JobParams::Notify {
+                product_id,
+                message,
+            })
+        }
+        "sample_report" => {
+            let size_bytes = params["size_bytes"]
+                .as_u64()
+                .filter(|n| (1..=SAMPLE_REPORT_MAX_BYTES).contains(n))
+                .ok_or_else(|| {
+                    BulkJobError::Invalid(format!(
+                        "params.size_bytes must be an integer in 1..={SAMPLE_REPORT_MAX_BYTES}"
+                    ))
+                })?;
+            let preface = match &params["preface"] {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                _ => {
+                    return Err(BulkJobError::Invalid(
+                        "params.preface must be a string".into(),
+                    ))
+                }
+            };
+            if preface.len() as u64 > size_bytes {
+                return Err(BulkJobError::Invalid(
+                    "params.preface must not be longer than size_bytes".into(),
+                ));
+            }
+            Ok(JobParams::SampleReport {
+                size_bytes,
+                preface,
+            })
+        }
+        other => Err(BulkJobError::Invalid(format!(
+            "unknown job kind {other:?}; one of reprice_category, export_orders, notify_buyers, \
+             sample_report"
+        ))),
+    }
+}
+
+/// One item per UTC day of an export, and the fan-in's range.
+pub fn plan_export(from_day: i64, to_day: i64) -> (Vec<NewJob>, Value) {
+    let items = (from_day..=to_day)
+        .map(|d| item("export_orders.item", json!({ "day": d })))
+        .collect();
+    (items, json!({ "from_day": from_day, "to_day": to_day }))
+}
+
+/// A price in minor units changed by `percent`, rounded to the nearest cent, half away from
+/// zero, in integers.
+pub fn repriced(price_minor: i64, percent: i64) -> i64 {
+    let scaled = price_minor as i128 * (100 + percent) as i128;
+    let rounded = (scaled + 50 * scaled.signum()) / 100;
+    // Saturates rather than wraps; the product's own rules refuse a price that large.
+    rounded.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 /// Runs the shop's job items and fan-ins.

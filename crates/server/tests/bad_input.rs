@@ -386,6 +386,41 @@ async fn absurd_queries_paths_and_headers_are_refused() {
         "read_model_lagging"
     );
 
+    // The extreme positions that do parse are answered, not refused and not wrapped: the
+    // largest one is past the head (an empty page, the head unchanged), zero is the start.
+    let page = |path: String| {
+        let r = get(&path);
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let top = page(format!("/v1/all?from_position={}&limit=1000", u64::MAX)).await;
+    assert_eq!(top["events"], json!([]), "a page past the head is empty");
+    assert_eq!(top["head_position"].as_u64(), Some(before.0));
+    let start = page("/v1/all?from_position=0&limit=1".into()).await;
+    assert_eq!(start["events"][0]["position"], 1, "position 0 reads from 1");
+    // A live subscription from the largest position opens and delivers nothing (every event
+    // is before it) while the server goes on serving.
+    let mut sub = get(&format!("/v1/subscribe?from_position={}", u64::MAX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sub.status(), 200);
+    let waited = tokio::time::timeout(Duration::from_millis(700), async {
+        loop {
+            match sub.chunk().await.unwrap() {
+                // SSE comments (keep-alives) start with ':'; anything else is an event.
+                Some(c) if c.starts_with(b":") => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "an event was delivered: {waited:?}");
+    drop(sub);
+
     // Invalid UTF-8 in a path, percent-encoded: a JSON refusal from the extractor.
     assert_eq!(
         send(get("/v1/products/%FF%FE"), 400, "path %FF").await,
