@@ -6,6 +6,16 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+/// What `ficus routes set` changes in a route; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct RouteChange {
+    pub weight_new: Option<u8>,
+    pub sticky: Option<String>,
+    pub shadow: Option<bool>,
+    pub shadow_ignore: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+}
+
 /// Where the server is and who is asking.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -181,12 +191,7 @@ impl Remote {
     }
 
     /// Reads a route, changes what was asked, writes it back.
-    pub async fn route_set(
-        &self,
-        name: &str,
-        weight_new: Option<u8>,
-        sticky: Option<String>,
-    ) -> anyhow::Result<()> {
+    pub async fn route_set(&self, name: &str, change: RouteChange) -> anyhow::Result<()> {
         let mut route = self
             .call(
                 reqwest::Method::GET,
@@ -196,11 +201,20 @@ impl Remote {
             .await?;
         if let Some(obj) = route.as_object_mut() {
             obj.remove("stats");
-            if let Some(w) = weight_new {
+            if let Some(w) = change.weight_new {
                 obj.insert("weight_new".into(), json!(w));
             }
-            if let Some(s) = sticky {
+            if let Some(s) = change.sticky {
                 obj.insert("sticky".into(), json!(s));
+            }
+            if let Some(on) = change.shadow {
+                obj.insert("shadow".into(), json!(on));
+            }
+            if let Some(fields) = change.shadow_ignore {
+                obj.insert("shadow_ignore".into(), json!(fields));
+            }
+            if let Some(ms) = change.timeout_ms {
+                obj.insert("timeout_ms".into(), json!(ms));
             }
         }
         let after = self
@@ -210,7 +224,15 @@ impl Remote {
                 Some(route),
             )
             .await?;
-        println!("route {name}: {} % to the new side", after["weight_new"]);
+        let shadow = if after["shadow"].as_bool() == Some(true) {
+            ", shadowed"
+        } else {
+            ""
+        };
+        println!(
+            "route {name}: {} % to the new side{shadow}",
+            after["weight_new"]
+        );
         Ok(())
     }
 

@@ -311,6 +311,16 @@ enum RoutesCommand {
         /// `header:NAME`, `cookie:NAME` or `user`.
         #[arg(long)]
         sticky: Option<String>,
+        /// Shadow mode on or off: serve from legacy, send a copy to the new side, compare.
+        #[arg(long, value_parser = ["on", "off"])]
+        shadow: Option<String>,
+        /// JSON fields the shadow comparison ignores, comma-separated (`updated_at,order.id`);
+        /// an empty value clears them.
+        #[arg(long)]
+        shadow_ignore: Option<String>,
+        /// Longest an upstream may take to answer, ms.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Rollouts: plan, step, window metrics and decision history (of one route, or of all
     /// routes with a plan).
@@ -909,7 +919,25 @@ async fn main() -> anyhow::Result<()> {
                     name,
                     weight_new,
                     sticky,
-                } => remote.route_set(&name, weight_new, sticky).await?,
+                    shadow,
+                    shadow_ignore,
+                    timeout_ms,
+                } => {
+                    let change = ficus_server::client::RouteChange {
+                        weight_new,
+                        sticky,
+                        shadow: shadow.map(|s| s == "on"),
+                        shadow_ignore: shadow_ignore.map(|s| {
+                            s.split(',')
+                                .map(str::trim)
+                                .filter(|f| !f.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        }),
+                        timeout_ms,
+                    };
+                    remote.route_set(&name, change).await?
+                }
                 RoutesCommand::Status { name } => remote.routes_status(name.as_deref()).await?,
                 RoutesCommand::Rollout { action, name } => {
                     remote.rollout_action(&name, &action).await?

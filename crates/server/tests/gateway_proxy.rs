@@ -1289,6 +1289,64 @@ async fn the_routes_cli_sets_and_lists_routes() {
     let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
     assert_eq!(saved.routes[0].weight_new, 50);
 
+    // Shadow mode, its ignored fields and the timeout, from the CLI; the other fields stay.
+    let (ok, out, err) = ficus(
+        &gw,
+        &gw.admin,
+        &[
+            "routes",
+            "set",
+            "products",
+            "--shadow",
+            "on",
+            "--shadow-ignore",
+            "updated_at, order.id",
+            "--timeout-ms",
+            "750",
+        ],
+    )
+    .await;
+    assert!(ok, "routes set --shadow failed: {out}{err}");
+    assert!(out.contains("shadowed"), "{out}");
+    let r = gw.route("products").await;
+    assert_eq!(r["shadow"], true);
+    assert_eq!(r["shadow_ignore"], json!(["updated_at", "order.id"]));
+    assert_eq!(r["timeout_ms"], 750);
+    assert_eq!(r["weight_new"], 50, "routes set lost a field");
+    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    assert!(saved.routes[0].shadow);
+    let (ok, out, err) = ficus(
+        &gw,
+        &gw.admin,
+        &[
+            "routes",
+            "set",
+            "products",
+            "--shadow",
+            "off",
+            "--shadow-ignore",
+            "",
+        ],
+    )
+    .await;
+    assert!(ok, "routes set --shadow off failed: {out}{err}");
+    let r = gw.route("products").await;
+    assert_ne!(r["shadow"], true, "{r}");
+    assert!(
+        r["shadow_ignore"].as_array().is_none_or(|a| a.is_empty()),
+        "{r}"
+    );
+    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    assert!(!saved.routes[0].shadow && saved.routes[0].shadow_ignore.is_empty());
+    // An unknown shadow value is refused by the CLI before anything is sent.
+    let (ok, _, err) = ficus(
+        &gw,
+        &gw.admin,
+        &["routes", "set", "products", "--shadow", "maybe"],
+    )
+    .await;
+    assert!(!ok && err.contains("maybe"), "{err}");
+
     let (ok, out, err) = ficus(&gw, &gw.admin, &["routes", "list"]).await;
     assert!(ok, "routes list failed: {out}{err}");
     let line = out
