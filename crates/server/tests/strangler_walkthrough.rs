@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ficus_server::app::{self, ServerConfig};
-use ficus_server::client::Remote;
+use ficus_server::client::{Remote, RouteChange};
 use ficus_server::legacy;
 use serde_json::{json, Value};
 
@@ -155,7 +155,11 @@ impl Walk {
             url: self.gw.clone(),
             token: self.admin.clone(),
         };
-        remote.route_set(route, Some(weight), None).await.unwrap();
+        let change = RouteChange {
+            weight_new: Some(weight),
+            ..RouteChange::default()
+        };
+        remote.route_set(route, change).await.unwrap();
         assert_eq!(self.route(route).await["weight_new"], weight);
     }
 
