@@ -7,6 +7,9 @@
 //! never went backwards; and both read models answer exactly what a rebuild from the log
 //! answers. At the end every job completes with each of its products repriced exactly once.
 //!
+//! The same campaign runs on PostgreSQL (a schema of its own) with the NATS JetStream bus when
+//! `FICUS_TEST_PG_URL` (and `FICUS_TEST_NATS_URL`) are set, as CI sets them.
+//!
 //! `FICUS_CRASH_ROUNDS` sets the rounds (default 10), `FICUS_CRASH_SEED` the seed (printed
 //! at the start and in every failure); a seed reproduces the operation mix and kill times.
 
@@ -37,14 +40,28 @@ const SNAPSHOT_PRODUCTS: usize = 400;
 /// The whole default campaign must stay under this (a hang is a failure, not a stuck CI).
 const CAMPAIGN_BUDGET: Duration = Duration::from_secs(120);
 
-fn serve(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ficus"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
+/// Where the campaign's server keeps its data.
+enum Backend {
+    Sqlite,
+    /// A PostgreSQL schema of the campaign's own (dropped with the guard), and the NATS bus
+    /// when one is configured.
+    Postgres {
+        url: String,
+        schema: String,
+        nats: Option<String>,
+    },
+}
+
+fn serve(dir: &Path, port: u16, backend: &Backend) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
+    cmd.arg("serve");
+    if let Backend::Postgres { url, schema, nats } = backend {
+        cmd.args(["--store", url, "--pg-schema", schema]);
+        if let Some(nats) = nats {
+            cmd.args(["--bus", nats]);
+        }
+    }
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .env("FICUS_AUTH_HS256_SECRET", SECRET)
         .env("FICUS_JOB_VISIBILITY_MS", VISIBILITY_MS.to_string())
@@ -614,6 +631,32 @@ async fn check_jobs_done(ctx: &Ctx) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_mixed_load_loses_nothing_acknowledged() {
+    run_campaign(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_on_postgres_and_nats_loses_nothing_acknowledged() {
+    let Some(url) = ficus_store::postgres::testing::test_url() else {
+        eprintln!("skipped: FICUS_TEST_PG_URL is not set");
+        return;
+    };
+    let (config, _schema) = ficus_store::postgres::testing::fresh_schema(&url, "crash");
+    let nats = ficus_store::nats::test_nats_url();
+    let _stream = nats.clone().map(|n| {
+        ficus_store::nats::testing::StreamGuard(ficus_store::nats::BusConfig::new(
+            n,
+            &config.schema,
+        ))
+    });
+    run_campaign(Backend::Postgres {
+        url,
+        schema: config.schema.clone(),
+        nats,
+    })
+    .await;
+}
+
+async fn run_campaign(backend: Backend) {
     let seed: u64 = std::env::var("FICUS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -624,12 +667,12 @@ async fn sigkill_under_mixed_load_loses_nothing_acknowledged() {
         .unwrap_or(10);
     eprintln!("crash campaign: FICUS_CRASH_SEED={seed} FICUS_CRASH_ROUNDS={rounds}");
     let budget = CAMPAIGN_BUDGET.max(Duration::from_secs(12) * rounds as u32);
-    tokio::time::timeout(budget, campaign(seed, rounds))
+    tokio::time::timeout(budget, campaign(seed, rounds, &backend))
         .await
         .unwrap_or_else(|_| panic!("campaign took over {budget:?} (FICUS_CRASH_SEED={seed})"));
 }
 
-async fn campaign(seed: u64, rounds: usize) {
+async fn campaign(seed: u64, rounds: usize, backend: &Backend) {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -657,7 +700,7 @@ async fn campaign(seed: u64, rounds: usize) {
             acked: acked.clone(),
             seed,
         };
-        let mut child = serve(dir.path(), port);
+        let mut child = serve(dir.path(), port, backend);
         wait_ready(&ctx.http, &ctx.base).await;
         check(&ctx, round).await;
         if round == rounds {
