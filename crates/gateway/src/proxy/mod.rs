@@ -162,16 +162,22 @@ fn target_uri(
     let rest = path
         .strip_prefix(route.path_prefix.trim_end_matches('/'))
         .unwrap_or(path);
-    let new_path = match prefix {
-        Some(p) => format!("{}{rest}", p.trim_end_matches('/')),
-        None => path.to_owned(),
-    };
     let base_path = base.path().trim_end_matches('/');
-    // Only the path is new per request; scheme and authority are reused as parsed at load.
+    // Only the path is new per request (one allocation); scheme and authority are reused as
+    // parsed at load.
+    let (head, tail) = match prefix {
+        Some(p) => (p.trim_end_matches('/'), rest),
+        None => ("", path),
+    };
+    let mut pq = String::with_capacity(base_path.len() + head.len() + tail.len() + query.len());
+    pq.push_str(base_path);
+    pq.push_str(head);
+    pq.push_str(tail);
+    pq.push_str(query);
     Uri::builder()
         .scheme(axum::http::uri::Scheme::HTTP)
         .authority(base.authority().expect("validated authority").clone())
-        .path_and_query(format!("{base_path}{new_path}{query}"))
+        .path_and_query(pq)
         .build()
         .map_err(|e| e.to_string())
 }
@@ -406,6 +412,10 @@ impl RouteTable {
 /// Where the table comes from and goes to.
 pub struct Gateway {
     table: RwLock<Arc<RouteTable>>,
+    /// The running table's number (unique in the process, see [`TABLE_GENERATIONS`]): a
+    /// worker thread reuses its cached copy of the `Arc` while it is unchanged, so a request
+    /// reads one shared word instead of taking the lock every thread shares.
+    table_gen: AtomicU64,
     stats: RwLock<HashMap<String, Arc<RouteStats>>>,
     /// Comparisons in flight; past the limit, shadows are skipped.
     shadow_slots: Arc<tokio::sync::Semaphore>,
@@ -467,7 +477,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Numbers every route table in the process, so a thread's cached table can never be taken
+/// for another gateway's (tests run several in one process).
+static TABLE_GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 thread_local! {
+    /// The last table this thread used, with its number.
+    static TABLE_CACHE: std::cell::RefCell<Option<(u64, Arc<RouteTable>)>> =
+        const { std::cell::RefCell::new(None) };
+
     /// One upstream connection pool per thread: a request is sent on a connection owned by
     /// the thread (and runtime) that serves it, with no cross-thread hand-off.
     static CLIENT: Client<HttpConnector, Body> = {
@@ -544,6 +562,7 @@ impl Gateway {
         let rollouts = rollout_ctl::Rollouts::load(file.as_deref())?;
         Ok(Self {
             table: RwLock::new(Arc::new(table)),
+            table_gen: AtomicU64::new(TABLE_GENERATIONS.fetch_add(1, Ordering::Relaxed)),
             stats,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(shadow::MAX_SHADOWS_IN_FLIGHT)),
             file,
@@ -566,6 +585,27 @@ impl Gateway {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// [`Gateway::table`] for the request path: the thread's cached `Arc` while the table's
+    /// number is unchanged. A replace stores the number after the table (under the lock), so
+    /// a thread that sees the new number also reads the new table.
+    fn current_table(&self) -> Arc<RouteTable> {
+        let generation = self.table_gen.load(Ordering::Acquire);
+        TABLE_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            match &*cache {
+                Some((g, t)) if *g == generation => t.clone(),
+                _ => {
+                    let guard = self.table.read().unwrap_or_else(|p| p.into_inner());
+                    let t = guard.clone();
+                    let g = self.table_gen.load(Ordering::Acquire);
+                    drop(guard);
+                    *cache = Some((g, t.clone()));
+                    t
+                }
+            }
+        })
+    }
+
     fn route_stats(&self, name: &str) -> Arc<RouteStats> {
         if let Some(s) = self
             .stats
@@ -586,7 +626,12 @@ impl Gateway {
     /// Replaces the whole table (validated first); requests in flight keep the old one.
     pub fn replace(&self, config: GatewayConfig) -> Result<(), String> {
         let table = Arc::new(RouteTable::new(config)?.with_stats(|n| self.route_stats(n)));
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        let mut running = self.table.write().unwrap_or_else(|p| p.into_inner());
+        *running = table;
+        self.table_gen.store(
+            TABLE_GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            Ordering::Release,
+        );
         Ok(())
     }
 
@@ -681,8 +726,10 @@ impl Gateway {
                 "the caller's deadline budget is already spent",
             );
         }
-        let table = self.table();
-        let path = req.uri().path().to_owned();
+        let table = self.current_table();
+        // The request's URI is kept (a reference-counted copy) for its path.
+        let original_uri = req.uri().clone();
+        let path = original_uri.path();
         let method = req.method().clone();
         let Some((i, route)) = table
             .config
@@ -812,7 +859,7 @@ impl Gateway {
         } else if let Some(Ok(v)) = client_addr.map(HeaderValue::try_from) {
             parts.headers.insert("x-forwarded-for", v);
         }
-        let stats = table.stats[i].clone();
+        let stats = &table.stats[i];
 
         // Shadow mode: the legacy answer is served, a copy goes to the new side.
         let mut body = body;

@@ -18,6 +18,7 @@
 //! max_mismatch_rate = 0.01       # shadow comparisons that differed
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -405,10 +406,11 @@ impl SlidingWindow {
     }
 }
 
-/// A window that exists only while its route has a rollout plan (no memory, and one
-/// uncontended lock per request, otherwise).
+/// A window that exists only while its route has a rollout plan. Without one, a request
+/// costs one relaxed load of `on` (no lock: the cell is shared by every worker thread, and
+/// taking its mutex per request bounced its cache line between the cores).
 #[derive(Default)]
-pub struct WindowCell(Mutex<Option<SlidingWindow>>);
+pub struct WindowCell(Mutex<Option<SlidingWindow>>, AtomicBool);
 
 impl WindowCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<SlidingWindow>> {
@@ -417,6 +419,9 @@ impl WindowCell {
 
     /// Counts one request (or comparison) if the window is on.
     pub fn record(&self, latency: Option<Duration>, bad: bool) {
+        if !self.1.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(w) = self.lock().as_mut() {
             w.record(Instant::now(), latency, bad);
         }
@@ -430,6 +435,7 @@ impl WindowCell {
             Some(ms) if w.as_ref().is_some_and(|w| w.window_ms == ms) => {}
             Some(ms) => *w = Some(SlidingWindow::new(ms)),
         }
+        self.1.store(w.is_some(), Ordering::Relaxed);
     }
 
     /// Forgets what was counted (a rollout that starts again judges only its own traffic).
