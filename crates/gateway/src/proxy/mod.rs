@@ -626,13 +626,19 @@ impl Gateway {
     /// Replaces the whole table (validated first); requests in flight keep the old one.
     pub fn replace(&self, config: GatewayConfig) -> Result<(), String> {
         let table = Arc::new(RouteTable::new(config)?.with_stats(|n| self.route_stats(n)));
+        self.install(table);
+        Ok(())
+    }
+
+    /// Makes `table` the running one. Every write of the table goes through here: the new
+    /// number is stored under the lock, after the table, so no thread keeps a stale cache.
+    fn install(&self, table: Arc<RouteTable>) {
         let mut running = self.table.write().unwrap_or_else(|p| p.into_inner());
         *running = table;
         self.table_gen.store(
             TABLE_GENERATIONS.fetch_add(1, Ordering::Relaxed),
             Ordering::Release,
         );
-        Ok(())
     }
 
     /// Re-reads the file if it changed since the last read. A broken file leaves the running
@@ -1414,7 +1420,7 @@ impl Gateway {
                 .with_stats(|n| self.route_stats(n)),
         );
         self.save(&config).map_err(SetRouteError::Unsaved)?;
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        self.install(table);
         Ok(())
     }
 }
