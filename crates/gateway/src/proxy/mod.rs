@@ -742,7 +742,7 @@ impl Gateway {
             .routes
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matches_path(&path) && r.matches_method(method.as_str()))
+            .find(|(_, r)| r.matches_path(path) && r.matches_method(method.as_str()))
         else {
             return json_error(
                 StatusCode::NOT_FOUND,
@@ -810,7 +810,7 @@ impl Gateway {
                     "circuit_open",
                     wait,
                     rate_headers.as_ref(),
-                    self.last_good_for(route, &method, &path, &query),
+                    self.last_good_for(route, &method, path, &query),
                 );
             }
         };
@@ -827,14 +827,14 @@ impl Gateway {
                             "bulkhead_full",
                             Duration::from_secs(1),
                             rate_headers.as_ref(),
-                            self.last_good_for(route, &method, &path, &query),
+                            self.last_good_for(route, &method, path, &query),
                         );
                     }
                 }
             }
             _ => None,
         };
-        let uri = match target_uri(&table, route, upstream, side, &path, &query) {
+        let uri = match target_uri(&table, route, upstream, side, path, &query) {
             Ok(u) => u,
             Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_path", e),
         };
@@ -872,7 +872,7 @@ impl Gateway {
         let mut shadow_job = None;
         if side == Side::Legacy && route.shadow {
             match self
-                .prepare_shadow(&table, route, new_upstream, &parts, body, &path, &query)
+                .prepare_shadow(&table, route, new_upstream, &parts, body, path, &query)
                 .await
             {
                 Ok((primary_body, job)) => {
@@ -996,7 +996,7 @@ impl Gateway {
                         // Keep a copy of this good answer for a rainy day.
                         let (tx, rx) = oneshot::channel();
                         let tee = shadow::Tee::new(body, LAST_GOOD_BODY_BYTES, tx);
-                        let (stats, key) = (stats.clone(), last_good_key(&path, &query));
+                        let (stats, key) = (stats.clone(), last_good_key(path, &query));
                         let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
                         tokio::spawn(async move {
                             if let Ok(Some(bytes)) = rx.await {
