@@ -658,15 +658,15 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Writes the running table back to its file (atomically), so a restart keeps changes
-    /// made through the admin API.
+    /// Writes the running table back to its file (temp file, fsync, rename, fsync of the
+    /// directory), so that a change the admin API acknowledged survives a crash or power loss
+    /// and a crash mid-write leaves the old table or the new one, never half of one.
     fn save(&self, config: &GatewayConfig) -> Result<(), String> {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let tmp = file.with_extension(format!("{}.tmp", uuid::Uuid::now_v7()));
-        std::fs::write(&tmp, config.to_toml()).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, file).map_err(|e| e.to_string())?;
+        rollout_ctl::write_atomically(file, config.to_toml().as_bytes())
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
         let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
         *self.file_mtime.write().unwrap_or_else(|p| p.into_inner()) = mtime;
         Ok(())

@@ -160,7 +160,7 @@ pub fn state_file_of(routes_file: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `file` so that a crash leaves either the old or the new content.
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = file.with_extension(format!("{}.tmp", uuid::Uuid::now_v7()));
     let result = (|| {
