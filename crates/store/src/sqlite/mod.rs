@@ -11,6 +11,7 @@ mod checkpointer;
 pub mod faulty_vfs;
 mod idempotency;
 mod jobs;
+mod memory;
 pub mod outbox;
 mod reader;
 mod snapshots;
@@ -31,6 +32,10 @@ use crate::port::validate_batch;
 use crate::{AppendResult, EventStore, LiveBatch, StoreError};
 pub use faulty_vfs::{FaultPlan, StorageFault, MAX_FAULT_DELAY_MS};
 pub use jobs::SqliteJobQueue;
+pub use memory::{
+    memory_highwater, memory_used, set_memory_limit, DEFAULT_SQLITE_MEMORY_LIMIT_MIB,
+    MIN_SQLITE_MEMORY_LIMIT_MIB,
+};
 pub use outbox::{OutboxMessage, OutboxRow, OutboxRule};
 pub use reader::ConnectionPool;
 pub use snapshots::{SqliteSnapshotStore, SNAPSHOT_READERS};
