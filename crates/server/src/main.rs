@@ -115,6 +115,15 @@ enum Command {
             default_value_t = SqliteConfig::default().writer_cache_kib
         )]
         sqlite_writer_cache_kib: i64,
+        /// Embedded store: bound on the memory all SQLite connections of the process hold
+        /// together (page caches of the log, read models and snapshots), in MiB; past it
+        /// SQLite recycles cached pages instead of growing.
+        #[arg(
+            long,
+            env = "FICUS_SQLITE_MEMORY_LIMIT_MIB",
+            default_value_t = ficus_store::sqlite::DEFAULT_SQLITE_MEMORY_LIMIT_MIB
+        )]
+        sqlite_memory_limit_mib: u64,
         /// Cache query answers in this process, invalidated as the read models apply events.
         #[arg(long, env = "FICUS_READ_CACHE")]
         read_cache: bool,
@@ -623,6 +632,7 @@ async fn main() -> anyhow::Result<()> {
             ready_max_lag_events,
             ready_max_lag_ms,
             sqlite_writer_cache_kib,
+            sqlite_memory_limit_mib,
             read_cache,
             read_cache_max_entries,
             idempotency_retention_secs,
@@ -645,10 +655,15 @@ async fn main() -> anyhow::Result<()> {
                     pool_size: pg_pool_size.max(2),
                     ..pg.with_schema(pg_schema)
                 }),
-                StoreConfig::Embedded(sqlite) => StoreConfig::Embedded(SqliteConfig {
-                    writer_cache_kib: sqlite_writer_cache_kib.max(256),
-                    ..sqlite
-                }),
+                StoreConfig::Embedded(sqlite) => {
+                    let mib = sqlite_memory_limit_mib
+                        .max(ficus_store::sqlite::MIN_SQLITE_MEMORY_LIMIT_MIB);
+                    ficus_store::sqlite::set_memory_limit(mib << 20);
+                    StoreConfig::Embedded(SqliteConfig {
+                        writer_cache_kib: sqlite_writer_cache_kib.max(256),
+                        ..sqlite
+                    })
+                }
             };
             if fault_injection {
                 match &mut cfg.store {

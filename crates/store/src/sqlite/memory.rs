@@ -5,8 +5,9 @@
 //! limit bounds the sum: past it, SQLite recycles clean cache pages instead of allocating, so
 //! its memory stops growing at a figure the operator chose (`--sqlite-memory-limit-mib`).
 
-/// Default bound on the memory all SQLite connections of the process hold, in MiB.
-pub const DEFAULT_SQLITE_MEMORY_LIMIT_MIB: u64 = 64;
+/// Default bound on the memory all SQLite connections of the process hold, in MiB: room for
+/// the event log writer's own cache (64 MiB by default) and the readers' beside it.
+pub const DEFAULT_SQLITE_MEMORY_LIMIT_MIB: u64 = 128;
 /// Smallest bound accepted, in MiB: below it the page caches thrash.
 pub const MIN_SQLITE_MEMORY_LIMIT_MIB: u64 = 4;
 
