@@ -587,7 +587,27 @@ async fn postgres_read_models_answer_as_sqlite_ones() {
     assert!(bought > 10, "products were bought");
 
     // A rebuild from the log gives the same read model again.
+    let applied_before = pg_catalog.status().events_applied;
     pg_catalog.rebuild(WAIT).await.unwrap();
+    // `rebuild` returns once the request is recorded; the new copy replays and is switched in
+    // later. Wait for the switch: these queries read the tables directly, without the
+    // checkpoint-table lock a served query takes first, so they must not race it.
+    let deadline = std::time::Instant::now() + WAIT;
+    // The replay applies the whole log again before the switch.
+    loop {
+        let st = pg_catalog.status();
+        if st.rebuild.is_none()
+            && st.events_applied >= applied_before + head
+            && st.checkpoint >= head
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     pg_catalog.wait_for(head, WAIT).await.unwrap();
     for q in searches().into_iter().step_by(7) {
         let q2 = q.clone();
