@@ -124,6 +124,14 @@ enum Command {
             default_value_t = ficus_store::sqlite::DEFAULT_SQLITE_MEMORY_LIMIT_MIB
         )]
         sqlite_memory_limit_mib: u64,
+        /// Embedded store: streams whose last version the writer keeps in memory (the cache
+        /// is emptied when it passes this and refilled from the log as streams are appended).
+        #[arg(
+            long,
+            env = "FICUS_SQLITE_VERSION_CACHE_STREAMS",
+            default_value_t = SqliteConfig::default().version_cache_streams
+        )]
+        sqlite_version_cache_streams: usize,
         /// Cache query answers in this process, invalidated as the read models apply events.
         #[arg(long, env = "FICUS_READ_CACHE")]
         read_cache: bool,
@@ -633,6 +641,7 @@ async fn main() -> anyhow::Result<()> {
             ready_max_lag_ms,
             sqlite_writer_cache_kib,
             sqlite_memory_limit_mib,
+            sqlite_version_cache_streams,
             read_cache,
             read_cache_max_entries,
             idempotency_retention_secs,
@@ -661,6 +670,7 @@ async fn main() -> anyhow::Result<()> {
                     ficus_store::sqlite::set_memory_limit(mib << 20);
                     StoreConfig::Embedded(SqliteConfig {
                         writer_cache_kib: sqlite_writer_cache_kib.max(256),
+                        version_cache_streams: sqlite_version_cache_streams.max(1),
                         ..sqlite
                     })
                 }
