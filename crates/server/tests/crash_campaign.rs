@@ -14,7 +14,6 @@
 //! at the start and in every failure); a seed reproduces the operation mix and kill times.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 mod common;
-use common::{cli_token, free_port, wait_ready};
+use common::{cli_token, free_port, wait_ready, Backend, TestData};
 
 const SECRET: &str = "crash-campaign-secret";
 const SELLERS: [&str; 3] = ["sid", "sue", "sol"];
@@ -40,29 +39,11 @@ const SNAPSHOT_PRODUCTS: usize = 400;
 /// The whole default campaign must stay under this (a hang is a failure, not a stuck CI).
 const CAMPAIGN_BUDGET: Duration = Duration::from_secs(120);
 
-/// Where the campaign's server keeps its data.
-enum Backend {
-    Sqlite,
-    /// A PostgreSQL schema of the campaign's own (dropped with the guard), and the NATS bus
-    /// when one is configured.
-    Postgres {
-        url: String,
-        schema: String,
-        nats: Option<String>,
-    },
-}
-
-fn serve(dir: &Path, port: u16, backend: &Backend) -> Child {
+fn serve(data: &TestData, port: u16) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
-    cmd.arg("serve");
-    if let Backend::Postgres { url, schema, nats } = backend {
-        cmd.args(["--store", url, "--pg-schema", schema]);
-        if let Some(nats) = nats {
-            cmd.args(["--bus", nats]);
-        }
-    }
+    cmd.arg("serve").args(data.serve_args());
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
+        .arg(data.dir.path())
         .env("FICUS_AUTH_HS256_SECRET", SECRET)
         .env("FICUS_JOB_VISIBILITY_MS", VISIBILITY_MS.to_string())
         .env("FICUS_JOB_CONCURRENCY", "2")
@@ -631,32 +612,20 @@ async fn check_jobs_done(ctx: &Ctx) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_mixed_load_loses_nothing_acknowledged() {
-    run_campaign(Backend::Sqlite).await;
+    run_campaign(TestData::new(Backend::Sqlite)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_on_postgres_and_nats_loses_nothing_acknowledged() {
-    let Some(url) = ficus_store::postgres::testing::test_url() else {
+    if !Backend::Postgres.available() {
         eprintln!("skipped: FICUS_TEST_PG_URL is not set");
         return;
-    };
-    let (config, _schema) = ficus_store::postgres::testing::fresh_schema(&url, "crash");
-    let nats = ficus_store::nats::test_nats_url();
-    let _stream = nats.clone().map(|n| {
-        ficus_store::nats::testing::StreamGuard(ficus_store::nats::BusConfig::new(
-            n,
-            &config.schema,
-        ))
-    });
-    run_campaign(Backend::Postgres {
-        url,
-        schema: config.schema.clone(),
-        nats,
-    })
-    .await;
+    }
+    // A schema of its own (and a JetStream stream with NATS), dropped with `TestData`.
+    run_campaign(TestData::new(Backend::Postgres)).await;
 }
 
-async fn run_campaign(backend: Backend) {
+async fn run_campaign(data: TestData) {
     let seed: u64 = std::env::var("FICUS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -667,15 +636,14 @@ async fn run_campaign(backend: Backend) {
         .unwrap_or(10);
     eprintln!("crash campaign: FICUS_CRASH_SEED={seed} FICUS_CRASH_ROUNDS={rounds}");
     let budget = CAMPAIGN_BUDGET.max(Duration::from_secs(12) * rounds as u32);
-    tokio::time::timeout(budget, campaign(seed, rounds, &backend))
+    tokio::time::timeout(budget, campaign(seed, rounds, &data))
         .await
         .unwrap_or_else(|_| panic!("campaign took over {budget:?} (FICUS_CRASH_SEED={seed})"));
 }
 
-async fn campaign(seed: u64, rounds: usize, backend: &Backend) {
+async fn campaign(seed: u64, rounds: usize, data: &TestData) {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
     let mut tokens = HashMap::new();
     for s in SELLERS {
         tokens.insert(s.to_owned(), cli_token(SECRET, s, "seller"));
@@ -700,7 +668,7 @@ async fn campaign(seed: u64, rounds: usize, backend: &Backend) {
             acked: acked.clone(),
             seed,
         };
-        let mut child = serve(dir.path(), port, backend);
+        let mut child = serve(data, port);
         wait_ready(&ctx.http, &ctx.base).await;
         check(&ctx, round).await;
         if round == rounds {

@@ -78,6 +78,21 @@ impl TestData {
         cfg.bus = self.bus.as_ref().map(|(url, _)| url.clone());
         cfg
     }
+
+    /// The `ficus serve` arguments that put a child process on this storage: `--store`,
+    /// `--pg-schema` and (with NATS) `--bus` on PostgreSQL; none on SQLite, whose data
+    /// directory the caller passes.
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((pg, _)) = &self.pg {
+            args.extend(["--store".into(), pg.url.clone()]);
+            args.extend(["--pg-schema".into(), pg.schema.clone()]);
+        }
+        if let Some((url, _)) = &self.bus {
+            args.extend(["--bus".into(), url.clone()]);
+        }
+        args
+    }
 }
 
 /// Runs each listed `async fn name(b: Backend)` as two tests, `sqlite::name` and
