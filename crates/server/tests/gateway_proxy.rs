@@ -326,6 +326,11 @@ impl Gw {
     }
 
     /// The running table's weight of a route.
+    /// The route table as saved in the gateway's file.
+    fn saved(&self) -> GatewayConfig {
+        GatewayConfig::from_toml(&std::fs::read_to_string(&self.file).unwrap()).unwrap()
+    }
+
     fn weight(&self, name: &str) -> u8 {
         self.running
             .gateway
@@ -861,7 +866,7 @@ async fn admin_rollback_is_instant_persisted_and_invalid_routes_are_refused() {
     assert_eq!(count(&gw.sides("/api/products/1", 50).await, "legacy"), 50);
 
     // Saved to the file, with the rest of the route as it was.
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     let r = &saved.routes[0];
     assert_eq!(r.name, "products");
     assert_eq!(r.weight_new, 0);
@@ -911,7 +916,7 @@ async fn admin_rollback_is_instant_persisted_and_invalid_routes_are_refused() {
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.body["name"], "extra");
     assert_eq!(send(gw.get("/api/extra/1")).await.side(), "new");
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     assert_eq!(saved.routes.len(), 2);
 
     // The saved file is not mistaken for an outside edit that would undo anything.
@@ -1039,7 +1044,7 @@ async fn concurrent_admin_puts_to_different_routes_all_land() {
     for a in send_all(puts).await {
         assert_eq!(a.status, 200, "{}", a.text);
     }
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     let lost: Vec<String> = (0..32)
         .map(|i| format!("r{i}"))
         .filter(|n| gw.weight(n) != 100)
@@ -1286,7 +1291,7 @@ async fn the_routes_cli_sets_and_lists_routes() {
     assert_eq!(r["weight_new"], 50);
     assert_eq!(r["new_prefix"], "/v1/products", "routes set lost a field");
     assert_eq!(r["sticky"], "cookie:uid", "routes set lost a field");
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     assert_eq!(saved.routes[0].weight_new, 50);
 
     // Shadow mode, its ignored fields and the timeout, from the CLI; the other fields stay.
@@ -1313,7 +1318,7 @@ async fn the_routes_cli_sets_and_lists_routes() {
     assert_eq!(r["shadow_ignore"], json!(["updated_at", "order.id"]));
     assert_eq!(r["timeout_ms"], 750);
     assert_eq!(r["weight_new"], 50, "routes set lost a field");
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     assert!(saved.routes[0].shadow);
     let (ok, out, err) = ficus(
         &gw,
@@ -1336,7 +1341,7 @@ async fn the_routes_cli_sets_and_lists_routes() {
         r["shadow_ignore"].as_array().is_none_or(|a| a.is_empty()),
         "{r}"
     );
-    let saved = GatewayConfig::from_toml(&std::fs::read_to_string(&gw.file).unwrap()).unwrap();
+    let saved = gw.saved();
     assert!(!saved.routes[0].shadow && saved.routes[0].shadow_ignore.is_empty());
     // An unknown shadow value is refused by the CLI before anything is sent.
     let (ok, _, err) = ficus(
