@@ -172,18 +172,44 @@ impl tokio::io::AsyncRead for BodyReader {
 /// refers to it yet: an event must, within the collector's grace period.
 async fn upload(
     State(st): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_role("admin")?;
     let mut reader = BodyReader {
         stream: body.into_data_stream(),
         buf: Bytes::new(),
     };
-    let info = st.claims.blobs().put(&mut reader).await?;
+    if let Err(e) = caller.and_then(|c| c.require_role("admin")) {
+        return Err(drain_then(&mut reader, e).await);
+    }
+    let info = match st.claims.blobs().put(&mut reader).await {
+        Ok(info) => info,
+        Err(e) => return Err(drain_then(&mut reader, e.into()).await),
+    };
     let mut reference = info.reference();
     reference["href"] = json!(format!("/v1/blobs/{}", info.id));
     Ok((StatusCode::CREATED, Json(reference)))
+}
+
+/// Most bytes of a refused upload read and thrown away before the refusal is answered.
+pub const REFUSED_UPLOAD_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest time spent reading a refused upload before answering.
+pub const REFUSED_UPLOAD_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads what is left of a refused upload (bounded by [`REFUSED_UPLOAD_DRAIN_BYTES`] and
+/// [`REFUSED_UPLOAD_DRAIN_TIME`]) and gives back the refusal. A server that answers without
+/// reading the body closes the connection on a client still writing it, which then sees a
+/// broken pipe instead of the 401/403/413; reading the rest first, as nginx's lingering close
+/// does, lets an ordinary client read the answer. A body past the bounds is cut off.
+async fn drain_then(reader: &mut BodyReader, refusal: ApiError) -> ApiError {
+    let mut sink = tokio::io::sink();
+    let mut rest = reader.take(REFUSED_UPLOAD_DRAIN_BYTES);
+    let _ = tokio::time::timeout(
+        REFUSED_UPLOAD_DRAIN_TIME,
+        tokio::io::copy(&mut rest, &mut sink),
+    )
+    .await;
+    refusal
 }
 
 /// Every blob reference in `v`, at most `limit` (more is an error).

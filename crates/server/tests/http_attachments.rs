@@ -3,7 +3,8 @@
 //! travels in an event; the append records that the event refers to it, so a garbage
 //! collection with no grace period keeps it while an upload no event refers to is removed; an
 //! event naming a blob that was never uploaded is refused (400 `unknown_blob`) and writes
-//! nothing; the attachment is fetched by reference with its bytes intact.
+//! nothing; the attachment is fetched by reference with its bytes intact. A refused upload
+//! (no token, wrong role) is answered as a refusal, not a broken pipe.
 
 mod common;
 
@@ -50,8 +51,17 @@ async fn an_attachment_travels_by_reference_and_outlives_gc(b: Backend) {
     // 3 MiB: three times the JSON body limit, so it could not travel inside an event.
     let file: Vec<u8> = (0..3 * MIB).map(|i| (i * 31 % 251) as u8).collect();
     let digest = format!("sha256:{:x}", Sha256::digest(&file));
+    // Refused uploads are answered after the body is read, so the client sees the refusal
+    // rather than a connection closed under its write.
     let (s, r) = upload(&http, &base, &seller, file.clone()).await;
     assert_eq!((s, r["code"].as_str()), (403, Some("forbidden")), "{r}");
+    let r = http
+        .post(format!("{base}/v1/blobs"))
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     let (s, attachment) = upload(&http, &base, &admin, file.clone()).await;
     assert_eq!(s, 201, "{attachment}");
     assert_eq!(attachment["$blob"], digest.as_str());
