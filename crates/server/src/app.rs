@@ -375,8 +375,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 let bus = NatsBus::connect(BusConfig::new(url.clone(), &pg.schema))
                     .await
                     .context("connecting to the NATS bus")?;
-                let relay =
-                    OutboxRelay::new(store.clone(), bus.clone(), RelayConfig::default()).spawn();
+                // A round is a handful of statements and a publish: three statement timeouts.
+                let relay_config = RelayConfig {
+                    round_timeout: pg.statement_timeout * 3,
+                    ..RelayConfig::default()
+                };
+                let relay = OutboxRelay::new(store.clone(), bus.clone(), relay_config).spawn();
                 let announcer = announce_from_bus(&bus, &store)
                     .await
                     .context("subscribing to the NATS bus")?;

@@ -2,7 +2,7 @@
 //! a live subscriber in another process sees an append within 2 s although its store polls
 //! only every 30 s, both processes see the same gap-free order, the stream holds each event
 //! once even when the relay publishes a range again, no outbox row is lost while NATS is
-//! away, and the outbox drains to empty. Runs against the real servers named by
+//! away, the outbox drains to empty, and a round stuck on a lock gives up within its timeout. Runs against the real servers named by
 //! `FICUS_TEST_PG_URL` and `FICUS_TEST_NATS_URL`; skipped without either. Every test uses its
 //! own schema and JetStream stream, and deletes both.
 
@@ -344,4 +344,58 @@ async fn a_spawned_relay_retries_until_nats_takes_the_events() {
     wait_for_empty_outbox(&store).await;
     assert_eq!(bus.stream_messages().await.unwrap(), 3);
     assert_eq!(relay.stats().published, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_stuck_on_a_lock_gives_up_within_its_timeout_and_the_next_one_publishes() {
+    let Some((pg, nats)) = services() else { return };
+    let (config, _schema) = fresh_schema(&pg, "busstuck");
+    let config = pg_config(config);
+    let bus_config = bus_config(&nats);
+    let _stream = StreamGuard(bus_config.clone());
+    let bus = NatsBus::connect(bus_config).await.expect("connect to NATS");
+    let store = Arc::new(PgEventStore::open(config.clone()).await.unwrap());
+    let round_timeout = Duration::from_millis(500);
+    let relay = OutboxRelay::new(
+        store.clone(),
+        bus.clone(),
+        RelayConfig {
+            round_timeout,
+            ..RelayConfig::default()
+        },
+    );
+    let stream = StreamId::new("note.eu-1").unwrap();
+    let batch = (0..5).map(ev).collect();
+    store
+        .append(&stream, ExpectedVersion::Any, batch)
+        .await
+        .unwrap();
+
+    // Another session holds the outbox table: the round's row locks wait behind it, as they
+    // would behind a connection that stopped answering.
+    let holder_pool = ficus_store::postgres::pool(&config).unwrap();
+    let mut holder = holder_pool.get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE ficus_outbox IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let stuck = tokio::time::timeout(Duration::from_secs(10), relay.relay_round())
+        .await
+        .expect("a stuck round must give up within its timeout, not wait for the lock");
+    let waited = started.elapsed();
+    let err = stuck.expect_err("the round cannot have taken the locked rows");
+    assert!(err.to_string().contains("no answer"), "{err}");
+    assert!(
+        waited >= round_timeout && waited < round_timeout * 4,
+        "gave up after {waited:?}"
+    );
+    assert_eq!(relay.stats().rounds, 0);
+    assert!(relay.stats().last_error.unwrap().contains("no answer"));
+    assert_eq!(bus.stream_messages().await.unwrap(), 0);
+
+    tx.rollback().await.unwrap();
+    assert_eq!(drain(&relay).await, (5, 0));
+    assert_eq!(bus.stream_messages().await.unwrap(), 5);
+    assert_eq!(outbox_backlog(&store).await.unwrap().rows, 0);
 }

@@ -203,8 +203,11 @@ pub(crate) async fn execute(
 }
 
 /// A connection that did not answer in time is taken out of the pool and closed rather than
-/// handed to the next caller, who would only queue behind the unanswered statement.
-fn no_answer(client: deadpool_postgres::Object, timeout: Duration) -> StoreError {
+/// handed to the next caller, who would only queue behind the unanswered statement. Returns
+/// the error to answer with ([`StoreError::Unavailable`]). Every bounded wait on a pooled
+/// connection ends this way: the statement helpers here, the outbox relay's round, the read
+/// models' queries.
+pub fn no_answer(client: deadpool_postgres::Object, timeout: Duration) -> StoreError {
     drop(deadpool_postgres::Object::take(client));
     StoreError::Unavailable(format!(
         "PostgreSQL: no answer within {} ms (statement timeout); a write's outcome is unknown",

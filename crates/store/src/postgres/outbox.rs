@@ -35,7 +35,7 @@ use std::time::Duration;
 use ficus_core::{Position, RecordedEvent};
 use tokio::task::JoinHandle;
 
-use super::{conn, sql_int, unavailable, PgEventStore};
+use super::{conn, no_answer, sql_int, unavailable, PgEventStore};
 use crate::backoff::retry_pause;
 use crate::nats::{BusError, BusSubscriber, NatsBus};
 use crate::{EventStore, StoreError};
@@ -50,6 +50,12 @@ pub const DEFAULT_RELAY_POLL: Duration = Duration::from_secs(1);
 /// First and largest pause between failed rounds.
 pub const DEFAULT_RETRY_BASE: Duration = Duration::from_millis(50);
 pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(5);
+/// Longest one round may take, from its row locks to its commit (its statements, the reads of
+/// its events and the publishes' acks). A round past it is given up as if it had failed: its
+/// connection is closed (the database rolls the transaction back and frees the rows) and the
+/// next round retries after the backoff. Without it a round stuck on an unanswered connection
+/// or a lock would hold its rows, and stop the relay, until TCP gave up.
+pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The relay's limits.
 #[derive(Debug, Clone)]
@@ -59,6 +65,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// See [`DEFAULT_ROUND_TIMEOUT`].
+    pub round_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -69,6 +77,7 @@ impl Default for RelayConfig {
             poll_interval: DEFAULT_RELAY_POLL,
             retry_base: DEFAULT_RETRY_BASE,
             retry_cap: DEFAULT_RETRY_CAP,
+            round_timeout: DEFAULT_ROUND_TIMEOUT,
         }
     }
 }
@@ -175,9 +184,18 @@ impl OutboxRelay {
     }
 
     async fn round(&self) -> Result<RoundOutcome, RelayError> {
+        let mut client = conn(self.store.pool()).await?;
+        let limit = self.config.round_timeout;
+        let answer = tokio::time::timeout(limit, self.round_on(&mut client)).await;
+        answer.unwrap_or_else(|_| Err(no_answer(client, limit).into()))
+    }
+
+    async fn round_on(
+        &self,
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<RoundOutcome, RelayError> {
         let max_rows = self.config.max_round_rows.max(1);
         let max_events = self.config.max_round_events.clamp(1, crate::MAX_READ_LIMIT) as u64;
-        let mut client = conn(self.store.pool()).await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let rows = tx
             .query(
