@@ -13,7 +13,7 @@ use std::pin::Pin;
 use ficus_core::Position;
 use ficus_runtime::pg_projection::begin_read;
 use ficus_runtime::{PgProjectionHandle, ProjectionHandle, ReadModelHandle};
-use ficus_store::postgres::unavailable;
+use ficus_store::postgres::{no_answer, unavailable};
 use ficus_store::StoreError;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, Transaction};
@@ -50,14 +50,26 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// Runs `read` in a read-only `REPEATABLE READ` transaction on `handle`'s pool and returns its
-/// answer with the checkpoint of the same snapshot; an empty answer at position 0.
+/// answer with the checkpoint of the same snapshot; an empty answer at position 0. The whole
+/// transaction is bounded by the handle's read timeout: a query blocked on a lock or on a
+/// connection that stopped answering answers unavailable (503) and its connection is closed.
 async fn pg_read<T: Default>(
     handle: &PgProjectionHandle,
     read: impl for<'a> FnOnce(&'a Transaction<'a>) -> PgRead<'a, T>,
 ) -> Result<(T, Position), StoreError> {
     let mut conn = handle.pool().get().await.map_err(unavailable)?;
+    let limit = handle.read_timeout();
+    let answer = tokio::time::timeout(limit, pg_read_on(&mut conn, handle.name(), read)).await;
+    answer.unwrap_or_else(|_| Err(no_answer(conn, limit)))
+}
+
+async fn pg_read_on<T: Default>(
+    conn: &mut deadpool_postgres::Object,
+    name: &str,
+    read: impl for<'a> FnOnce(&'a Transaction<'a>) -> PgRead<'a, T>,
+) -> Result<(T, Position), StoreError> {
     // The driver's own transaction (not the pool's wrapper), which the queries take.
-    let client: &mut tokio_postgres::Client = &mut conn;
+    let client: &mut tokio_postgres::Client = conn;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -67,7 +79,7 @@ async fn pg_read<T: Default>(
         .map_err(pg_err)?;
     // The checkpoint, and the serving copy's tables first on the search path: a blue/green
     // rebuild's switch is one row update, so this snapshot reads the old copy or the new one.
-    let position = match begin_read(&tx, handle.name()).await {
+    let position = match begin_read(&tx, name).await {
         Ok(p) => p,
         // No runner has created the checkpoint table yet: nothing is applied.
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => 0,

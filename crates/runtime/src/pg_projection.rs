@@ -64,6 +64,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use ficus_core::{Position, RecordedEvent};
+use ficus_store::postgres::no_answer;
 use ficus_store::{EventStore, StoreError, Subscription, SubscriptionError};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -89,6 +90,10 @@ pub const LEADER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one operation on the session (a whole batch transaction included) may take before
 /// the session is given up as dead and the runner steps down.
 pub const SESSION_OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one read of the read model or of its checkpoint through a handle may take before
+/// it answers [`StoreError::Unavailable`] and closes its connection (a query blocked on a lock
+/// or on a connection that stopped answering): the store's default statement timeout.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a read-your-writes wait or a rebuild request polls the checkpoint table while
 /// this process is not the one applying events.
 pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -270,6 +275,8 @@ pub struct PgProjectionHandle {
     /// Whether a runner in this process competes for the projection (false for a handle
     /// from [`PgProjectionHandle::follow`]: a query process only reads what others apply).
     runs_here: bool,
+    /// Longest one read through this handle may take ([`PgProjectionHandle::read_timeout`]).
+    read_timeout: Duration,
 }
 
 impl PgProjectionHandle {
@@ -299,6 +306,7 @@ impl PgProjectionHandle {
             status: status_rx,
             poke: Arc::new(Notify::new()),
             runs_here: false,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         };
         let reader = handle.clone();
         let task = tokio::spawn(async move {
@@ -364,6 +372,20 @@ impl PgProjectionHandle {
         &self.pool
     }
 
+    /// The handle with reads bounded by `limit` instead of [`DEFAULT_READ_TIMEOUT`] (a server
+    /// passes its statement timeout).
+    pub fn with_read_timeout(mut self, limit: Duration) -> Self {
+        self.read_timeout = limit.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Longest one read through this handle may take: the queries of the read side and the
+    /// checkpoint reads of waits and status. Past it the read answers unavailable and its
+    /// connection is closed ([`ficus_store::postgres::no_answer`]).
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
     pub fn status(&self) -> PgProjectionStatus {
         self.status.borrow().clone()
     }
@@ -380,11 +402,14 @@ impl PgProjectionHandle {
     /// The committed checkpoint, read from the table: right whichever process is active.
     pub async fn checkpoint(&self) -> Result<Position, StoreError> {
         let conn = self.pool.get().await.map_err(unavailable)?;
-        match read_checkpoint(&**conn, &self.name).await {
-            Ok(p) => Ok(p),
+        let answer =
+            tokio::time::timeout(self.read_timeout, read_checkpoint(&**conn, &self.name)).await;
+        match answer {
+            Ok(Ok(p)) => Ok(p),
             // No runner has created the table yet: nothing applied.
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
-            Err(e) => Err(unavailable(pg_message(&e))),
+            Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
+            Ok(Err(e)) => Err(unavailable(pg_message(&e))),
+            Err(_) => Err(no_answer(conn, self.read_timeout)),
         }
     }
 
@@ -393,14 +418,22 @@ impl PgProjectionHandle {
     /// reports the failure through the checkpoint read).
     pub async fn rebuild_progress(&self) -> Option<RebuildProgress> {
         let conn = self.pool.get().await.ok()?;
-        let row = conn
-            .query_opt(
-                "SELECT next_position, rebuild_target FROM ficus_projection_checkpoints
-                 WHERE name = $1 AND next_schema IS NOT NULL",
-                &[&&*self.name],
-            )
-            .await
-            .ok()??;
+        let name: &str = &self.name;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+        let read = conn.query_opt(
+            "SELECT next_position, rebuild_target FROM ficus_projection_checkpoints
+             WHERE name = $1 AND next_schema IS NOT NULL",
+            &params,
+        );
+        let answer = tokio::time::timeout(self.read_timeout, read).await;
+        let row = match answer {
+            Ok(r) => r.ok()??,
+            Err(_) => {
+                // The status read then reports the failure through the checkpoint read.
+                let _ = no_answer(conn, self.read_timeout);
+                return None;
+            }
+        };
         Some(RebuildProgress {
             position: to_position(row.get(0)),
             target: to_position(row.get(1)),
@@ -731,6 +764,7 @@ impl PgProjectionRunner {
             status: status_rx,
             poke: poke.clone(),
             runs_here: true,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         };
         let runner = PgProjectionRunner {
             projection,

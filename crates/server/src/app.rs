@@ -256,6 +256,9 @@ async fn start_read_side(
             };
             let (catalog, catalog_task) = start(Arc::new(PgCatalogProjection));
             let (orders, orders_task) = start(Arc::new(PgOrdersProjection));
+            let read_timeout = pg.config().statement_timeout;
+            let catalog = catalog.with_read_timeout(read_timeout);
+            let orders = orders.with_read_timeout(read_timeout);
             for h in [&catalog, &orders] {
                 if !h.started(PG_PROJECTION_START_WAIT).await {
                     tracing::warn!(

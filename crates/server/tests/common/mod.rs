@@ -79,6 +79,11 @@ impl TestData {
         cfg
     }
 
+    /// The PostgreSQL config (URL and schema) of this storage; `None` on SQLite.
+    pub fn pg(&self) -> Option<&PgConfig> {
+        self.pg.as_ref().map(|(config, _)| config)
+    }
+
     /// The `ficus serve` arguments that put a child process on this storage: `--store`,
     /// `--pg-schema` and (with NATS) `--bus` on PostgreSQL; none on SQLite, whose data
     /// directory the caller passes.

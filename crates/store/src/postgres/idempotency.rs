@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use ficus_core::{ExpectedVersion, NewEvent, StreamId};
 
-use super::{conn, execute, query, unavailable, PgEventStore};
+use super::{conn, execute, no_answer, query, unavailable, PgEventStore};
 use crate::idempotency::{
     judge, new_token, Claim, ClaimRequest, IdempotencyRecord, IdempotencyStore, Judgement,
     Responder, StoredResponse, Ticket, MAX_PURGE_BATCH,
@@ -70,87 +70,99 @@ pub(super) async fn complete_in(
     Ok(n == 1)
 }
 
+/// The claim of `req` in one transaction on `client`.
+async fn claim_on(
+    client: &mut deadpool_postgres::Object,
+    req: &ClaimRequest<'_>,
+) -> Result<Claim, StoreError> {
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let token = new_token();
+    let owned = |created_at_ms| {
+        Claim::Owned(Ticket {
+            scope: req.scope.to_owned(),
+            key: req.key.to_owned(),
+            token,
+            created_at_ms,
+        })
+    };
+    // The common case, a new key, in one statement; otherwise the existing row is locked
+    // so concurrent claims (from any process) are judged one after the other.
+    let inserted = tx
+        .execute(
+            "INSERT INTO ficus_idempotency \
+             (scope, key, fingerprint, token, created_at_ms, locked_until_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+            &[
+                &req.scope,
+                &req.key,
+                &req.fingerprint,
+                &token,
+                &req.now_ms,
+                &(req.now_ms + req.lease_ms),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+    let claim = if inserted == 1 {
+        owned(req.now_ms)
+    } else {
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM ficus_idempotency \
+                     WHERE scope = $1 AND key = $2 FOR UPDATE"
+                ),
+                &[&req.scope, &req.key],
+            )
+            .await
+            .map_err(unavailable)?;
+        match row.map(|r| judge(&decode(&r), req)) {
+            // Purged between the two statements: the caller's next look claims it.
+            None => Claim::InProgress,
+            Some(Judgement::Fresh) => {
+                tx.execute(
+                    "UPDATE ficus_idempotency SET fingerprint = $3, token = $4, \
+                     created_at_ms = $5, locked_until_ms = $6, status = NULL, body = NULL \
+                     WHERE scope = $1 AND key = $2",
+                    &[
+                        &req.scope,
+                        &req.key,
+                        &req.fingerprint,
+                        &token,
+                        &req.now_ms,
+                        &(req.now_ms + req.lease_ms),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+                owned(req.now_ms)
+            }
+            Some(Judgement::TakeOver { created_at_ms }) => {
+                tx.execute(
+                    "UPDATE ficus_idempotency SET token = $3, locked_until_ms = $4 \
+                     WHERE scope = $1 AND key = $2",
+                    &[&req.scope, &req.key, &token, &(req.now_ms + req.lease_ms)],
+                )
+                .await
+                .map_err(unavailable)?;
+                owned(created_at_ms)
+            }
+            Some(Judgement::Decided(claim)) => claim,
+        }
+    };
+    tx.commit().await.map_err(unavailable)?;
+    Ok(claim)
+}
+
 #[async_trait]
 impl IdempotencyStore for PgEventStore {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let mut client = conn(self.pool()).await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        let token = new_token();
-        let owned = |created_at_ms| {
-            Claim::Owned(Ticket {
-                scope: req.scope.to_owned(),
-                key: req.key.to_owned(),
-                token,
-                created_at_ms,
-            })
-        };
-        // The common case, a new key, in one statement; otherwise the existing row is locked
-        // so concurrent claims (from any process) are judged one after the other.
-        let inserted = tx
-            .execute(
-                "INSERT INTO ficus_idempotency \
-                 (scope, key, fingerprint, token, created_at_ms, locked_until_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
-                &[
-                    &req.scope,
-                    &req.key,
-                    &req.fingerprint,
-                    &token,
-                    &req.now_ms,
-                    &(req.now_ms + req.lease_ms),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        let claim = if inserted == 1 {
-            owned(req.now_ms)
-        } else {
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {COLUMNS} FROM ficus_idempotency \
-                         WHERE scope = $1 AND key = $2 FOR UPDATE"
-                    ),
-                    &[&req.scope, &req.key],
-                )
-                .await
-                .map_err(unavailable)?;
-            match row.map(|r| judge(&decode(&r), req)) {
-                // Purged between the two statements: the caller's next look claims it.
-                None => Claim::InProgress,
-                Some(Judgement::Fresh) => {
-                    tx.execute(
-                        "UPDATE ficus_idempotency SET fingerprint = $3, token = $4, \
-                         created_at_ms = $5, locked_until_ms = $6, status = NULL, body = NULL \
-                         WHERE scope = $1 AND key = $2",
-                        &[
-                            &req.scope,
-                            &req.key,
-                            &req.fingerprint,
-                            &token,
-                            &req.now_ms,
-                            &(req.now_ms + req.lease_ms),
-                        ],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                    owned(req.now_ms)
-                }
-                Some(Judgement::TakeOver { created_at_ms }) => {
-                    tx.execute(
-                        "UPDATE ficus_idempotency SET token = $3, locked_until_ms = $4 \
-                         WHERE scope = $1 AND key = $2",
-                        &[&req.scope, &req.key, &token, &(req.now_ms + req.lease_ms)],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                    owned(created_at_ms)
-                }
-                Some(Judgement::Decided(claim)) => claim,
-            }
-        };
-        tx.commit().await.map_err(unavailable)?;
-        Ok(claim)
+        // The claim's transaction, bounded as one statement: it waits on another claim's row
+        // lock at most for the statement timeout.
+        let limit = self.timed_pool().statement_timeout;
+        let answer = tokio::time::timeout(limit, claim_on(&mut client, req)).await;
+        answer.unwrap_or_else(|_| Err(no_answer(client, limit)))
     }
 
     async fn append_completing(
@@ -171,7 +183,9 @@ impl IdempotencyStore for PgEventStore {
         response: &StoredResponse,
     ) -> Result<bool, StoreError> {
         let client = conn(self.pool()).await?;
-        complete_in(&client, ticket, response).await
+        let limit = self.timed_pool().statement_timeout;
+        let answer = tokio::time::timeout(limit, complete_in(&client, ticket, response)).await;
+        answer.unwrap_or_else(|_| Err(no_answer(client, limit)))
     }
 
     async fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
