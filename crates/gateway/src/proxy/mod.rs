@@ -10,6 +10,7 @@ pub mod resilience;
 pub mod rollout;
 pub mod rollout_ctl;
 pub mod shadow;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -486,8 +487,9 @@ thread_local! {
     static TABLE_CACHE: std::cell::RefCell<Option<(u64, Arc<RouteTable>)>> =
         const { std::cell::RefCell::new(None) };
 
-    /// One upstream connection pool per thread: a request is sent on a connection owned by
-    /// the thread (and runtime) that serves it, with no cross-thread hand-off.
+    /// The shadow copies' client, one per thread (the primary request goes through the
+    /// lighter pool of [`upstream`]): a copy is sent on a connection owned by the thread (and
+    /// runtime) that serves the request, with no cross-thread hand-off.
     static CLIENT: Client<HttpConnector, Body> = {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -517,6 +519,11 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
 
 /// Removes hop-by-hop headers: the fixed list and any header the `Connection` field names.
 fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    // Most messages carry none (and a `Connection` field is one of them): one pass over the
+    // few names present settles it without a hashed lookup per listed name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -939,7 +946,7 @@ impl Gateway {
                 HeaderName::from_static(DEADLINE_HEADER),
                 HeaderValue::from(remaining.as_millis() as u64),
             );
-            let outcome = tokio::time::timeout(remaining, local_client().request(req)).await;
+            let outcome = tokio::time::timeout(remaining, upstream::send(req)).await;
             let retryable = match &outcome {
                 Ok(Ok(r)) => matches!(r.status().as_u16(), 502..=504),
                 Ok(Err(_)) => true,
