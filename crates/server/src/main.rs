@@ -607,6 +607,11 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// mimalloc rather than the system allocator: per-request allocation is most of the user-space
+/// time of the gateway and the API after the kernel's TCP path (docs/adr/0021).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
