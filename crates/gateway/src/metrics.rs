@@ -125,6 +125,50 @@ pub fn watch_appends(st: &AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A series' key, owned (in the map) or borrowed (to look one up): `(route, method, status)`
+/// compared as the owned tuple compares, so a lookup needs no allocation.
+trait SeriesKey {
+    fn parts(&self) -> (&str, &str, u16);
+}
+
+impl SeriesKey for (String, String, u16) {
+    fn parts(&self) -> (&str, &str, u16) {
+        (&self.0, &self.1, self.2)
+    }
+}
+
+impl SeriesKey for (&str, &str, u16) {
+    fn parts(&self) -> (&str, &str, u16) {
+        (self.0, self.1, self.2)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SeriesKey + 'a> for (String, String, u16) {
+    fn borrow(&self) -> &(dyn SeriesKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn SeriesKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SeriesKey + '_ {}
+
+impl PartialOrd for dyn SeriesKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn SeriesKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// Decrements a route's in-flight gauge when the request ends (or is dropped).
 struct InFlight(Arc<AtomicU64>);
 
@@ -145,6 +189,11 @@ impl HttpMetrics {
 
     fn series(&self, route: &str, method: &str, status: u16) -> Arc<Series> {
         let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        // A known series is found without building its key (the common case, every request).
+        let view: &dyn SeriesKey = &(route, method, status);
+        if let Some(s) = m.get(view) {
+            return s.clone();
+        }
         let key = if m.len() >= MAX_SERIES {
             ("other".to_owned(), "other".to_owned(), 0)
         } else {
@@ -155,12 +204,17 @@ impl HttpMetrics {
 
     fn enter(&self, route: &str) -> InFlight {
         let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let key = if m.len() >= MAX_SERIES && !m.contains_key(route) {
-            "other"
-        } else {
-            route
+        let g = match m.get(route) {
+            Some(g) => g.clone(),
+            None => {
+                let key = if m.len() >= MAX_SERIES {
+                    "other"
+                } else {
+                    route
+                };
+                m.entry(key.to_owned()).or_default().clone()
+            }
         };
-        let g = m.entry(key.to_owned()).or_default().clone();
         g.fetch_add(1, Ordering::Relaxed);
         InFlight(g)
     }
@@ -273,17 +327,16 @@ pub(crate) fn write_histogram(
 /// Counts every request by its route pattern (never the raw path, so ids do not explode the
 /// series).
 pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // The pattern (shared, not copied) and the method: nothing allocated per request.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
     let started = Instant::now();
-    let _in_flight = st.http_metrics.enter(&route);
+    let _in_flight = st.http_metrics.enter(route);
     let resp = next.run(req).await;
     st.http_metrics.observe(
-        &route,
-        &method,
+        route,
+        method.as_str(),
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
@@ -558,6 +611,59 @@ fn render_sagas(out: &mut String, m: &ficus_runtime::saga_metrics::SagaMetricsSn
                 .zip(d.buckets),
             d.count,
             d.sum_seconds,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &HttpMetrics, route: &str, method: &str, status: u16) -> Option<u64> {
+        let series = m.series.lock().unwrap();
+        let key: &dyn SeriesKey = &(route, method, status);
+        series.get(key).map(|s| s.count.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_series_is_found_by_borrowed_parts_and_new_ones_past_the_bound_go_to_other() {
+        let m = HttpMetrics::default();
+        m.observe("/v1/products/{id}", "GET", 200, 0.001);
+        m.observe("/v1/products/{id}", "GET", 200, 0.002);
+        m.observe("/v1/products/{id}", "GET", 404, 0.001);
+        assert_eq!(count(&m, "/v1/products/{id}", "GET", 200), Some(2));
+        assert_eq!(count(&m, "/v1/products/{id}", "GET", 404), Some(1));
+        assert_eq!(count(&m, "/v1/products/{id}", "POST", 200), None);
+        for i in 0..MAX_SERIES {
+            m.observe(&format!("/r{i}"), "GET", 200, 0.001);
+        }
+        assert_eq!(m.series.lock().unwrap().len(), MAX_SERIES + 1);
+        // Past the bound a known series still counts as itself; a new one counts as other.
+        m.observe("/v1/products/{id}", "GET", 200, 0.001);
+        m.observe("/never-seen", "GET", 200, 0.001);
+        assert_eq!(count(&m, "/v1/products/{id}", "GET", 200), Some(3));
+        assert_eq!(count(&m, "/never-seen", "GET", 200), None);
+        assert!(count(&m, "other", "other", 0).is_some_and(|n| n >= 2));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains(
+            "ficus_http_requests_total{route=\"/v1/products/{id}\",method=\"GET\",status=\"200\"} 3"
+        ));
+    }
+
+    #[test]
+    fn in_flight_counts_while_a_request_is_served() {
+        let m = HttpMetrics::default();
+        let a = m.enter("/v1/x");
+        let b = m.enter("/v1/x");
+        assert_eq!(
+            m.in_flight.lock().unwrap()["/v1/x"].load(Ordering::Relaxed),
+            2
+        );
+        drop((a, b));
+        assert_eq!(
+            m.in_flight.lock().unwrap()["/v1/x"].load(Ordering::Relaxed),
+            0
         );
     }
 }
