@@ -39,6 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$BIN" debug upstream --listen "$UP" & pids+=($!)
+upstream_pid=$!
 
 cat > "$work/routes.toml" <<TOML
 [upstreams]
@@ -51,6 +52,7 @@ legacy = "legacy"
 TOML
 FICUS_AUTH_HS256_SECRET=bench "$BIN" gateway --routes "$work/routes.toml" --listen "$FICUS" \
   --log-format text 2>/dev/null & pids+=($!)
+ficus_pid=$!
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
@@ -102,29 +104,59 @@ for addr in "$UP" "$FICUS" "$NGINX" "$HAPROXY"; do
   [ "$ok" = 1 ] || { echo "gateway bench: nothing answers on $addr" >&2; exit 1; }
 done
 
+# The processes of each path, for the CPU each one spends per request (user + system time of
+# all their threads, from /proc, around the wrk run).
+pids_of() {
+  case $1 in
+    upstream) echo "$upstream_pid" ;;
+    ficus) echo "$ficus_pid" ;;
+    nginx) echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')" ;;
+    haproxy) echo "$(cat "$work/haproxy.pid")" ;;
+  esac
+}
+cpu_ticks() {
+  local t=0 f
+  for p in "$@"; do
+    for f in /proc/"$p"/task/*/stat; do
+      # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+      t=$((t + $(sed 's/.*) //' "$f" | awk '{ print $12 + $13 }')))
+    done
+  done
+  echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # wrk prints latencies as 812.00us, 1.23ms or 1.05s: in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 addr_of() { case $1 in upstream) echo "$UP" ;; ficus) echo "$FICUS" ;; nginx) echo "$NGINX" ;; haproxy) echo "$HAPROXY" ;; esac; }
 
-declare -A r a b
+declare -A r a b c
 runs_json=()
 for run in $(seq "$RUNS"); do
   for target in "${TARGETS[@]}"; do
+    procs=$(pids_of "$target")
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $procs)
     out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "http://$(addr_of "$target")/api/products/1")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $procs)
+    done_reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    cc=$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="$done_reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')
     rr=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
     aa=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     bb=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     errs=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
     [ "$errs" = 0 ] || { echo "gateway bench: $target answered with errors:" >&2; echo "$out" >&2; exit 1; }
-    r[$target]+="$rr "; a[$target]+="$aa "; b[$target]+="$bb "
-    runs_json+=("{\"run\":$run,\"target\":\"$target\",\"requests_per_sec\":$rr,\"p50_ms\":$aa,\"p99_ms\":$bb}")
-    echo "run $run/$RUNS $target: $rr req/s, p50 $aa ms, p99 $bb ms" >&2
+    r[$target]+="$rr "; a[$target]+="$aa "; b[$target]+="$bb "; c[$target]+="$cc "
+    runs_json+=("{\"run\":$run,\"target\":\"$target\",\"requests_per_sec\":$rr,\"p50_ms\":$aa,\"p99_ms\":$bb,\"cpu_us_per_request\":$cc}")
+    echo "run $run/$RUNS $target: $rr req/s, p50 $aa ms, p99 $bb ms, $cc µs CPU per request" >&2
   done
 done
-declare -A rps p50 p99
+declare -A rps p50 p99 cpu
 for target in "${TARGETS[@]}"; do
+  cpu[$target]=$(tr ' ' '\n' <<<"${c[$target]}" | grep . | median)
   rps[$target]=$(tr ' ' '\n' <<<"${r[$target]}" | grep . | median)
   p50[$target]=$(tr ' ' '\n' <<<"${a[$target]}" | grep . | median)
   p99[$target]=$(tr ' ' '\n' <<<"${b[$target]}" | grep . | median)
@@ -136,11 +168,11 @@ fi
 echo
 echo "gateway benchmark — wrk -t2 -c$CONNS -d${DURATION}s, median of $RUNS runs, all on this machine"
 echo
-echo "| path | requests/s | p50 | p99 | p99 added over direct |"
-echo "|---|---:|---:|---:|---:|"
+echo "| path | requests/s | p50 | p99 | p99 added over direct | CPU per request (its processes) |"
+echo "|---|---:|---:|---:|---:|---:|"
 for target in "${TARGETS[@]}"; do
   added=$(awk -v x="${p99[$target]}" -v d="${p99[upstream]}" 'BEGIN { printf "%.3f", x - d }')
-  printf '| %s | %.0f | %s ms | %s ms | %s ms |\n' "$target" "${rps[$target]}" "${p50[$target]}" "${p99[$target]}" "$added"
+  printf '| %s | %.0f | %s ms | %s ms | %s ms | %s µs |\n' "$target" "${rps[$target]}" "${p50[$target]}" "${p99[$target]}" "$added" "${cpu[$target]}"
 done
 awk -v f="${rps[ficus]}" -v n="${rps[nginx]}" -v h="${rps[haproxy]}" \
   'BEGIN { printf "\nficus / nginx throughput: %.2f; ficus / haproxy: %.2f\n", f / n, f / h }'

@@ -365,7 +365,7 @@ def scenario_gateway(cfg, work):
         "CONNS": str(HTTP_CONNS), "JSON_OUT": str(out_json)})
     runs = json.loads(out_json.read_text())["runs"]
     targets = ["upstream", "ficus", "nginx", "haproxy"]
-    med = {t: {k: median([r[k] for r in runs if r["target"] == t]) for k in ("requests_per_sec", "p50_ms", "p99_ms")}
+    med = {t: {k: median([r[k] for r in runs if r["target"] == t]) for k in ("requests_per_sec", "p50_ms", "p99_ms", "cpu_us_per_request")}
            for t in targets}
     ratios = {}
     for p in ("nginx", "haproxy"):
