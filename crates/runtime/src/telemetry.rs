@@ -11,7 +11,6 @@
 //! Parsing is done here rather than with an OpenTelemetry propagator so that the ids exist
 //! (and reach logs and metadata) whether or not an exporter is configured.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -41,11 +40,18 @@ pub struct TraceParent {
     pub sampled: bool,
 }
 
+/// Appends `bytes` as lowercase hex (two digits a byte, by table: this runs on every request).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
+    push_hex(&mut s, bytes);
     s
 }
 
@@ -115,12 +121,13 @@ impl TraceParent {
 
     /// The header value (version 00).
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            u8::from(self.sampled)
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
     }
 
     /// The OpenTelemetry context whose remote parent is this span.
@@ -434,6 +441,34 @@ impl JobQueue for TracedJobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_byte_value_round_trips_through_the_header() {
+        for b in 0..=255u8 {
+            let tp = TraceParent {
+                trace_id: [b.max(1); 16],
+                span_id: [b.max(1); 8],
+                sampled: b % 2 == 0,
+            };
+            let header = tp.header();
+            assert_eq!(header.len(), 55);
+            assert_eq!(
+                header,
+                format!(
+                    "00-{}-{}-{:02x}",
+                    tp.trace_id_hex(),
+                    tp.span_id_hex(),
+                    u8::from(tp.sampled)
+                )
+            );
+            let back = TraceParent::parse(&header).unwrap();
+            assert_eq!(
+                (back.trace_id, back.span_id, back.sampled),
+                (tp.trace_id, tp.span_id, tp.sampled)
+            );
+            assert_eq!(tp.span_id_hex(), format!("{:02x}", b.max(1)).repeat(8));
+        }
+    }
 
     #[test]
     fn traceparent_parses_the_spec_example_and_refuses_bad_ones() {
