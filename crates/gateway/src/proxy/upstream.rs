@@ -36,6 +36,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upstream addresses a thread keeps connections for; past it the pool of the least recently
 /// used one is closed.
 pub const MAX_UPSTREAMS: usize = 64;
+/// Longest wait for an idle connection to be ready again. One given back at the end of its
+/// answer is ready as soon as its connection task has run (microseconds); one still sending a
+/// request body that the upstream stopped reading (it answered early) may never be, and is
+/// closed rather than waited on: the request goes on a new connection.
+pub const READY_WAIT: Duration = Duration::from_millis(50);
 
 struct Idle {
     sender: http1::SendRequest<Body>,
@@ -187,7 +192,12 @@ async fn checkout(at: &Authority) -> Result<(http1::SendRequest<Body>, bool), Se
             return connect(at).await.map(|s| (s, false));
         };
         // Given back at the end of a body, a connection may take a moment to be ready again.
-        if sender.is_ready() || sender.ready().await.is_ok() {
+        if sender.is_ready()
+            || matches!(
+                tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                Ok(Ok(()))
+            )
+        {
             return Ok((sender, true));
         }
     }
@@ -349,6 +359,44 @@ mod tests {
             assert!(sizes.iter().all(|n| *n == 10));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    }
+
+    /// An upstream that answers at once without reading the request body, then holds the
+    /// connection open: the connection's request body can never finish.
+    async fn early_answering_upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    let _ = s.read(&mut chunk).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_stuck_sending_a_body_is_not_waited_on() {
+        let (addr, accepted) = early_answering_upstream().await;
+        let big = Request::post(format!("http://{addr}/upload"))
+            .body(Body::from(vec![7u8; 16 << 20]))
+            .unwrap();
+        let resp = send(big).await.expect("answered early");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let next = tokio::time::timeout(Duration::from_secs(5), fetch(&addr))
+            .await
+            .expect("the next request must not wait on the stuck connection");
+        assert_eq!(next, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]
