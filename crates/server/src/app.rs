@@ -256,7 +256,7 @@ async fn start_read_side(
             };
             let (catalog, catalog_task) = start(Arc::new(PgCatalogProjection));
             let (orders, orders_task) = start(Arc::new(PgOrdersProjection));
-            let read_timeout = pg.config().statement_timeout;
+            let read_timeout = pg.config().transaction_timeout();
             let catalog = catalog.with_read_timeout(read_timeout);
             let orders = orders.with_read_timeout(read_timeout);
             for h in [&catalog, &orders] {
@@ -378,9 +378,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
                 let bus = NatsBus::connect(BusConfig::new(url.clone(), &pg.schema))
                     .await
                     .context("connecting to the NATS bus")?;
-                // A round is a handful of statements and a publish: three statement timeouts.
+                // A round is a handful of statements and a publish.
                 let relay_config = RelayConfig {
-                    round_timeout: pg.statement_timeout * 3,
+                    round_timeout: pg.transaction_timeout(),
                     ..RelayConfig::default()
                 };
                 let relay = OutboxRelay::new(store.clone(), bus.clone(), relay_config).spawn();

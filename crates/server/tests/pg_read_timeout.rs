@@ -1,7 +1,7 @@
 //! The PostgreSQL query side answers in bounded time: a query that cannot get its answer (here
 //! one blocked behind a lock another session holds on the read models' checkpoint table, as it
 //! would be behind a connection that stopped answering) is refused with 503
-//! `store_unavailable` and `Retry-After` once the statement timeout has passed, rather than
+//! `store_unavailable` and `Retry-After` once its bound (a few statement timeouts) has passed, rather than
 //! waiting as long as the lock is held; once the lock goes the same query answers 200. Needs
 //! `FICUS_TEST_PG_URL` (skipped without it).
 
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 const STATEMENT_TIMEOUT: Duration = Duration::from_millis(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_blocked_behind_a_lock_is_refused_after_the_statement_timeout() {
+async fn a_query_blocked_behind_a_lock_is_refused_within_its_bound() {
     if !Backend::Postgres.available() {
         eprintln!("skipped: FICUS_TEST_PG_URL is not set");
         return;
@@ -71,8 +71,10 @@ async fn a_query_blocked_behind_a_lock_is_refused_after_the_statement_timeout() 
             body["message"].as_str().unwrap().contains("no answer"),
             "{body}"
         );
+        // A read is a short transaction: bounded by a few statement timeouts in all.
+        let bound = STATEMENT_TIMEOUT * ficus_store::postgres::STATEMENTS_PER_TRANSACTION;
         assert!(
-            waited >= STATEMENT_TIMEOUT && waited < STATEMENT_TIMEOUT * 5,
+            waited >= bound && waited < bound * 2,
             "refused after {waited:?}"
         );
     }

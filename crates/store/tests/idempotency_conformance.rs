@@ -1,7 +1,7 @@
 //! Every idempotency-key adapter — in memory, SQLite (a real file, through its group-commit
 //! writer) and PostgreSQL (a fresh schema on the server named by `FICUS_TEST_PG_URL`, skipped
 //! without it) — passes the shared conformance suite. On PostgreSQL a claim waiting on a
-//! key another session holds locked gives up after the statement timeout.
+//! key another session holds locked gives up after its bound.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -62,10 +62,10 @@ mod postgres {
 
     ficus_store::idempotency_conformance!(optional make);
     /// A claim judged behind a row lock another session holds (a claim in a process that
-    /// stopped answering) answers unavailable after the statement timeout, not when the lock
-    /// goes; once it goes, the key is claimed as usual.
+    /// stopped answering) answers unavailable after its bound (a few statement timeouts), not
+    /// when the lock goes; once it goes, the key is claimed as usual.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_claim_waiting_on_a_locked_key_gives_up_after_the_statement_timeout() {
+    async fn a_claim_waiting_on_a_locked_key_gives_up_within_its_bound() {
         use ficus_store::idempotency::{Claim, ClaimRequest};
         use std::time::{Duration, Instant};
         let Some(url) = test_url() else { return };
@@ -97,7 +97,7 @@ mod postgres {
         let started = Instant::now();
         let stuck = tokio::time::timeout(Duration::from_secs(10), store.claim(&req(10_000)))
             .await
-            .expect("the claim must give up within its statement timeout");
+            .expect("the claim must give up within its bound");
         let waited = started.elapsed();
         let err = stuck.expect_err("the row is locked");
         assert!(err.to_string().contains("no answer"), "{err}");

@@ -158,9 +158,9 @@ async fn claim_on(
 impl IdempotencyStore for PgEventStore {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let mut client = conn(self.pool()).await?;
-        // The claim's transaction, bounded as one statement: it waits on another claim's row
-        // lock at most for the statement timeout.
-        let limit = self.timed_pool().statement_timeout;
+        // The claim's transaction as a whole is bounded (a few statements): it waits on
+        // another claim's row lock at most that long.
+        let limit = self.config().transaction_timeout();
         let answer = tokio::time::timeout(limit, claim_on(&mut client, req)).await;
         answer.unwrap_or_else(|_| Err(no_answer(client, limit)))
     }

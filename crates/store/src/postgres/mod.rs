@@ -70,7 +70,20 @@ pub struct PgConfig {
     pub statement_timeout: Duration,
 }
 
+/// Statement timeouts one short transaction (a handful of statements, each a round trip) may
+/// take in all: see [`PgConfig::transaction_timeout`].
+pub const STATEMENTS_PER_TRANSACTION: u32 = 3;
+
 impl PgConfig {
+    /// The bound on one short transaction as a whole (a read-side query with its snapshot and
+    /// checkpoint, an idempotency claim, an outbox relay round):
+    /// [`STATEMENTS_PER_TRANSACTION`] statement timeouts. Each of its statements is a round
+    /// trip, so on a slow network a healthy transaction takes several times one statement's
+    /// time; bounding it by one statement timeout would refuse it.
+    pub fn transaction_timeout(&self) -> Duration {
+        self.statement_timeout * STATEMENTS_PER_TRANSACTION
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
