@@ -266,43 +266,53 @@ mod tests {
         CloseSoon,
     }
 
-    /// A raw HTTP/1.1 upstream on loopback answering every request with `body_len` bytes;
-    /// returns its address and its count of accepted connections.
-    async fn upstream(after: After, body_len: usize) -> (String, Arc<AtomicUsize>) {
+    /// A loopback listener serving each accepted connection with `serve` in a task of its
+    /// own; its address and its count of accepted connections.
+    async fn listen<F, Fut>(serve: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
+            while let Ok((s, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        buf.drain(..end);
-                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
-                        let mut answer = head.into_bytes();
-                        answer.resize(answer.len() + body_len, b'x');
-                        if s.write_all(&answer).await.is_err() {
-                            return;
-                        }
-                        if let After::CloseSoon = after {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            return;
-                        }
-                    }
-                });
+                tokio::spawn(serve(s));
             }
         });
         (addr, accepted)
+    }
+
+    /// A raw HTTP/1.1 upstream on loopback answering every request with `body_len` bytes.
+    async fn upstream(after: After, body_len: usize) -> (String, Arc<AtomicUsize>) {
+        listen(move |mut s| async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                buf.drain(..end);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
+                let mut answer = head.into_bytes();
+                answer.resize(answer.len() + body_len, b'x');
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+                if let After::CloseSoon = after {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+            }
+        })
+        .await
     }
 
     fn get(addr: &str) -> Request<Body> {
@@ -364,24 +374,15 @@ mod tests {
     /// An upstream that answers at once without reading the request body, then holds the
     /// connection open: the connection's request body can never finish.
     async fn early_answering_upstream() -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut chunk = [0u8; 1024];
-                    let _ = s.read(&mut chunk).await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                });
-            }
-        });
-        (addr, accepted)
+        listen(|mut s| async move {
+            let mut chunk = [0u8; 1024];
+            let _ = s.read(&mut chunk).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await
     }
 
     #[tokio::test(flavor = "current_thread")]
