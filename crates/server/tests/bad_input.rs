@@ -4,6 +4,8 @@
 //! negative and overflowing numbers; a slowloris client (headers at one byte per second) has
 //! its connection closed by the header-read timeout while the server keeps serving.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,18 +42,7 @@ impl Server {
             .unwrap();
         let admin = running.token("ada", &["admin"], 3600);
         let seller = running.token("sam", &["seller"], 3600);
-        let r = http
-            .post(format!("{}/v1/products", running.url()))
-            .bearer_auth(&seller)
-            .json(&json!({"name": "Lamp", "category": "home", "price": 20, "currency": "EUR"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let product = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let product = common::create_lamp(&http, &running.url(), &seller).await;
         Server {
             running,
             _dir: dir,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, TestData};
 use ficus_server::app::{self, StoreConfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const STATEMENT_TIMEOUT: Duration = Duration::from_millis(600);
 
@@ -32,18 +32,7 @@ async fn a_query_blocked_behind_a_lock_is_refused_within_its_bound() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let r = http
-        .post(format!("{}/v1/products", running.url()))
-        .bearer_auth(&seller)
-        .json(&json!({"name": "Lamp", "category": "home", "price": 20, "currency": "EUR"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = common::create_lamp(&http, &running.url(), &seller).await;
     let product = format!("{}/v1/products/{id}", running.url());
     let get = || http.get(&product).bearer_auth(&seller).send();
     let deadline = Instant::now() + Duration::from_secs(10);

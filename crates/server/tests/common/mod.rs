@@ -177,6 +177,22 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
         .unwrap()
 }
 
+/// Creates a product (a 20 EUR lamp in `home`) as `seller`: its id.
+pub async fn create_lamp(http: &reqwest::Client, base: &str, seller: &str) -> String {
+    let r = http
+        .post(format!("{base}/v1/products"))
+        .bearer_auth(seller)
+        .json(&serde_json::json!({"name": "Lamp", "category": "home", "price": 20, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The events of type `ty` in a `GET /v1/streams/{stream}` answer.
 pub fn events_of_type<'a>(stream: &'a Value, ty: &str) -> Vec<&'a Value> {
     stream["events"]
