@@ -92,7 +92,8 @@ pub const LEADER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const SESSION_OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest one read of the read model or of its checkpoint through a handle may take before
 /// it answers [`StoreError::Unavailable`] and closes its connection (a query blocked on a lock
-/// or on a connection that stopped answering): the store's default statement timeout.
+/// or on a connection that stopped answering), for a handle not given one. `ficus serve`
+/// passes its store's `PgConfig::transaction_timeout` instead.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a read-your-writes wait or a rebuild request polls the checkpoint table while
 /// this process is not the one applying events.
@@ -373,7 +374,7 @@ impl PgProjectionHandle {
     }
 
     /// The handle with reads bounded by `limit` instead of [`DEFAULT_READ_TIMEOUT`] (a server
-    /// passes its statement timeout).
+    /// passes its store's `PgConfig::transaction_timeout`: a read is a few round trips).
     pub fn with_read_timeout(mut self, limit: Duration) -> Self {
         self.read_timeout = limit.max(Duration::from_millis(1));
         self
