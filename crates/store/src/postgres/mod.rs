@@ -223,7 +223,7 @@ pub(crate) async fn execute(
 pub fn no_answer(client: deadpool_postgres::Object, timeout: Duration) -> StoreError {
     drop(deadpool_postgres::Object::take(client));
     StoreError::Unavailable(format!(
-        "PostgreSQL: no answer within {} ms (statement timeout); a write's outcome is unknown",
+        "PostgreSQL: no answer within {} ms (its time bound); a write's outcome is unknown",
         timeout.as_millis()
     ))
 }
