@@ -537,6 +537,7 @@ pub async fn render(State(st): State<AppState>) -> Response {
     if let Some(f) = &st.fulfilment {
         render_sagas(&mut out, &f.orchestrator.metrics().snapshot());
     }
+    render_memory(&mut out);
     (
         [(
             header::CONTENT_TYPE,
@@ -545,6 +546,61 @@ pub async fn render(State(st): State<AppState>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The process's own figures under the names Prometheus's process collectors use (resident
+/// memory, open descriptors; Linux only, left out where `/proc` is not there), and SQLite's
+/// heap memory against its process-wide soft limit (`--sqlite-memory-limit-mib`): whether
+/// memory growth is SQLite's bounded page caches filling or something else.
+fn render_memory(out: &mut String) {
+    let one = |v: u64| [(String::new(), v as f64)];
+    if let Some(rss) = resident_bytes() {
+        gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            &one(rss),
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            &one(fds.count() as u64),
+        );
+    }
+    gauge(
+        out,
+        "ficus_sqlite_memory_bytes",
+        "Heap memory all SQLite connections of the process hold now.",
+        &one(ficus_store::sqlite::memory_used()),
+    );
+    gauge(
+        out,
+        "ficus_sqlite_memory_highwater_bytes",
+        "Most heap memory SQLite has held at once since the process started.",
+        &one(ficus_store::sqlite::memory_highwater()),
+    );
+    gauge(
+        out,
+        "ficus_sqlite_memory_limit_bytes",
+        "Soft limit on SQLite's heap memory (0: none).",
+        &one(ficus_store::sqlite::memory_limit()),
+    );
+}
+
+/// `VmRSS` of this process from `/proc/self/status`, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The saga families: sagas started and finished, step attempts by outcome, step durations.

@@ -70,6 +70,15 @@ async fn metrics_show_traffic_errors_latency_and_backlogs() {
     assert!(has("ficus_event_store_head_position 1"), "{text}");
     assert!(text.contains(r#"ficus_projection_lag_events{projection="catalog"}"#));
     assert!(has(r#"ficus_queue_dead{queue="metrics-q"} 1"#), "{text}");
+    // The process's own memory and descriptors (this test process is the server), and
+    // SQLite's memory against its bound (none set in-process).
+    let rss = sample(&text, "process_resident_memory_bytes", &[]);
+    assert!(rss > f64::from(1u32 << 20), "{rss}");
+    assert!(sample(&text, "process_open_fds", &[]) >= 3.0, "{text}");
+    let sqlite = sample(&text, "ficus_sqlite_memory_bytes", &[]);
+    assert!(sqlite > 0.0 && sqlite < rss, "{sqlite} of {rss}");
+    assert!(sample(&text, "ficus_sqlite_memory_highwater_bytes", &[]) >= sqlite);
+    assert!(has("ficus_sqlite_memory_limit_bytes 0"), "{text}");
     running.stop().await.unwrap();
 }
 

@@ -21,6 +21,13 @@ pub fn set_memory_limit(bytes: u64) -> u64 {
     before.max(0) as u64
 }
 
+/// The soft limit on SQLite's heap memory in force now, in bytes (0: no limit).
+pub fn memory_limit() -> u64 {
+    // SAFETY: as `set_memory_limit`; a negative argument reads the limit without changing it.
+    let limit = unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(-1) };
+    limit.max(0) as u64
+}
+
 /// Bytes of heap memory SQLite holds right now, across every connection of the process.
 pub fn memory_used() -> u64 {
     // SAFETY: a read of SQLite's memory statistics; no arguments, thread-safe.

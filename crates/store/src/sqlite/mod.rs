@@ -33,7 +33,7 @@ use crate::{AppendResult, EventStore, LiveBatch, StoreError};
 pub use faulty_vfs::{FaultPlan, StorageFault, MAX_FAULT_DELAY_MS};
 pub use jobs::SqliteJobQueue;
 pub use memory::{
-    memory_highwater, memory_used, set_memory_limit, DEFAULT_SQLITE_MEMORY_LIMIT_MIB,
+    memory_highwater, memory_limit, memory_used, set_memory_limit, DEFAULT_SQLITE_MEMORY_LIMIT_MIB,
     MIN_SQLITE_MEMORY_LIMIT_MIB,
 };
 pub use outbox::{OutboxMessage, OutboxRow, OutboxRule};
