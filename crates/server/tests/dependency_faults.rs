@@ -195,18 +195,7 @@ impl Rig {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        common::scrape_metric(&self.http, &self.base, name).await
     }
 
     /// Every event of the log, in order, once the server is reachable again.

@@ -250,26 +250,14 @@ async fn processes_share_the_log_and_the_queue_and_survive_a_killed_worker() {
             .await
             .unwrap();
         assert_eq!(ready["checks"]["bus"]["ok"], true, "{ready}");
-        let metric = |text: &str, name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("no {name} in {text}")) as u64
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut published = 0;
             let mut backlog = 0;
             for p in [&api1, &api2] {
-                let text = http
-                    .get(format!("{}/metrics", p.base))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                published += metric(&text, "ficus_outbox_published_total ");
-                backlog = metric(&text, "ficus_outbox_backlog_events ");
+                let text = common::metrics_text(&http, &p.base).await;
+                published += common::metric_value(&text, "ficus_outbox_published_total") as u64;
+                backlog = common::metric_value(&text, "ficus_outbox_backlog_events") as u64;
             }
             if backlog == 0 && published > 0 {
                 break;

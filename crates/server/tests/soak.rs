@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 mod common;
-use common::{cli_token, free_port, wait_ready};
+use common::{cli_token, free_port, scrape_metric, wait_ready};
 
 const SECRET: &str = "soak-secret";
 /// Clients sending requests at once; each paces itself to [`CLIENT_INTERVAL`].
@@ -159,22 +159,6 @@ impl Load {
     }
 }
 
-/// SQLite's heap memory in the server, bytes, from its `/metrics`.
-async fn sqlite_memory(http: &reqwest::Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("ficus_sqlite_memory_bytes "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("ficus_sqlite_memory_bytes in /metrics") as u64
-}
-
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -289,7 +273,7 @@ async fn memory_descriptors_and_latency_stay_flat_under_steady_load() {
             rss_bytes(pid),
             open_fds(pid),
             percentile(&lat, 0.99),
-            sqlite_memory(&http, &base).await,
+            scrape_metric(&http, &base, "ficus_sqlite_memory_bytes").await as u64,
         );
         eprintln!(
             "soak t={:>5.0}s rss={:>6.1} MiB sqlite={:>5.1} MiB fds={:>3} p99={:>7.2} ms requests={}",

@@ -165,6 +165,29 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     panic!("{base} never became ready");
 }
 
+/// The server at `base`'s `/metrics`, as Prometheus text.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the unlabelled sample `name` in Prometheus `text`; panics if there is none.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// The unlabelled sample `name` of the server at `base`, scraped now.
+pub async fn scrape_metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    metric_value(&metrics_text(http, base).await, name)
+}
+
 /// `GET url` with a bearer token, as JSON.
 pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
     http.get(url)
