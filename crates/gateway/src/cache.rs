@@ -20,6 +20,7 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -70,10 +71,38 @@ pub(crate) fn respond<T: Serialize>(
     position: Position,
     body: impl FnOnce() -> T,
 ) -> Response {
+    answer(headers, etag, position, || Json(body()).into_response())
+}
+
+/// [`respond`] for a body already serialized as JSON (a read-cache hit's bytes).
+pub(crate) fn respond_json_bytes(
+    headers: &HeaderMap,
+    etag: &str,
+    position: Position,
+    body: impl FnOnce() -> Bytes,
+) -> Response {
+    answer(headers, etag, position, || {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body(),
+        )
+            .into_response()
+    })
+}
+
+fn answer(
+    headers: &HeaderMap,
+    etag: &str,
+    position: Position,
+    full: impl FnOnce() -> Response,
+) -> Response {
     let mut resp = if none_match(headers, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(body()).into_response()
+        full()
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(etag) {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,12 +16,12 @@ use ficus_domain::product::ProductCommand;
 use ficus_domain::read_models::{self as rm, ProductSearch, ProductView};
 use ficus_domain::service::{NewProduct, RequestedItem, Shop, DEFAULT_WAREHOUSE};
 use ficus_runtime::CommandOutcome;
-use ficus_store::{AppendResult, StoredResponse};
+use ficus_store::{AppendResult, StoreError, StoredResponse};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::auth::Caller;
-use crate::cache::{cached_query, position_etag, respond, version_etag};
+use crate::cache::{cached_query, position_etag, respond, respond_json_bytes, version_etag};
 use crate::error::ApiError;
 use crate::extract::{if_match, JsonBody, OptionalJsonBody, PathParams, QueryParams};
 use crate::idempotency::KeyHold;
@@ -467,28 +468,45 @@ pub(crate) struct ConsistencyQuery {
     pub(crate) min_position: Option<Position>,
 }
 
-/// A live product's details and the catalog position they were read at; deleted or unknown
-/// → 404 `product_not_found`.
-pub(crate) async fn read_product(
+/// A live product's details as the JSON document `GET /v1/products/{id}` answers, with the
+/// version that tags it. The read cache keeps this, not the [`ProductView`]: a cache hit then
+/// costs no clone and no serialization, only the bytes' reference count.
+struct ProductJson {
+    version: u64,
+    body: Bytes,
+}
+
+/// The product's answer and the catalog position it was read at; deleted or unknown → 404
+/// `product_not_found`. Through the read cache when it is on (key `product-json:<id>`).
+async fn read_product_json(
     st: &AppState,
     id: &str,
     min_position: Option<Position>,
-) -> Result<(ProductView, Position), ApiError> {
-    let (found, position) = cached_query(
+) -> Result<(Arc<Option<ProductJson>>, Position), ApiError> {
+    cached_query(
         st,
         st.read.catalog(),
         min_position,
-        format!("product:{id}"),
-        || st.read.get_product(id.to_owned()),
+        format!("product-json:{id}"),
+        || async {
+            let (found, position) = st.read.get_product(id.to_owned()).await?;
+            let answer = match found {
+                Some(p) if !p.deleted => {
+                    let version = p.version;
+                    let body = serde_json::to_vec(&ProductDto::from(p)).map_err(|e| {
+                        StoreError::Corrupt(format!("product {id} did not serialize: {e}"))
+                    })?;
+                    Some(ProductJson {
+                        version,
+                        body: Bytes::from(body),
+                    })
+                }
+                _ => None,
+            };
+            Ok((answer, position))
+        },
     )
-    .await?;
-    match found.as_ref() {
-        Some(p) if !p.deleted => Ok((p.clone(), position)),
-        _ => Err(ApiError::not_found(
-            "product_not_found",
-            format!("no product {id}"),
-        )),
-    }
+    .await
 }
 
 async fn get_product(
@@ -497,10 +515,18 @@ async fn get_product(
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let (p, position) = read_product(&st, &id, q.min_position).await?;
+    let (found, position) = read_product_json(&st, &id, q.min_position).await?;
+    let Some(p) = found.as_ref() else {
+        return Err(ApiError::not_found(
+            "product_not_found",
+            format!("no product {id}"),
+        ));
+    };
     // The product's own version: the document changes only with its own events.
     let etag = version_etag(p.version);
-    Ok(respond(&headers, &etag, position, || ProductDto::from(p)))
+    Ok(respond_json_bytes(&headers, &etag, position, || {
+        p.body.clone()
+    }))
 }
 
 #[derive(Deserialize)]
