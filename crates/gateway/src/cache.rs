@@ -79,7 +79,7 @@ pub(crate) fn respond_json_bytes(
     headers: &HeaderMap,
     etag: &str,
     position: Position,
-    body: impl FnOnce() -> Bytes,
+    body: Bytes,
 ) -> Response {
     answer(headers, etag, position, || {
         (
@@ -87,7 +87,7 @@ pub(crate) fn respond_json_bytes(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            body(),
+            body,
         )
             .into_response()
     })
@@ -121,7 +121,7 @@ fn answer(
 
 /// Waits for `min_position` (bounded) on `model`, then answers with `read`'s result and the
 /// position it reflects, through the cache-aside layer when it is on and `key` names the
-/// answer (namespaced by query kind, e.g. `product:<id>`).
+/// answer (namespaced by query kind, e.g. `product-json:<id>`).
 ///
 /// A cached answer is used only if it reflects at least both `min_position` and the read
 /// model's checkpoint as this process knows it, so an applied event invalidates it and a

@@ -524,9 +524,12 @@ async fn get_product(
     };
     // The product's own version: the document changes only with its own events.
     let etag = version_etag(p.version);
-    Ok(respond_json_bytes(&headers, &etag, position, || {
-        p.body.clone()
-    }))
+    Ok(respond_json_bytes(
+        &headers,
+        &etag,
+        position,
+        p.body.clone(),
+    ))
 }
 
 #[derive(Deserialize)]
