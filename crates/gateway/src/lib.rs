@@ -223,17 +223,24 @@ async fn correlation(mut req: Request, next: Next) -> Response {
         .and_then(TraceParent::parse);
     // This request's own span: a child of the caller's, or the root of a new trace.
     let own = incoming.map_or_else(TraceParent::new_root, |p| p.child());
-    let id = req
+    // The caller's id if it is acceptable (its header value is answered as it came), else a
+    // new one, formatted on the stack.
+    let given = req
         .headers()
         .get(CORRELATION_HEADER)
-        .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= CORRELATION_MAX_BYTES
-                && v.bytes().all(|b| b.is_ascii_graphic())
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= CORRELATION_MAX_BYTES && b.iter().all(u8::is_ascii_graphic)
         })
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .cloned();
+    let (id, id_header) = match given {
+        Some(v) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), Some(v)),
+        None => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+            (s.to_owned(), HeaderValue::from_str(s).ok())
+        }
+    };
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let span = tracing::info_span!(
         "request",
@@ -256,15 +263,15 @@ async fn correlation(mut req: Request, next: Next) -> Response {
         own
     };
     let ctx = TraceContext {
-        correlation_id: id.clone(),
+        correlation_id: id,
         traceparent: Some(own),
     };
     let mut resp = telemetry::scope(ctx, next.run(req).instrument(span)).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = id_header {
         resp.headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&own.header()) {
+    if let Ok(v) = HeaderValue::from_bytes(&own.header_bytes()) {
         resp.headers_mut()
             .insert(HeaderName::from_static(TRACEPARENT_HEADER), v);
     }

@@ -41,6 +41,9 @@ pub struct TraceParent {
 }
 
 /// Appends `bytes` as lowercase hex (two digits a byte, by table: this runs on every request).
+/// Length of a version-00 `traceparent` value.
+pub const TRACEPARENT_LEN: usize = 55;
+
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
@@ -121,13 +124,27 @@ impl TraceParent {
 
     /// The header value (version 00).
     pub fn header(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        s
+        let bytes = self.header_bytes();
+        // Hex digits and dashes only: always ASCII.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The header value (version 00) as its 55 ASCII bytes, built without allocating.
+    pub fn header_bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let hex_into = |out: &mut [u8], bytes: &[u8]| {
+            for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = DIGITS[usize::from(b >> 4)];
+                pair[1] = DIGITS[usize::from(b & 0x0f)];
+            }
+        };
+        hex_into(&mut out[3..35], &self.trace_id);
+        hex_into(&mut out[36..52], &self.span_id);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out
     }
 
     /// The OpenTelemetry context whose remote parent is this span.
