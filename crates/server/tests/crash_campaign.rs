@@ -8,7 +8,10 @@
 //! answers. At the end every job completes with each of its products repriced exactly once.
 //!
 //! The same campaign runs on PostgreSQL (a schema of its own) with the NATS JetStream bus when
-//! `FICUS_TEST_PG_URL` (and `FICUS_TEST_NATS_URL`) are set, as CI sets them.
+//! `FICUS_TEST_PG_URL` (and `FICUS_TEST_NATS_URL`) are set, as CI sets them: once against one
+//! `--role all` process, and once against a fleet of four (`command`, `query` and two
+//! `worker,projector`) killed all at once, the clients sending commands to the command
+//! process and queries to the query process.
 //!
 //! `FICUS_CRASH_ROUNDS` sets the rounds (default 10), `FICUS_CRASH_SEED` the seed (printed
 //! at the start and in every failure); a seed reproduces the operation mix and kill times.
@@ -39,11 +42,24 @@ const SNAPSHOT_PRODUCTS: usize = 400;
 /// The whole default campaign must stay under this (a hang is a failure, not a stuck CI).
 const CAMPAIGN_BUDGET: Duration = Duration::from_secs(120);
 
-fn serve(data: &TestData, port: u16) -> Child {
+/// The processes a campaign kills and restarts each round: their `--role`s, or `None` for one
+/// process with the default role (`all`).
+const FLEET: [&str; 4] = ["command", "query", "worker,projector", "worker,projector"];
+
+/// One `ficus serve` on `data`: with `role` (and a data directory of its own, `role-<i>`), or
+/// with the default role in the data directory itself.
+fn serve(data: &TestData, port: u16, role: Option<(usize, &str)>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ficus"));
     cmd.arg("serve").args(data.serve_args());
+    let dir = match role {
+        Some((i, role)) => {
+            cmd.args(["--role", role]);
+            data.dir.path().join(format!("role-{i}"))
+        }
+        None => data.dir.path().to_path_buf(),
+    };
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data.dir.path())
+        .arg(dir)
         .env("FICUS_AUTH_HS256_SECRET", SECRET)
         .env("FICUS_JOB_VISIBILITY_MS", VISIBILITY_MS.to_string())
         .env("FICUS_JOB_CONCURRENCY", "2")
@@ -75,7 +91,10 @@ struct Acked {
 #[derive(Clone)]
 struct Ctx {
     http: reqwest::Client,
+    /// Where commands, raw reads, jobs and projections go.
     base: String,
+    /// Where the shop's queries go (the same process unless the fleet is split by role).
+    query: String,
     tokens: Arc<HashMap<String, String>>,
     acked: Arc<Mutex<Acked>>,
     seed: u64,
@@ -132,6 +151,7 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> Option<&'a T> {
 /// One client: a seeded mix of commands, bulk jobs and reads until the server goes away.
 async fn client(ctx: Ctx, mut rng: StdRng, round: usize, client: usize) {
     let base = ctx.base.clone();
+    let query = ctx.query.clone();
     let mut bulk_seq = 0;
     loop {
         let products: Vec<(String, String)> = {
@@ -237,7 +257,7 @@ async fn client(ctx: Ctx, mut rng: StdRng, round: usize, client: usize) {
             let Ok(r) = ctx
                 .http
                 .get(format!(
-                    "{base}/v1/products?category={category}&limit=1&min_position={last}"
+                    "{query}/v1/products?category={category}&limit=1&min_position={last}"
                 ))
                 .send()
                 .await
@@ -271,7 +291,7 @@ async fn client(ctx: Ctx, mut rng: StdRng, round: usize, client: usize) {
             let (id, _) = pick(&mut rng, &products).unwrap();
             match ctx
                 .http
-                .get(format!("{base}/v1/products/{id}"))
+                .get(format!("{query}/v1/products/{id}"))
                 .send()
                 .await
             {
@@ -327,9 +347,13 @@ async fn watch_checkpoints(ctx: Ctx) {
 }
 
 async fn get(ctx: &Ctx, path: &str, who: &str) -> (u16, Value) {
+    // The shop's queries to the query side; raw streams, jobs and projections to the command
+    // side.
+    let shop_query = path.starts_with("/v1/products") || path.starts_with("/v1/customers");
+    let base = if shop_query { &ctx.query } else { &ctx.base };
     let r = ctx
         .http
-        .get(format!("{}{path}", ctx.base))
+        .get(format!("{base}{path}"))
         .bearer_auth(ctx.token(who))
         .send()
         .await
@@ -625,7 +649,21 @@ async fn sigkill_on_postgres_and_nats_loses_nothing_acknowledged() {
     run_campaign(TestData::new(Backend::Postgres)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_fleet_split_by_role_loses_nothing_acknowledged() {
+    if !Backend::Postgres.available() {
+        eprintln!("skipped: FICUS_TEST_PG_URL is not set");
+        return;
+    }
+    run_campaign_on(TestData::new(Backend::Postgres), Some(&FLEET)).await;
+}
+
 async fn run_campaign(data: TestData) {
+    run_campaign_on(data, None).await;
+}
+
+/// The campaign against one default process (`fleet` `None`) or a fleet of these roles.
+async fn run_campaign_on(data: TestData, fleet: Option<&[&str]>) {
     let seed: u64 = std::env::var("FICUS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -636,12 +674,43 @@ async fn run_campaign(data: TestData) {
         .unwrap_or(10);
     eprintln!("crash campaign: FICUS_CRASH_SEED={seed} FICUS_CRASH_ROUNDS={rounds}");
     let budget = CAMPAIGN_BUDGET.max(Duration::from_secs(12) * rounds as u32);
-    tokio::time::timeout(budget, campaign(seed, rounds, &data))
+    tokio::time::timeout(budget, campaign(seed, rounds, &data, fleet))
         .await
         .unwrap_or_else(|_| panic!("campaign took over {budget:?} (FICUS_CRASH_SEED={seed})"));
 }
 
-async fn campaign(seed: u64, rounds: usize, data: &TestData) {
+/// Starts the processes of one round, waits until each is ready, and answers them with the
+/// addresses of the command side and of the query side.
+async fn start(
+    http: &reqwest::Client,
+    data: &TestData,
+    fleet: Option<&[&str]>,
+) -> (Vec<Child>, String, String) {
+    let roles: Vec<Option<(usize, &str)>> = match fleet {
+        Some(roles) => roles.iter().copied().enumerate().map(Some).collect(),
+        None => vec![None],
+    };
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for role in &roles {
+        let port = free_port();
+        children.push(serve(data, port, *role));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for base in &bases {
+        wait_ready(http, base).await;
+    }
+    let find = |wanted: &str| {
+        roles
+            .iter()
+            .position(|r| r.is_none_or(|(_, role)| role == wanted))
+            .map(|i| bases[i].clone())
+            .expect("the fleet has that role")
+    };
+    (children, find("command"), find("query"))
+}
+
+async fn campaign(seed: u64, rounds: usize, data: &TestData, fleet: Option<&[&str]>) {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tokens = HashMap::new();
@@ -660,22 +729,20 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData) {
         .unwrap();
     let mut kill_ms_total = 0u64;
     for round in 0..=rounds {
-        let port = free_port();
+        let (mut children, base, query) = start(&http, data, fleet).await;
         let ctx = Ctx {
             http: http.clone(),
-            base: format!("http://127.0.0.1:{port}"),
+            base,
+            query,
             tokens: tokens.clone(),
             acked: acked.clone(),
             seed,
         };
-        let mut child = serve(data, port);
-        wait_ready(&ctx.http, &ctx.base).await;
         check(&ctx, round).await;
         if round == rounds {
             // The last start only checks, then lets every job finish.
             check_jobs_done(&ctx).await;
-            child.kill().unwrap();
-            child.wait().unwrap();
+            kill_all(&mut children);
             break;
         }
         let mut tasks = Vec::new();
@@ -687,8 +754,7 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData) {
         let kill_after = rng.gen_range(100..700);
         kill_ms_total += kill_after;
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        kill_all(&mut children);
         for t in tasks {
             // A failed assertion in a client fails the campaign here.
             t.await.unwrap();
@@ -696,7 +762,8 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData) {
     }
     let a = acked.lock().unwrap();
     eprintln!(
-        "crash campaign: seed {seed}, {rounds} SIGKILLs (mean {} ms into the load), {} requests answered, {} commands acknowledged ({} events), {} products, {} bulk jobs ({} interrupted by a kill), all invariants held in {:.1} s",
+        "crash campaign: seed {seed}, {}, {rounds} SIGKILLs (mean {} ms into the load), {} requests answered, {} commands acknowledged ({} events), {} products, {} bulk jobs ({} interrupted by a kill), all invariants held in {:.1} s",
+        fleet.map_or("one process".to_owned(), |roles| format!("processes {}", roles.join(" + "))),
         kill_ms_total / rounds.max(1) as u64,
         a.answered,
         a.acked_commands,
@@ -711,4 +778,14 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData) {
         !a.jobs.is_empty() || rounds < 3,
         "no bulk job was acknowledged"
     );
+}
+
+/// SIGKILL to every process at once (all signalled before any is waited for).
+fn kill_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        c.kill().expect("SIGKILL");
+    }
+    for c in children.iter_mut() {
+        c.wait().unwrap();
+    }
 }

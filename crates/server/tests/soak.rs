@@ -1,12 +1,14 @@
-//! Soak: a child `ficus serve` (embedded SQLite) under a steady mixed load on loopback —
+//! Soak: a child `ficus serve` under a steady mixed load on loopback —
 //! product and order queries, stock and price commands, orders placed, bulk reprice jobs —
 //! for `FICUS_SOAK_SECS` (default 120 s, the CI form; 1800 for the full run). After a warm-up,
 //! the process's resident memory and open file descriptors must stay flat and the latency p99
 //! must not creep: a leak grows steadily, so the second half of the measured period is
 //! compared with the first. Every answer must be the expected status (no 5xx at all).
 //!
-//! It prints one line per sample window and a summary line (the figures `docs/reliability.md`
-//! quotes).
+//! It runs on the embedded SQLite store and, when `FICUS_TEST_PG_URL` (and
+//! `FICUS_TEST_NATS_URL`) are set as CI sets them, on PostgreSQL + NATS JetStream too, each on
+//! a schema and stream of its own. It prints one line per sample window and a summary line
+//! (the figures `docs/reliability.md` quotes).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 mod common;
-use common::{cli_token, free_port, scrape_metric, wait_ready};
+use common::{cli_token, free_port, metrics_text, wait_ready, Backend, TestData};
 
 const SECRET: &str = "soak-secret";
 /// Clients sending requests at once; each paces itself to [`CLIENT_INTERVAL`].
@@ -171,19 +173,36 @@ fn median(mut xs: Vec<u64>) -> u64 {
     xs[xs.len() / 2]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_descriptors_and_latency_stay_flat_under_steady_load() {
+/// SQLite's memory now, as the server reports it; 0 where it reports none (no SQLite file).
+async fn sqlite_memory(http: &reqwest::Client, base: &str) -> u64 {
+    let text = metrics_text(http, base).await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("ficus_sqlite_memory_bytes ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0, |v| v as u64)
+}
+
+on_both_backends!(memory_descriptors_and_latency_stay_flat_under_steady_load);
+
+async fn memory_descriptors_and_latency_stay_flat_under_steady_load(backend: Backend) {
     let secs: u64 = std::env::var("FICUS_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let dir = tempfile::tempdir().unwrap();
+    // The data directory, and on PostgreSQL a schema and JetStream stream of its own,
+    // dropped when the test ends.
+    let data = TestData::new(backend);
     let port = free_port();
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_ficus"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(data.serve_args())
             .arg("--data-dir")
-            .arg(dir.path())
+            .arg(data.dir.path())
             .env("FICUS_AUTH_HS256_SECRET", SECRET)
             .env("FICUS_LOG", "warn")
             // The writer's page cache (64 MiB by default) fills as the log grows, which in a
@@ -236,6 +255,22 @@ async fn memory_descriptors_and_latency_stay_flat_under_steady_load() {
                 .to_owned(),
         );
     }
+    // The read models apply asynchronously (on PostgreSQL in a projector of their own): the
+    // load starts once the last product, and so every one before it, can be queried.
+    let last = products.last().expect("products");
+    let visible_by = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}/v1/products/{last}"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(
+            Instant::now() < visible_by,
+            "product {last} never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let load = Arc::new(Load {
         http: http.clone(),
         base: base.clone(),
@@ -273,10 +308,10 @@ async fn memory_descriptors_and_latency_stay_flat_under_steady_load() {
             rss_bytes(pid),
             open_fds(pid),
             percentile(&lat, 0.99),
-            scrape_metric(&http, &base, "ficus_sqlite_memory_bytes").await as u64,
+            sqlite_memory(&http, &base).await,
         );
         eprintln!(
-            "soak t={:>5.0}s rss={:>6.1} MiB sqlite={:>5.1} MiB fds={:>3} p99={:>7.2} ms requests={}",
+            "soak {backend:?} t={:>5.0}s rss={:>6.1} MiB sqlite={:>5.1} MiB fds={:>3} p99={:>7.2} ms requests={}",
             s.0,
             s.1 as f64 / (1 << 20) as f64,
             s.4 as f64 / (1 << 20) as f64,
@@ -312,7 +347,7 @@ async fn memory_descriptors_and_latency_stay_flat_under_steady_load() {
     let p99_second = median(second.iter().map(|s| s.3 as u64).collect());
     let requests = load.requests.load(Ordering::Relaxed);
     eprintln!(
-        "soak summary: {secs} s, {requests} requests ({:.0}/s), RSS {:.1} → {:.1} MiB (median of each half; \
+        "soak summary ({backend:?}): {secs} s, {requests} requests ({:.0}/s), RSS {:.1} → {:.1} MiB (median of each half; \
          end {:.1}), fds {fds_first} → {fds_second} (max), p99 {:.2} → {:.2} ms (median of windows)",
         requests as f64 / secs as f64,
         rss_first as f64 / (1 << 20) as f64,
