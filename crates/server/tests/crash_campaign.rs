@@ -685,16 +685,18 @@ async fn start(
     http: &reqwest::Client,
     data: &TestData,
     fleet: Option<&[&str]>,
-) -> (Vec<Child>, String, String) {
+) -> (Fleet, String, String) {
     let roles: Vec<Option<(usize, &str)>> = match fleet {
         Some(roles) => roles.iter().copied().enumerate().map(Some).collect(),
         None => vec![None],
     };
-    let mut children = Vec::new();
+    // Held from the first spawn: a process that never gets ready fails the test, and the
+    // others go with it.
+    let mut children = Fleet(Vec::new());
     let mut bases = Vec::new();
     for role in &roles {
         let port = free_port();
-        children.push(serve(data, port, *role));
+        children.0.push(serve(data, port, *role));
         bases.push(format!("http://127.0.0.1:{port}"));
     }
     for base in &bases {
@@ -742,7 +744,7 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData, fleet: Option<&[&st
         if round == rounds {
             // The last start only checks, then lets every job finish.
             check_jobs_done(&ctx).await;
-            kill_all(&mut children);
+            children.kill_all();
             break;
         }
         let mut tasks = Vec::new();
@@ -754,7 +756,7 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData, fleet: Option<&[&st
         let kill_after = rng.gen_range(100..700);
         kill_ms_total += kill_after;
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
-        kill_all(&mut children);
+        children.kill_all();
         for t in tasks {
             // A failed assertion in a client fails the campaign here.
             t.await.unwrap();
@@ -780,12 +782,26 @@ async fn campaign(seed: u64, rounds: usize, data: &TestData, fleet: Option<&[&st
     );
 }
 
-/// SIGKILL to every process at once (all signalled before any is waited for).
-fn kill_all(children: &mut [Child]) {
-    for c in children.iter_mut() {
-        c.kill().expect("SIGKILL");
+/// The processes of one round. Dropped with any still running (a failed check), it kills them.
+struct Fleet(Vec<Child>);
+
+impl Fleet {
+    /// SIGKILL to every process at once (all signalled before any is waited for).
+    fn kill_all(&mut self) {
+        for c in &mut self.0 {
+            c.kill().expect("SIGKILL");
+        }
+        for mut c in self.0.drain(..) {
+            c.wait().unwrap();
+        }
     }
-    for c in children.iter_mut() {
-        c.wait().unwrap();
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
