@@ -40,15 +40,19 @@ pub struct TraceParent {
     pub sampled: bool,
 }
 
-/// Appends `bytes` as lowercase hex (two digits a byte, by table: this runs on every request).
 /// Length of a version-00 `traceparent` value.
 pub const TRACEPARENT_LEN: usize = 55;
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// The two lowercase hex digits of `b` (by table: this runs on every request).
+fn hex_pair(b: u8) -> [u8; 2] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]
+}
+
+/// Appends `bytes` as lowercase hex, two digits a byte.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        out.extend(hex_pair(b).map(char::from));
     }
 }
 
@@ -131,12 +135,10 @@ impl TraceParent {
 
     /// The header value (version 00) as its 55 ASCII bytes, built without allocating.
     pub fn header_bytes(&self) -> [u8; TRACEPARENT_LEN] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         let hex_into = |out: &mut [u8], bytes: &[u8]| {
-            for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-                pair[0] = DIGITS[usize::from(b >> 4)];
-                pair[1] = DIGITS[usize::from(b & 0x0f)];
+            for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+                pair.copy_from_slice(&hex_pair(b));
             }
         };
         hex_into(&mut out[3..35], &self.trace_id);

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 mod common;
-use common::{cli_token, free_port, metrics_text, wait_ready, Backend, TestData};
+use common::{cli_token, find_metric, free_port, metrics_text, wait_ready, Backend, TestData};
 
 const SECRET: &str = "soak-secret";
 /// Clients sending requests at once; each paces itself to [`CLIENT_INTERVAL`].
@@ -176,14 +176,7 @@ fn median(mut xs: Vec<u64>) -> u64 {
 /// SQLite's memory now, as the server reports it; 0 where it reports none (no SQLite file).
 async fn sqlite_memory(http: &reqwest::Client, base: &str) -> u64 {
     let text = metrics_text(http, base).await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("ficus_sqlite_memory_bytes ")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0, |v| v as u64)
+    find_metric(&text, "ficus_sqlite_memory_bytes").map_or(0, |v| v as u64)
 }
 
 on_both_backends!(memory_descriptors_and_latency_stay_flat_under_steady_load);

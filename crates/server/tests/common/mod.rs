@@ -176,11 +176,15 @@ pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
         .unwrap()
 }
 
-/// The value of the unlabelled sample `name` in Prometheus `text`; panics if there is none.
-pub fn metric_value(text: &str, name: &str) -> f64 {
+/// The value of the unlabelled sample `name` in Prometheus `text`, if there is one.
+pub fn find_metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// The value of the unlabelled sample `name` in Prometheus `text`; panics if there is none.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    find_metric(text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// The unlabelled sample `name` of the server at `base`, scraped now.
