@@ -648,6 +648,26 @@ pub(crate) async fn serve_http(
     header_read_timeout: std::time::Duration,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    serve_with(listener, header_read_timeout, shutdown, move |req| {
+        tower::ServiceExt::oneshot(app.clone(), req)
+    })
+    .await
+}
+
+/// [`serve_http`] with any request handler in place of a router: the façade's workers answer
+/// proxied requests without going through one.
+pub(crate) async fn serve_with<H, F>(
+    listener: tokio::net::TcpListener,
+    header_read_timeout: std::time::Duration,
+    shutdown: Shutdown,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(axum::extract::Request) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -668,13 +688,13 @@ pub(crate) async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        let router = app.clone();
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             if let Some(peer) = peer {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
             }
-            tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
+            handler(req.map(axum::body::Body::new))
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

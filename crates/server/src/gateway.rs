@@ -14,6 +14,7 @@ use ficus_gateway::admin_listener::{gateway_side, Listener};
 use ficus_gateway::proxy::{self, Gateway};
 use ficus_gateway::Auth;
 use ficus_runtime::Shutdown;
+use futures::future::Either;
 
 /// How often the route file is checked for changes.
 pub const ROUTES_POLL: Duration = Duration::from_millis(500);
@@ -136,13 +137,28 @@ pub async fn start_with(
                         // The console is served here too: on this address the façade's
                         // admin API (routes, weights) is same-origin for it.
                         let app = gateway_side(
-                            proxy::router(gateway).merge(ficus_gateway::console::routes()),
+                            proxy::router(gateway.clone()).merge(ficus_gateway::console::routes()),
                             side,
                         );
+                        // A request for a path the façade does not answer itself is proxied
+                        // without going through the router, whose fallback would do the same.
+                        let handler = move |req: axum::extract::Request| {
+                            if proxy::own_path(req.uri().path()) {
+                                Either::Left(tower::ServiceExt::oneshot(app.clone(), req))
+                            } else {
+                                let gateway = gateway.clone();
+                                Either::Right(async move { Ok(gateway.handle(req).await) })
+                            }
+                        };
                         // The same accept loop as the API: a client that dribbles its
                         // headers is cut off after the header-read timeout.
-                        crate::app::serve_http(listener, app, crate::app::HEADER_READ_TIMEOUT, stop)
-                            .await
+                        crate::app::serve_with(
+                            listener,
+                            crate::app::HEADER_READ_TIMEOUT,
+                            stop,
+                            handler,
+                        )
+                        .await
                     })
                 })?,
         );

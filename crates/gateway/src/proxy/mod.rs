@@ -824,7 +824,14 @@ impl Gateway {
         let _slot = match (&guards.bulkheads[side.index()], &route.bulkhead) {
             (Some(sem), Some(cfg)) => {
                 let wait = Duration::from_millis(cfg.max_wait_ms);
-                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+                let permit = match sem.clone().try_acquire_owned() {
+                    Ok(permit) => Ok(Ok(permit)),
+                    // Boxed, as every slow path here: its future would enlarge every request's.
+                    Err(_) => {
+                        Box::pin(tokio::time::timeout(wait, sem.clone().acquire_owned())).await
+                    }
+                };
+                match permit {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
                         table.stats[i].bulkhead_full.fetch_add(1, Ordering::Relaxed);
@@ -878,9 +885,16 @@ impl Gateway {
         let mut body = body;
         let mut shadow_job = None;
         if side == Side::Legacy && route.shadow {
-            match self
-                .prepare_shadow(&table, route, new_upstream, &parts, body, path, &query)
-                .await
+            match Box::pin(self.prepare_shadow(
+                &table,
+                route,
+                new_upstream,
+                &parts,
+                body,
+                path,
+                &query,
+            ))
+            .await
             {
                 Ok((primary_body, job)) => {
                     body = primary_body;
@@ -909,7 +923,7 @@ impl Gateway {
         });
         let mut replay = None;
         if retry.is_some() && body_fits(&parts, RETRY_BODY_LIMIT) {
-            let bytes = match read_body(body, RETRY_BODY_LIMIT).await {
+            let bytes = match Box::pin(read_body(body, RETRY_BODY_LIMIT)).await {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
@@ -973,7 +987,7 @@ impl Gateway {
             if Instant::now() + pause >= deadline {
                 break outcome;
             }
-            tokio::time::sleep(pause).await;
+            Box::pin(tokio::time::sleep(pause)).await;
         };
         let failed = !matches!(&outcome, Ok(Ok(r)) if !r.status().is_server_error());
         if let (Some(b), Some(a)) = (breaker, admission) {
@@ -1486,6 +1500,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// Whether [`router`] may answer `path` itself (the admin API, the console, liveness) rather
+/// than only pass it to its fallback, the proxy. Errs on the side of yes: the router proxies
+/// what it has no route for.
+pub fn own_path(path: &str) -> bool {
+    path.starts_with("/v1/admin/") || path.starts_with("/console") || path == "/health/live"
+}
+
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     gw.handle(req).await
 }
@@ -1559,4 +1580,39 @@ async fn put_route(
         }
     })?;
     get_route(State(gw), headers, PathParams(name)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_path;
+
+    /// Every path the router (and the console merged into it) answers itself must count as
+    /// its own, or `ficus gateway` would proxy it instead.
+    #[test]
+    fn the_routers_own_paths_are_not_proxied_around_it() {
+        for path in [
+            "/v1/admin/routes",
+            "/v1/admin/routes/products",
+            "/v1/admin/routes/products/rollout",
+            "/v1/admin/routes/products/rollout/start",
+            "/v1/admin/metrics",
+            "/v1/admin/openapi.json",
+            "/health/live",
+            "/console",
+            "/console/",
+            "/console/app.js",
+            "/console/app.css",
+        ] {
+            assert!(own_path(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/api/products/1",
+            "/v1/products",
+            "/health/ready",
+            "/v1/adminx",
+        ] {
+            assert!(!own_path(path), "{path}");
+        }
+    }
 }

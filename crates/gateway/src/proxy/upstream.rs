@@ -2,30 +2,48 @@
 //! address, lent to one request at a time and taken back when its answer's body has been read
 //! to the end.
 //!
-//! Each gateway worker is a single-threaded runtime (`ficus gateway`), so a thread's pool is
-//! used by that thread alone: a checkout is a `Vec::pop`, with no lock and no task spawned per
-//! request to watch the connection come free (what a general-purpose pooled client does). A
-//! connection goes back to the pool of the thread that reads the end of its body, and only
-//! then: an answer dropped before its end takes its connection with it (hyper closes it, as
-//! the rest of that body would be left on it).
+//! The client is written here rather than taken from hyper for one reason: cost. A request
+//! is written, and its answer read, by the task serving the façade's client, on a connection
+//! that task owns for the time of the exchange. A general-purpose client runs each connection
+//! in a task of its own and passes every request, answer and body chunk between tasks
+//! through channels; on this machine that was a third of the façade's own CPU per request.
 //!
-//! A request sent on a reused connection that the upstream had closed in the meantime (its
-//! keep-alive timeout) is not lost: hyper hands back a request it did not send, and it is sent
-//! once more on a new connection.
+//! Each gateway worker is a single-threaded runtime (`ficus gateway`), so a thread's pool is
+//! used by that thread alone: a checkout is a `Vec::pop`, with no lock. A connection goes back
+//! to the pool of the thread that reads the end of its answer's body, and only then: an
+//! answer dropped before its end takes its connection with it (it is closed, as the rest of
+//! that body would be left on it).
+//!
+//! What the client does, as RFC 9112 asks:
+//! - the request goes in origin form with the upstream's address as `Host`; its body is sent
+//!   with `Content-Length` when its length is known and chunked otherwise, while the answer is
+//!   read, so an upstream answering before the whole body was sent (a `413`, say) is heard at
+//!   once; such a connection is not reused;
+//! - an answer's body is framed by `Transfer-Encoding: chunked`, else by `Content-Length`,
+//!   else by the end of the connection; `HEAD`, `1xx`, `204` and `304` answers have none;
+//!   interim `1xx` answers are skipped;
+//! - a connection is reused only after a whole answer that asked for no `Connection: close`
+//!   (HTTP/1.1, or HTTP/1.0 with keep-alive), with nothing unasked left on it;
+//! - an idle connection the upstream closed in the meantime (its keep-alive timeout) is seen
+//!   before it is lent out, without a system call unless the socket has become readable;
+//!   one closed just as an idempotent request without a body was sent on it is retried once
+//!   on a new connection.
 
 use std::cell::RefCell;
+use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::body::Bytes;
-use axum::http::uri::{Authority, PathAndQuery};
-use axum::http::{header, HeaderValue, Request, Response, Uri};
+use axum::body::{Body, Bytes};
+use axum::http::uri::Authority;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use axum::http::{StatusCode, Version};
+use bytes::BytesMut;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Idle connections a thread keeps per upstream address; a connection coming free past it is
 /// closed.
@@ -36,14 +54,41 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upstream addresses a thread keeps connections for; past it the pool of the least recently
 /// used one is closed.
 pub const MAX_UPSTREAMS: usize = 64;
-/// Longest wait for an idle connection to be ready again. One given back at the end of its
-/// answer is ready as soon as its connection task has run (microseconds); one still sending a
-/// request body that the upstream stopped reading (it answered early) may never be, and is
-/// closed rather than waited on: the request goes on a new connection.
-pub const READY_WAIT: Duration = Duration::from_millis(50);
+/// Longest answer head (status line and header fields) read from an upstream.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in an answer head.
+pub const MAX_HEADERS: usize = 128;
+/// Longest line of a chunked body: a chunk's size with its extensions, or a trailer field.
+pub const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+/// Longest trailer section of a chunked answer (it is read and dropped).
+pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Interim (`1xx`) answers skipped before the final one.
+pub const MAX_INTERIM_ANSWERS: usize = 8;
+/// Room made in a connection's read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Request body bytes gathered before they are written (a larger frame is written alone).
+const WRITE_GATHER: usize = 64 * 1024;
+
+/// One connection to an upstream, with what has been read from it and not yet used.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether the connection can carry another request: the upstream has neither closed it
+    /// nor sent anything unasked. No system call unless the socket has become readable.
+    fn alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
 
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -55,23 +100,20 @@ struct Pool {
 }
 
 impl Pool {
-    fn take(&mut self, at: &Authority) -> Option<http1::SendRequest<Body>> {
+    fn take(&mut self, at: &Authority) -> Option<Conn> {
         let idle = &mut self.by_upstream.iter_mut().find(|(a, _)| a == at)?.1;
         let now = Instant::now();
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT {
-                return Some(c.sender);
+            if now.duration_since(c.since) < IDLE_TIMEOUT && c.conn.alive() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn give_back(&mut self, at: Authority, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&mut self, at: Authority, conn: Conn) {
         let idle = Idle {
-            sender,
+            conn,
             since: Instant::now(),
         };
         match self.by_upstream.iter_mut().position(|(a, _)| *a == at) {
@@ -97,117 +139,582 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
+fn give_back(at: Authority, conn: Conn) {
+    // `try_with`: a body read to its end while its thread shuts down just closes.
+    let _ = POOL.try_with(|p| {
+        if let Ok(mut pool) = p.try_borrow_mut() {
+            pool.give_back(at, conn);
+        }
+    });
+}
+
 /// Why an upstream request failed.
 #[derive(Debug)]
 pub enum SendError {
     /// The URI names no `http` upstream address.
     Target(String),
     /// No connection could be opened.
-    Connect(std::io::Error),
+    Connect(io::Error),
     /// The connection failed while the request was sent or its answer read.
-    Http(hyper::Error),
+    Io(io::Error),
+    /// The upstream closed the connection without answering.
+    Closed,
+    /// The upstream's answer is not well-formed HTTP/1.1, or is past a limit.
+    Protocol(String),
+    /// The client's request body failed while it was passed on.
+    RequestBody(String),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Target(m) => write!(f, "{m}"),
+            SendError::Target(m) | SendError::Protocol(m) => write!(f, "{m}"),
             SendError::Connect(e) => write!(f, "connecting: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
+            SendError::Io(e) => write!(f, "{e}"),
+            SendError::Closed => write!(f, "the connection was closed before an answer"),
+            SendError::RequestBody(m) => write!(f, "reading the request body: {m}"),
         }
     }
 }
 
-/// The answer's body: the upstream's, and the connection it arrives on, given back to the
-/// pool when the body has been read to its end.
+fn protocol(m: impl Into<String>) -> SendError {
+    SendError::Protocol(m.into())
+}
+
+/// How an answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// This many bytes are left.
+    Length(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// This many bytes of the current chunk are left.
+    ChunkData(u64),
+    /// The CRLF ending a chunk is next.
+    ChunkEnd,
+    /// The trailer section is next; this many of its bytes have been read.
+    Trailers(usize),
+    /// The body runs to the end of the connection.
+    UntilClose,
+    /// The body has been read to its end.
+    Done,
+}
+
+/// The answer's body, read from the connection it arrives on; the connection goes back to
+/// the pool when the body has been read to its end.
 pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(Authority, http1::SendRequest<Body>)>,
+    /// The connection, while the body is being read (`None` once done or failed).
+    conn: Option<Conn>,
+    at: Authority,
+    state: BodyState,
+    /// Whether the connection may carry another request after this body.
+    reusable: bool,
 }
 
 impl PooledBody {
-    fn release(&mut self) {
-        if let Some((at, sender)) = self.back.take() {
-            // `try_with`: a body read to its end while its thread shuts down just closes.
-            let _ = POOL.try_with(|p| {
-                if let Ok(mut pool) = p.try_borrow_mut() {
-                    pool.give_back(at, sender);
-                }
-            });
+    /// The body is over: the connection goes back to the pool if it may be reused.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.buf.is_empty() {
+                give_back(self.at.clone(), conn);
+            }
         }
     }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        self.state = BodyState::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+fn bad_body(m: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("upstream body: {m}"))
+}
+
+/// The position just past the first CRLF in `buf`, if there is one.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            // An error: the connection is not reusable (hyper has closed it).
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            // What the state needs from the buffer; `None`: read more first.
+            let need_more = match this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) | BodyState::ChunkData(left) if !conn.buf.is_empty() => {
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    let data = conn.buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    match this.state {
+                        BodyState::Length(_) if left == 0 => this.finish(),
+                        BodyState::Length(_) => this.state = BodyState::Length(left),
+                        _ if left == 0 => this.state = BodyState::ChunkEnd,
+                        _ => this.state = BodyState::ChunkData(left),
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::UntilClose if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::ChunkSize => match line_end(&conn.buf) {
+                    Some(end) => {
+                        let line = conn.buf.split_to(end);
+                        let text = std::str::from_utf8(&line[..end - 2]).unwrap_or("");
+                        let size = text
+                            .split(';')
+                            .next()
+                            .unwrap_or("")
+                            .trim_matches([' ', '\t']);
+                        let Ok(size) = u64::from_str_radix(size, 16) else {
+                            return this.fail(bad_body("a chunk size is not hexadecimal"));
+                        };
+                        this.state = match size {
+                            0 => BodyState::Trailers(0),
+                            n => BodyState::ChunkData(n),
+                        };
+                        false
+                    }
+                    None if conn.buf.len() > MAX_CHUNK_LINE_BYTES => {
+                        return this.fail(bad_body("a chunk-size line is too long"))
+                    }
+                    None => true,
+                },
+                BodyState::ChunkEnd if conn.buf.len() >= 2 => {
+                    if &conn.buf[..2] != b"\r\n" {
+                        return this.fail(bad_body("a chunk does not end with CRLF"));
+                    }
+                    let _ = conn.buf.split_to(2);
+                    this.state = BodyState::ChunkSize;
+                    false
+                }
+                BodyState::Trailers(seen) => match line_end(&conn.buf) {
+                    Some(2) => {
+                        let _ = conn.buf.split_to(2);
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Some(end) if seen + end <= MAX_TRAILER_BYTES => {
+                        let _ = conn.buf.split_to(end);
+                        this.state = BodyState::Trailers(seen + end);
+                        false
+                    }
+                    Some(_) => return this.fail(bad_body("the trailer section is too long")),
+                    None if conn.buf.len() > MAX_CHUNK_LINE_BYTES => {
+                        return this.fail(bad_body("a trailer line is too long"))
+                    }
+                    None => true,
+                },
+                _ => true,
+            };
+            if !need_more {
+                continue;
+            }
+            conn.buf.reserve(READ_CHUNK);
+            let read = match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            )) {
+                Ok(n) => n,
+                Err(e) => return this.fail(e),
+            };
+            if read == 0 {
+                if this.state == BodyState::UntilClose {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                return this.fail(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream body: the connection closed before the body's end",
+                ));
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(self.state, BodyState::Done | BodyState::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
-/// Opens a connection to `at` and starts its connection task on the current runtime.
-async fn connect(at: &Authority) -> Result<http1::SendRequest<Body>, SendError> {
+/// Opens a connection to `at`.
+async fn connect(at: &Authority) -> Result<Conn, SendError> {
     let port = at.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((at.host(), port))
+    let io = TcpStream::connect((at.host(), port))
         .await
         .map_err(SendError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    let _ = io.set_nodelay(true);
+    Ok(Conn {
+        io,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+    })
 }
 
-/// A pooled connection to `at` that is ready for a request, or a new one.
-async fn checkout(at: &Authority) -> Result<(http1::SendRequest<Body>, bool), SendError> {
-    loop {
-        let Some(mut sender) = POOL.with(|p| p.borrow_mut().take(at)) else {
-            return connect(at).await.map(|s| (s, false));
+/// How the request's body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body, and no `Content-Length` either.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Request headers not passed on as they are: the client's framing (the body is framed here
+/// anew), and `Expect` (the body is sent without waiting for a `100 Continue`).
+fn passed_on(name: &HeaderName) -> bool {
+    name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING && name != header::EXPECT
+}
+
+/// The request head in origin form.
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    at: &Authority,
+    framing: Framing,
+) {
+    use std::io::Write;
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(at.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if passed_on(name) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head and the body (framed as `framing`) to `wr`.
+async fn write_request<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut out: Vec<u8>,
+    mut body: Body,
+    framing: Framing,
+) -> Result<(), SendError> {
+    use std::io::Write;
+    let mut sent: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SendError::RequestBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers: not passed on.
+            continue;
         };
-        // Given back at the end of a body, a connection may take a moment to be ready again.
-        if sender.is_ready()
-            || matches!(
-                tokio::time::timeout(READY_WAIT, sender.ready()).await,
-                Ok(Ok(()))
-            )
-        {
-            return Ok((sender, true));
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if let Framing::Length(n) = framing {
+            if sent > n {
+                return Err(SendError::RequestBody(format!(
+                    "the body is longer than its {n} bytes"
+                )));
+            }
+        }
+        if framing == Framing::Chunked {
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if out.len() + data.len() <= WRITE_GATHER {
+            out.extend_from_slice(&data);
+        } else {
+            wr.write_all(&out).await.map_err(SendError::Io)?;
+            out.clear();
+            wr.write_all(&data).await.map_err(SendError::Io)?;
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= WRITE_GATHER {
+            wr.write_all(&out).await.map_err(SendError::Io)?;
+            out.clear();
+        }
+    }
+    match framing {
+        Framing::Length(n) if sent != n => {
+            return Err(SendError::RequestBody(format!(
+                "the body ended after {sent} of its {n} bytes"
+            )))
+        }
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ => {}
+    }
+    if !out.is_empty() {
+        wr.write_all(&out).await.map_err(SendError::Io)?;
+    }
+    Ok(())
+}
+
+/// An answer's head, and how its body is delimited.
+struct Head {
+    parts: axum::http::response::Parts,
+    state: BodyState,
+    reusable: bool,
+}
+
+/// Whether the comma-separated field `name` holds `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Parses an answer head at the start of `buf` and takes it out; `Ok(None)` when more bytes
+/// are needed.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, SendError> {
+    // Where each field's name and value lie in the head, so that the values can share the
+    // head's bytes instead of being copied.
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(protocol(format!(
+                    "the upstream's answer head is over {MAX_HEAD_BYTES} bytes"
+                )))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => {
+                return Err(protocol(format!(
+                    "the upstream's answer is not HTTP/1.1: {e}"
+                )))
+            }
+        };
+        let base = buf.as_ptr() as usize;
+        for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *slot = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| protocol(format!("the upstream answered status {code}")))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| protocol("the upstream's answer has a malformed field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| protocol("the upstream's answer has a malformed field value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut reusable = if version == Version::HTTP_10 {
+        has_token(&headers, header::CONNECTION, "keep-alive")
+    } else {
+        !has_token(&headers, header::CONNECTION, "close")
+    };
+    let no_body = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let state = if no_body {
+        BodyState::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Framed by its codings; a `Content-Length` beside them is ignored, and the
+        // connection is not trusted with another request (RFC 9112 §6.3).
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            reusable = false;
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            BodyState::ChunkSize
+        } else {
+            reusable = false;
+            BodyState::UntilClose
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let mut lengths = headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("x").split(','))
+            .map(|t| t.trim().parse::<u64>());
+        let first = lengths.next();
+        match first {
+            Some(Ok(n)) if lengths.all(|l| l.as_ref() == Ok(&n)) => BodyState::Length(n),
+            _ => {
+                return Err(protocol(
+                    "the upstream's answer has an invalid Content-Length",
+                ))
+            }
+        }
+    } else {
+        reusable = false;
+        BodyState::UntilClose
+    };
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        state,
+        reusable,
+    }))
+}
+
+/// Reads the final answer head (skipping interim `1xx` ones) from `rd` into `buf`.
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Head, SendError> {
+    let mut interim = 0;
+    loop {
+        if let Some(head) = parse_head(buf, method)? {
+            if !head.parts.status.is_informational() {
+                return Ok(head);
+            }
+            if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(protocol(
+                    "the upstream switched protocols, which is not proxied",
+                ));
+            }
+            interim += 1;
+            if interim > MAX_INTERIM_ANSWERS {
+                return Err(protocol(format!(
+                    "the upstream sent over {MAX_INTERIM_ANSWERS} interim answers"
+                )));
+            }
+            continue;
+        }
+        buf.reserve(READ_CHUNK);
+        let before = buf.len();
+        match rd.read_buf(buf).await {
+            Ok(0) if before == 0 => return Err(SendError::Closed),
+            Ok(0) => return Err(protocol("the upstream closed the connection mid-answer")),
+            Ok(_) => {}
+            Err(e) if before == 0 && is_reset(&e) => return Err(SendError::Closed),
+            Err(e) => return Err(SendError::Io(e)),
+        }
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// One request and its answer's head on `conn`; the head and whether the whole request was
+/// sent (a connection whose request was cut short is not reused).
+async fn exchange(
+    conn: &mut Conn,
+    head: Vec<u8>,
+    body: Body,
+    framing: Framing,
+    method: &Method,
+) -> Result<(Head, bool), SendError> {
+    if framing != Framing::Chunked && body.is_end_stream() {
+        // No body to send (the common case): the head is written, then the answer read.
+        return match conn.io.write_all(&head).await {
+            Ok(()) => read_head(&mut conn.io, &mut conn.buf, method)
+                .await
+                .map(|h| (h, true)),
+            Err(e) if is_reset(&e) => Err(SendError::Closed),
+            Err(e) => Err(SendError::Io(e)),
+        };
+    }
+    // The body is sent while the answer is read: an upstream may answer before it has read
+    // the whole body, and may then never read the rest.
+    let (mut rd, mut wr) = conn.io.split();
+    let send = write_request(&mut wr, head, body, framing);
+    tokio::pin!(send);
+    let mut sent: Option<Result<(), SendError>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            answer = read_head(&mut rd, &mut conn.buf, method) => {
+                return match (answer, sent) {
+                    (Ok(h), s) => Ok((h, matches!(s, Some(Ok(())) ))),
+                    // The write failed first: that is the cause to report.
+                    (Err(_), Some(Err(e))) => Err(e),
+                    (Err(e), _) => Err(e),
+                };
+            }
+            done = &mut send, if sent.is_none() => {
+                if let Err(SendError::RequestBody(_)) = &done {
+                    // The client's body broke: the upstream is sent no more.
+                    return done.map(|_| unreachable!());
+                }
+                sent = Some(done);
+            }
         }
     }
 }
 
 /// Sends `req`, whose URI is absolute (`http://host:port/path?query`), on a connection of this
-/// thread's pool, and answers the upstream's response head; its body gives the connection
-/// back when read to its end.
-pub async fn send(mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
-    let uri = req.uri();
+/// thread's pool, and answers the upstream's answer head; its body gives the connection back
+/// when read to its end.
+pub async fn send(req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+    let (parts, body) = req.into_parts();
+    let uri = &parts.uri;
     if uri.scheme_str() != Some("http") {
         return Err(SendError::Target(format!(
             "upstream URI {uri} is not http://host:port/..."
@@ -216,38 +723,66 @@ pub async fn send(mut req: Request<Body>) -> Result<Response<PooledBody>, SendEr
     let Some(at) = uri.authority().cloned() else {
         return Err(SendError::Target(format!("upstream URI {uri} has no host")));
     };
-    // Origin form on the wire, with the upstream's address as the Host.
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(path);
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(at.as_str()) {
-            req.headers_mut().insert(header::HOST, host);
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let hint = body.size_hint();
+    let framing = match hint.exact() {
+        Some(0)
+            if body.is_end_stream()
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
+        {
+            Framing::None
         }
-    }
-    let (mut sender, reused) = checkout(&at).await?;
-    let resp = match sender.try_send_request(req).await {
-        Ok(resp) => resp,
-        Err(mut e) => match e.take_message() {
-            // Not sent: the reused connection was closed under it. Once more, on a new one.
-            Some(req) if reused => {
-                sender = connect(&at).await?;
-                sender.send_request(req).await.map_err(SendError::Http)?
-            }
-            _ => return Err(SendError::Http(e.into_error())),
-        },
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
     };
-    let (parts, inner) = resp.into_parts();
+    let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+    encode_head(
+        &mut head,
+        &parts.method,
+        target,
+        &parts.headers,
+        &at,
+        framing,
+    );
+    let pooled = POOL.with(|p| p.borrow_mut().take(&at));
+    let reused = pooled.is_some();
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => Box::pin(connect(&at)).await?,
+    };
+    // A retry needs the same request again: only one without a body, safe to repeat.
+    let replay = (reused
+        && body.is_end_stream()
+        && framing != Framing::Chunked
+        && super::is_idempotent(&parts.method))
+    .then(|| head.clone());
+    let (answer, whole) = match exchange(&mut conn, head, body, framing, &parts.method).await {
+        Err(SendError::Closed) if replay.is_some() => {
+            // The idle connection was closed under the request: once more, on a new one.
+            conn = Box::pin(connect(&at)).await?;
+            let head = replay.unwrap_or_default();
+            Box::pin(exchange(
+                &mut conn,
+                head,
+                Body::empty(),
+                framing,
+                &parts.method,
+            ))
+            .await?
+        }
+        other => other?,
+    };
     let mut body = PooledBody {
-        inner,
-        back: Some((at, sender)),
+        conn: Some(conn),
+        at,
+        state: answer.state,
+        reusable: answer.reusable && whole,
     };
-    if body.inner.is_end_stream() {
-        body.release();
+    if body.state == BodyState::Done || body.state == BodyState::Length(0) {
+        body.finish();
     }
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(answer.parts, body))
 }
 
 #[cfg(test)]
@@ -408,5 +943,218 @@ mod tests {
         assert!(matches!(send(get(&addr)).await, Err(SendError::Connect(_))));
         let relative = Request::get("/p").body(Body::empty()).unwrap();
         assert!(matches!(send(relative).await, Err(SendError::Target(_))));
+    }
+
+    /// An upstream that plays a script per connection: the k-th connection answers its
+    /// requests with `scripts[k]` in turn (the last script for later connections), then
+    /// closes; an empty answer closes the connection without answering. Everything received
+    /// is kept.
+    async fn scripted(
+        scripts: Vec<Vec<&'static [u8]>>,
+    ) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<u8>>>) {
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = received.clone();
+        let n = Arc::new(AtomicUsize::new(0));
+        let (addr, accepted) = listen(move |mut s| {
+            let script = scripts[n.fetch_add(1, Ordering::SeqCst).min(scripts.len() - 1)].clone();
+            let seen = seen.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answer in script {
+                    // A request: its head, then a body by length or chunked to its end.
+                    let complete = |b: &[u8]| {
+                        let end = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+                        if head.contains("transfer-encoding: chunked") {
+                            let tail = b[end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+                            return Some(end + tail + 5);
+                        }
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        (b.len() >= end + len).then_some(end + len)
+                    };
+                    let used = loop {
+                        if let Some(used) = complete(&buf) {
+                            break used;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    seen.lock().unwrap().extend(buf.drain(..used));
+                    if answer.is_empty() || s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        (addr, accepted, received)
+    }
+
+    async fn body_of(resp: Response<PooledBody>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_chunked_answer_is_decoded_and_its_connection_reused() {
+        let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n";
+        let (addr, accepted, _) = scripted(vec![vec![chunked, chunked]]).await;
+        for _ in 0..2 {
+            let resp = send(get(&addr)).await.unwrap();
+            assert!(resp.body().size_hint().exact().is_none());
+            assert_eq!(body_of(resp).await, "hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_without_length_runs_to_the_close_and_is_not_reused() {
+        let (addr, accepted, _) = scripted(vec![vec![b"HTTP/1.1 200 OK\r\n\r\nto the end"]]).await;
+        for _ in 0..2 {
+            assert_eq!(body_of(send(get(&addr)).await.unwrap()).await, "to the end");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn head_204_and_304_answers_have_no_body() {
+        let (addr, accepted, _) = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+            OK,
+        ]])
+        .await;
+        let head = Request::head(format!("http://{addr}/p"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = send(head).await.unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(body_of(resp).await, "");
+        let resp = send(get(&addr)).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        assert_eq!(body_of(resp).await, "");
+        let resp = send(get(&addr)).await.unwrap();
+        assert_eq!(resp.status(), 304);
+        assert_eq!(body_of(resp).await, "");
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn interim_answers_are_skipped() {
+        let (addr, _, _) = scripted(vec![vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ]])
+        .await;
+        let resp = send(get(&addr)).await.unwrap();
+        assert_eq!(resp.status(), 201);
+        assert!(resp.headers().get("link").is_none());
+        assert_eq!(body_of(resp).await, "ok");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn request_bodies_are_framed_by_length_or_chunked() {
+        let (addr, _, received) = scripted(vec![vec![OK, OK]]).await;
+        let known = Request::post(format!("http://{addr}/a"))
+            .header("content-length", "999")
+            .header("expect", "100-continue")
+            .body(Body::from("abc"))
+            .unwrap();
+        assert_eq!(body_of(send(known).await.unwrap()).await, "ok");
+        let parts = futures::stream::iter([Ok::<_, std::io::Error>("de"), Ok("fgh")]);
+        let streamed = Request::post(format!("http://{addr}/b"))
+            .body(Body::from_stream(parts))
+            .unwrap();
+        assert_eq!(body_of(send(streamed).await.unwrap()).await, "ok");
+        let got = String::from_utf8(received.lock().unwrap().clone()).unwrap();
+        assert!(got.starts_with("POST /a HTTP/1.1\r\nhost: "), "{got}");
+        assert!(
+            got.contains("content-length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\n"),
+            "{got}"
+        );
+        assert!(!got.contains("999") && !got.contains("expect"), "{got}");
+        assert!(
+            got.ends_with("transfer-encoding: chunked\r\n\r\n2\r\nde\r\n3\r\nfgh\r\n0\r\n\r\n"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_closed_under_a_get_is_retried_once_but_not_under_a_post() {
+        // The first connection answers once and then closes on its next request unanswered.
+        let (addr, accepted, _) = scripted(vec![vec![OK, b""], vec![OK]]).await;
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(fetch(&addr).await, 2, "retried on a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        let (addr, accepted, _) = scripted(vec![vec![OK, b""], vec![OK]]).await;
+        assert_eq!(fetch(&addr).await, 2);
+        let post = Request::post(format!("http://{addr}/p"))
+            .body(Body::from("x"))
+            .unwrap();
+        assert!(matches!(send(post).await, Err(SendError::Closed)));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "a POST is not sent twice"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connection_close_and_mixed_framing_are_not_reused() {
+        // Each connection would answer a second request: reusing it would be seen.
+        let close: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, accepted, _) = scripted(vec![vec![close, OK]]).await;
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let mixed: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (addr, accepted, _) = scripted(vec![vec![mixed, OK]]).await;
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn malformed_or_oversized_answers_are_errors() {
+        let (addr, _, _) = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
+        ]])
+        .await;
+        assert!(matches!(
+            send(get(&addr)).await,
+            Err(SendError::Protocol(_))
+        ));
+        let (addr, _, _) = scripted(vec![vec![b"SMTP ready\r\n\r\n"]]).await;
+        assert!(matches!(
+            send(get(&addr)).await,
+            Err(SendError::Protocol(_))
+        ));
+        let huge: &'static [u8] = {
+            let mut h = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+            h.resize(h.len() + MAX_HEAD_BYTES, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            Vec::leak(h)
+        };
+        let (addr, _, _) = scripted(vec![vec![huge]]).await;
+        assert!(matches!(
+            send(get(&addr)).await,
+            Err(SendError::Protocol(_))
+        ));
+        let (addr, _, _) = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let resp = send(get(&addr)).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err());
     }
 }
