@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use ficus_core::{Position, RecordedEvent, StreamId};
@@ -217,6 +218,14 @@ pub struct NatsBus {
     config: Arc<BusConfig>,
 }
 
+/// Attempts at creating the stream when JetStream fails them on its side. Seen on the
+/// NATS 2.9 server of CI: a creation failed with "could not create storage directory"
+/// (error 10049) because the account's store directory was missing for a moment, as the
+/// streams of other tests were deleted beside it; the same creation a moment later works.
+pub const STREAM_CREATE_ATTEMPTS: u32 = 3;
+/// The pause before the second attempt; the third waits twice as long.
+pub const STREAM_CREATE_PAUSE: Duration = Duration::from_millis(100);
+
 impl NatsBus {
     /// Connects and creates the stream if it does not exist (an existing stream is used as it
     /// is, so an operator may have tuned its limits).
@@ -247,13 +256,28 @@ impl NatsBus {
         &self.config
     }
 
-    /// Creates the stream unless it exists.
+    /// Creates the stream unless it exists. A creation the server fails on its side (a 5xx
+    /// JetStream error) is tried again, up to [`STREAM_CREATE_ATTEMPTS`] in all.
     pub async fn ensure_stream(&self) -> Result<(), BusError> {
-        self.js
-            .get_or_create_stream(self.config.stream_config())
-            .await
-            .map_err(|e| unavailable("create or get the JetStream stream", e))?;
-        Ok(())
+        let mut attempt = 1;
+        loop {
+            match self
+                .js
+                .get_or_create_stream(self.config.stream_config())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if attempt < STREAM_CREATE_ATTEMPTS
+                        && matches!(e.kind(), CreateStreamErrorKind::JetStream(j) if j.code() >= 500) =>
+                {
+                    tracing::warn!(error = %e, attempt, "JetStream failed to create the stream; trying again");
+                    tokio::time::sleep(STREAM_CREATE_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable("create or get the JetStream stream", e)),
+            }
+        }
     }
 
     /// Deletes the stream and every message in it (tests and decommissioning).

@@ -1018,7 +1018,12 @@ impl Gateway {
                         let (tx, rx) = oneshot::channel();
                         let tee = shadow::Tee::new(body, LAST_GOOD_BODY_BYTES, tx);
                         let (stats, key) = (stats.clone(), last_good_key(path, &query));
-                        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+                        // Copied: the answer's header values share its read buffer, which a
+                        // kept value would hold on to.
+                        let content_type = parts
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
                         tokio::spawn(async move {
                             if let Ok(Some(bytes)) = rx.await {
                                 stats.remember(

@@ -30,6 +30,7 @@
 //!   on a new connection.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -40,9 +41,11 @@ use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use axum::http::{StatusCode, Version};
 use bytes::BytesMut;
+use futures::FutureExt;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Idle connections a thread keeps per upstream address; a connection coming free past it is
@@ -71,9 +74,42 @@ const WRITE_GATHER: usize = 64 * 1024;
 
 /// One connection to an upstream, with what has been read from it and not yet used.
 struct Conn {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
 }
+
+/// A connection's socket: whole, or only its reading half while the request's body is still
+/// being written beside the answer (such a connection is never reused).
+enum Io {
+    Whole(TcpStream),
+    Reading(OwnedReadHalf),
+}
+
+impl Io {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Whole(s) => s.try_read(buf),
+            Io::Reading(r) => r.try_read(buf),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Whole(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Reading(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The rest of a request's body, written while its answer is read; it gives back the
+/// writing half when done.
+type Upload = Pin<Box<dyn Future<Output = Result<OwnedWriteHalf, SendError>> + Send>>;
 
 impl Conn {
     /// Whether the connection can carry another request: the upstream has neither closed it
@@ -112,13 +148,18 @@ impl Pool {
     }
 
     fn give_back(&mut self, at: Authority, conn: Conn) {
-        let idle = Idle {
-            conn,
-            since: Instant::now(),
-        };
+        let now = Instant::now();
+        let idle = Idle { conn, since: now };
         match self.by_upstream.iter_mut().position(|(a, _)| *a == at) {
             Some(i) => {
                 let list = &mut self.by_upstream[i].1;
+                // The oldest are first: those past the idle timeout are closed now, rather
+                // than left open (the upstream may have closed its end) until reached.
+                let stale = list
+                    .iter()
+                    .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+                    .count();
+                list.drain(..stale);
                 if list.len() >= IDLE_PER_UPSTREAM {
                     // The oldest goes: it is the likeliest to have been closed upstream.
                     list.remove(0);
@@ -209,14 +250,18 @@ pub struct PooledBody {
     state: BodyState,
     /// Whether the connection may carry another request after this body.
     reusable: bool,
+    /// The request body's rest, when the upstream answered before it was all sent and goes
+    /// on reading it: written as the answer is read.
+    upload: Option<Upload>,
 }
 
 impl PooledBody {
     /// The body is over: the connection goes back to the pool if it may be reused.
     fn finish(&mut self) {
         self.state = BodyState::Done;
+        self.upload = None;
         if let Some(conn) = self.conn.take() {
-            if self.reusable && conn.buf.is_empty() {
+            if self.reusable && conn.buf.is_empty() && matches!(conn.io, Io::Whole(_)) {
                 give_back(self.at.clone(), conn);
             }
         }
@@ -233,6 +278,22 @@ fn bad_body(m: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("upstream body: {m}"))
 }
 
+/// A chunk-size line's size (RFC 9112 §7.1): 1 to 16 hex digits, then optionally
+/// whitespace and `;` extensions, which are ignored.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty()
+        || rest
+            .iter()
+            .position(|b| *b != b' ' && *b != b'\t')
+            .is_some_and(|i| rest[i] == b';');
+    if !(1..=16).contains(&digits) || !rest_ok {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
 /// The position just past the first CRLF in `buf`, if there is one.
 fn line_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
@@ -247,6 +308,12 @@ impl HttpBody for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if let Some(upload) = this.upload.as_mut() {
+            // Done or failed, the upload is over; the answer is read on either way.
+            if upload.as_mut().poll(cx).is_ready() {
+                this.upload = None;
+            }
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -275,16 +342,13 @@ impl HttpBody for PooledBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 BodyState::ChunkSize => match line_end(&conn.buf) {
+                    Some(end) if end > MAX_CHUNK_LINE_BYTES => {
+                        return this.fail(bad_body("a chunk-size line is too long"))
+                    }
                     Some(end) => {
                         let line = conn.buf.split_to(end);
-                        let text = std::str::from_utf8(&line[..end - 2]).unwrap_or("");
-                        let size = text
-                            .split(';')
-                            .next()
-                            .unwrap_or("")
-                            .trim_matches([' ', '\t']);
-                        let Ok(size) = u64::from_str_radix(size, 16) else {
-                            return this.fail(bad_body("a chunk size is not hexadecimal"));
+                        let Some(size) = chunk_size(&line[..end - 2]) else {
+                            return this.fail(bad_body("a chunk size is not 1-16 hex digits"));
                         };
                         this.state = match size {
                             0 => BodyState::Trailers(0),
@@ -371,7 +435,7 @@ async fn connect(at: &Authority) -> Result<Conn, SendError> {
         .map_err(SendError::Connect)?;
     let _ = io.set_nodelay(true);
     Ok(Conn {
-        io,
+        io: Io::Whole(io),
         buf: BytesMut::with_capacity(READ_CHUNK),
     })
 }
@@ -428,16 +492,29 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the head and the body (framed as `framing`) to `wr`.
+/// Writes the head and the body (framed as `framing`) to `wr`, and gives `wr` back. What
+/// the client has sent goes on at once: frames already there are gathered into one write,
+/// and nothing waits in the buffer for a frame still to come.
 async fn write_request<W: AsyncWrite + Unpin>(
-    wr: &mut W,
+    mut wr: W,
     mut out: Vec<u8>,
     mut body: Body,
     framing: Framing,
-) -> Result<(), SendError> {
+) -> Result<W, SendError> {
     use std::io::Write;
     let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if !out.is_empty() {
+                    wr.write_all(&out).await.map_err(SendError::Io)?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| SendError::RequestBody(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             // Trailers: not passed on.
@@ -484,7 +561,7 @@ async fn write_request<W: AsyncWrite + Unpin>(
     if !out.is_empty() {
         wr.write_all(&out).await.map_err(SendError::Io)?;
     }
-    Ok(())
+    Ok(wr)
 }
 
 /// An answer's head, and how its body is delimited.
@@ -556,11 +633,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, SendE
     } else {
         Version::HTTP_11
     };
-    let mut reusable = if version == Version::HTTP_10 {
-        has_token(&headers, header::CONNECTION, "keep-alive")
-    } else {
-        !has_token(&headers, header::CONNECTION, "close")
-    };
+    // `close` wins over `keep-alive` (RFC 9112 §9.3).
+    let mut reusable = !has_token(&headers, header::CONNECTION, "close")
+        && (version == Version::HTTP_11 || has_token(&headers, header::CONNECTION, "keep-alive"));
     let no_body = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -568,9 +643,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, SendE
     let state = if no_body {
         BodyState::Done
     } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Framed by its codings; a `Content-Length` beside them is ignored, and the
-        // connection is not trusted with another request (RFC 9112 §6.3).
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        // Framed by its codings; a `Content-Length` beside them is dropped (it must not
+        // be passed on), and the connection is not trusted with another request (RFC 9112
+        // §6.3); nor is it after an HTTP/1.0 answer with codings (§6.1).
+        if headers.remove(header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
             reusable = false;
         }
         let last = headers
@@ -591,7 +667,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, SendE
             .get_all(header::CONTENT_LENGTH)
             .iter()
             .flat_map(|v| v.to_str().unwrap_or("x").split(','))
-            .map(|t| t.trim().parse::<u64>());
+            .map(|t| t.trim())
+            .map(|t| match t.bytes().all(|b| b.is_ascii_digit()) {
+                true => t.parse::<u64>().map_err(|_| ()),
+                false => Err(()),
+            });
         let first = lengths.next();
         match first {
             Some(Ok(n)) if lengths.all(|l| l.as_ref() == Ok(&n)) => BodyState::Length(n),
@@ -662,46 +742,73 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// One request and its answer's head on `conn`; the head and whether the whole request was
-/// sent (a connection whose request was cut short is not reused).
+/// One request and its answer's head on `conn`; the head, whether the whole request was
+/// sent, and the rest of the body when it is still to be sent beside the answer. A
+/// connection whose request was cut short, or is still being sent, is not reused.
 async fn exchange(
-    conn: &mut Conn,
+    conn: Conn,
     head: Vec<u8>,
     body: Body,
     framing: Framing,
     method: &Method,
-) -> Result<(Head, bool), SendError> {
+) -> Result<(Conn, Head, bool, Option<Upload>), SendError> {
+    let Conn {
+        io: Io::Whole(mut stream),
+        mut buf,
+    } = conn
+    else {
+        return Err(SendError::Closed);
+    };
     if framing != Framing::Chunked && body.is_end_stream() {
         // No body to send (the common case): the head is written, then the answer read.
-        return match conn.io.write_all(&head).await {
-            Ok(()) => read_head(&mut conn.io, &mut conn.buf, method)
-                .await
-                .map(|h| (h, true)),
+        return match stream.write_all(&head).await {
+            Ok(()) => {
+                let h = read_head(&mut stream, &mut buf, method).await?;
+                let conn = Conn {
+                    io: Io::Whole(stream),
+                    buf,
+                };
+                Ok((conn, h, true, None))
+            }
             Err(e) if is_reset(&e) => Err(SendError::Closed),
             Err(e) => Err(SendError::Io(e)),
         };
     }
     // The body is sent while the answer is read: an upstream may answer before it has read
     // the whole body, and may then never read the rest.
-    let (mut rd, mut wr) = conn.io.split();
-    let send = write_request(&mut wr, head, body, framing);
-    tokio::pin!(send);
-    let mut sent: Option<Result<(), SendError>> = None;
+    let (mut rd, wr) = stream.into_split();
+    let mut send: Upload = Box::pin(write_request(wr, head, body, framing));
+    let mut sent: Option<Result<OwnedWriteHalf, SendError>> = None;
     loop {
         tokio::select! {
             biased;
-            answer = read_head(&mut rd, &mut conn.buf, method) => {
-                return match (answer, sent) {
-                    (Ok(h), s) => Ok((h, matches!(s, Some(Ok(())) ))),
+            answer = read_head(&mut rd, &mut buf, method) => {
+                let h = match (answer, sent) {
+                    (Ok(h), Some(Ok(wr))) => {
+                        // All sent: the connection is whole again.
+                        let io = rd.reunite(wr).map_or_else(|e| Io::Reading(e.0), Io::Whole);
+                        return Ok((Conn { io, buf }, h, true, None));
+                    }
+                    (Ok(h), None) => h,
+                    (Ok(h), Some(Err(_))) => {
+                        return Ok((Conn { io: Io::Reading(rd), buf }, h, false, None));
+                    }
                     // The write failed first: that is the cause to report.
-                    (Err(_), Some(Err(e))) => Err(e),
-                    (Err(e), _) => Err(e),
+                    (Err(_), Some(Err(e))) => return Err(e),
+                    (Err(e), _) => return Err(e),
                 };
+                // Answered before the body was all sent. An upstream that refuses it (an
+                // error, or closing) is sent no more; one that accepts it (a streaming
+                // endpoint) is sent the rest as its answer is read.
+                let goes_on = h.reusable && !h.parts.status.is_client_error()
+                    && !h.parts.status.is_server_error();
+                let conn = Conn { io: Io::Reading(rd), buf };
+                return Ok((conn, h, false, goes_on.then_some(send)));
             }
             done = &mut send, if sent.is_none() => {
-                if let Err(SendError::RequestBody(_)) = &done {
+                if let Err(e @ SendError::RequestBody(_)) = done {
                     // The client's body broke: the upstream is sent no more.
-                    return done.map(|_| unreachable!());
+                    return Err(e);
                 }
                 sent = Some(done);
             }
@@ -747,7 +854,7 @@ pub async fn send(req: Request<Body>) -> Result<Response<PooledBody>, SendError>
     );
     let pooled = POOL.with(|p| p.borrow_mut().take(&at));
     let reused = pooled.is_some();
-    let mut conn = match pooled {
+    let conn = match pooled {
         Some(c) => c,
         None => Box::pin(connect(&at)).await?,
     };
@@ -757,27 +864,22 @@ pub async fn send(req: Request<Body>) -> Result<Response<PooledBody>, SendError>
         && framing != Framing::Chunked
         && super::is_idempotent(&parts.method))
     .then(|| head.clone());
-    let (answer, whole) = match exchange(&mut conn, head, body, framing, &parts.method).await {
-        Err(SendError::Closed) if replay.is_some() => {
-            // The idle connection was closed under the request: once more, on a new one.
-            conn = Box::pin(connect(&at)).await?;
-            let head = replay.unwrap_or_default();
-            Box::pin(exchange(
-                &mut conn,
-                head,
-                Body::empty(),
-                framing,
-                &parts.method,
-            ))
-            .await?
-        }
-        other => other?,
-    };
+    let (conn, answer, whole, upload) =
+        match exchange(conn, head, body, framing, &parts.method).await {
+            Err(SendError::Closed) if replay.is_some() => {
+                // The idle connection was closed under the request: once more, on a new one.
+                let conn = Box::pin(connect(&at)).await?;
+                let head = replay.unwrap_or_default();
+                Box::pin(exchange(conn, head, Body::empty(), framing, &parts.method)).await?
+            }
+            other => other?,
+        };
     let mut body = PooledBody {
         conn: Some(conn),
         at,
         state: answer.state,
         reusable: answer.reusable && whole,
+        upload,
     };
     if body.state == BodyState::Done || body.state == BodyState::Length(0) {
         body.finish();
@@ -1119,13 +1221,146 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         let mixed: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
         let (addr, accepted, _) = scripted(vec![vec![mixed, OK]]).await;
-        assert_eq!(fetch(&addr).await, 2);
+        let resp = send(get(&addr)).await.unwrap();
+        assert!(
+            resp.headers().get(header::CONTENT_LENGTH).is_none(),
+            "not passed on"
+        );
+        assert_eq!(body_of(resp).await, "ok");
         assert_eq!(fetch(&addr).await, 2);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn http_1_0_answers_are_reused_only_with_keep_alive_and_no_close() {
+        let kept: &[u8] =
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, accepted, _) = scripted(vec![vec![kept, OK]]).await;
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(fetch(&addr).await, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        for answer in [
+            &b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ] {
+            let (addr, accepted, _) = scripted(vec![vec![answer, OK]]).await;
+            assert_eq!(fetch(&addr).await, 2);
+            assert_eq!(fetch(&addr).await, 2);
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_digits_then_extensions() {
+        assert_eq!(chunk_size(b"5"), Some(5));
+        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size(b"5;name=value"), Some(5));
+        assert_eq!(chunk_size(b"5 \t;x"), Some(5));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b" 5",
+            b"5 ",
+            b"-1",
+            b"0x5",
+            b"g",
+            b";x",
+            b"10000000000000000",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// A request body that the test feeds piece by piece, ending when its sender is dropped.
+    fn fed_body() -> (tokio::sync::mpsc::Sender<&'static str>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+        });
+        (tx, Body::from_stream(stream))
+    }
+
+    /// An upstream that answers as soon as a request head has come, with a chunked body that
+    /// echoes the request's chunked body as it arrives, and ends with it.
+    async fn echoing_upstream() -> String {
+        let (addr, _) = listen(|mut s| async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut echoed = got.split_off(end);
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            if s.write_all(head).await.is_err() || s.write_all(&echoed).await.is_err() {
+                return;
+            }
+            // The request body is chunked too: its bytes are a valid chunked answer body.
+            while !echoed.ends_with(b"0\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        echoed.extend_from_slice(&chunk[..n]);
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        addr
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_body_streams_both_ways_with_an_upstream_that_answers_as_it_reads() {
+        let addr = echoing_upstream().await;
+        let (tx, body) = fed_body();
+        let req = Request::post(format!("http://{addr}/echo"))
+            .body(body)
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        tx.send("one").await.unwrap();
+        // The head and the first piece go out before the body's end: the answer comes.
+        let resp = tokio::time::timeout(wait, send(req))
+            .await
+            .expect("answered before the request body ended")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut answer = resp.into_body();
+        async fn next(body: &mut PooledBody) -> Option<Bytes> {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("no hang");
+            frame.map(|f| f.unwrap().into_data().unwrap())
+        }
+        assert_eq!(next(&mut answer).await.unwrap(), "one");
+        // The rest of the request body is still sent, while the answer is read.
+        tx.send("two").await.unwrap();
+        assert_eq!(next(&mut answer).await.unwrap(), "two");
+        drop(tx);
+        assert!(
+            next(&mut answer).await.is_none(),
+            "the answer ends with the body"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn malformed_or_oversized_answers_are_errors() {
+        let (addr, _, _) = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+        ]])
+        .await;
+        assert!(matches!(
+            send(get(&addr)).await,
+            Err(SendError::Protocol(_))
+        ));
         let (addr, _, _) = scripted(vec![vec![
             b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
         ]])
