@@ -85,15 +85,6 @@ enum Io {
     Reading(OwnedReadHalf),
 }
 
-impl Io {
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Whole(s) => s.try_read(buf),
-            Io::Reading(r) => r.try_read(buf),
-        }
-    }
-}
-
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -115,11 +106,15 @@ impl Conn {
     /// Whether the connection can carry another request: the upstream has neither closed it
     /// nor sent anything unasked. No system call unless the socket has become readable.
     fn alive(&self) -> bool {
+        // Only whole connections are ever pooled.
+        let Io::Whole(stream) = &self.io else {
+            return false;
+        };
         if !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -318,7 +313,7 @@ impl HttpBody for PooledBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            // What the state needs from the buffer; `None`: read more first.
+            // Whether the state needs more bytes than the buffer holds.
             let need_more = match this.state {
                 BodyState::Done => return Poll::Ready(None),
                 BodyState::Length(0) => {
@@ -507,10 +502,7 @@ async fn write_request<W: AsyncWrite + Unpin>(
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
-                if !out.is_empty() {
-                    wr.write_all(&out).await.map_err(SendError::Io)?;
-                    out.clear();
-                }
+                flush(&mut wr, &mut out).await?;
                 body.frame().await
             }
         };
@@ -537,16 +529,14 @@ async fn write_request<W: AsyncWrite + Unpin>(
         if out.len() + data.len() <= WRITE_GATHER {
             out.extend_from_slice(&data);
         } else {
-            wr.write_all(&out).await.map_err(SendError::Io)?;
-            out.clear();
+            flush(&mut wr, &mut out).await?;
             wr.write_all(&data).await.map_err(SendError::Io)?;
         }
         if framing == Framing::Chunked {
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= WRITE_GATHER {
-            wr.write_all(&out).await.map_err(SendError::Io)?;
-            out.clear();
+            flush(&mut wr, &mut out).await?;
         }
     }
     match framing {
@@ -558,10 +548,17 @@ async fn write_request<W: AsyncWrite + Unpin>(
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    if !out.is_empty() {
-        wr.write_all(&out).await.map_err(SendError::Io)?;
-    }
+    flush(&mut wr, &mut out).await?;
     Ok(wr)
+}
+
+/// Writes what `out` has gathered, if anything, and empties it.
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> Result<(), SendError> {
+    if !out.is_empty() {
+        wr.write_all(out).await.map_err(SendError::Io)?;
+        out.clear();
+    }
+    Ok(())
 }
 
 /// An answer's head, and how its body is delimited.
@@ -742,6 +739,11 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
+/// Whether a request framed as `framing` has no body bytes to send.
+fn nothing_to_send(framing: Framing, body: &Body) -> bool {
+    framing != Framing::Chunked && body.is_end_stream()
+}
+
 /// One request and its answer's head on `conn`; the head, whether the whole request was
 /// sent, and the rest of the body when it is still to be sent beside the answer. A
 /// connection whose request was cut short, or is still being sent, is not reused.
@@ -759,7 +761,7 @@ async fn exchange(
     else {
         return Err(SendError::Closed);
     };
-    if framing != Framing::Chunked && body.is_end_stream() {
+    if nothing_to_send(framing, &body) {
         // No body to send (the common case): the head is written, then the answer read.
         return match stream.write_all(&head).await {
             Ok(()) => {
@@ -858,18 +860,24 @@ pub async fn send(req: Request<Body>) -> Result<Response<PooledBody>, SendError>
         Some(c) => c,
         None => Box::pin(connect(&at)).await?,
     };
-    // A retry needs the same request again: only one without a body, safe to repeat.
-    let replay = (reused
-        && body.is_end_stream()
-        && framing != Framing::Chunked
-        && super::is_idempotent(&parts.method))
-    .then(|| head.clone());
+    // A retry sends the same request again: only one without a body, safe to repeat. Its
+    // head is encoded anew then, rather than copied ahead for every request.
+    let may_retry =
+        reused && nothing_to_send(framing, &body) && super::is_idempotent(&parts.method);
     let (conn, answer, whole, upload) =
         match exchange(conn, head, body, framing, &parts.method).await {
-            Err(SendError::Closed) if replay.is_some() => {
+            Err(SendError::Closed) if may_retry => {
                 // The idle connection was closed under the request: once more, on a new one.
                 let conn = Box::pin(connect(&at)).await?;
-                let head = replay.unwrap_or_default();
+                let mut head = Vec::new();
+                encode_head(
+                    &mut head,
+                    &parts.method,
+                    target,
+                    &parts.headers,
+                    &at,
+                    framing,
+                );
                 Box::pin(exchange(conn, head, Body::empty(), framing, &parts.method)).await?
             }
             other => other?,
@@ -1353,38 +1361,25 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn malformed_or_oversized_answers_are_errors() {
-        let (addr, _, _) = scripted(vec![vec![
-            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
-        ]])
-        .await;
-        assert!(matches!(
-            send(get(&addr)).await,
-            Err(SendError::Protocol(_))
-        ));
-        let (addr, _, _) = scripted(vec![vec![
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
-        ]])
-        .await;
-        assert!(matches!(
-            send(get(&addr)).await,
-            Err(SendError::Protocol(_))
-        ));
-        let (addr, _, _) = scripted(vec![vec![b"SMTP ready\r\n\r\n"]]).await;
-        assert!(matches!(
-            send(get(&addr)).await,
-            Err(SendError::Protocol(_))
-        ));
         let huge: &'static [u8] = {
             let mut h = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
             h.resize(h.len() + MAX_HEAD_BYTES, b'a');
             h.extend_from_slice(b"\r\n\r\n");
             Vec::leak(h)
         };
-        let (addr, _, _) = scripted(vec![vec![huge]]).await;
-        assert!(matches!(
-            send(get(&addr)).await,
-            Err(SendError::Protocol(_))
-        ));
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
+            b"SMTP ready\r\n\r\n",
+            huge,
+        ] {
+            let (addr, _, _) = scripted(vec![vec![answer]]).await;
+            assert!(
+                matches!(send(get(&addr)).await, Err(SendError::Protocol(_))),
+                "{}",
+                String::from_utf8_lossy(&answer[..answer.len().min(60)])
+            );
+        }
         let (addr, _, _) = scripted(vec![vec![
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
         ]])
